@@ -1,0 +1,258 @@
+//! The tripflow core as a WASI component: only the `tripflow:core@0.1.0` export glue.
+//!
+//! Every function converts the WIT types to `tripflow_core`'s, calls the library and converts
+//! the answer back; there is no logic here to test on its own.
+
+#[allow(missing_docs)]
+mod bindings {
+    wit_bindgen::generate!({
+        world: "core",
+        path: "../../wit",
+    });
+}
+
+use bindings::exports::tripflow::core::events::{self, ParseOutcome};
+use bindings::exports::tripflow::core::kpi::{self, DayKpi, DayTotals, KpiError, TripFare};
+use bindings::exports::tripflow::core::matching::{
+    self, ClosedTrip, Closing, Conflict, Decision, EventRef, OpenTrip, Resolution, TripStatus,
+};
+use bindings::exports::tripflow::core::types::{EventKind, ContractLimits, RejectReason, Span, TripEvent};
+
+use tripflow_core as core;
+
+struct Component;
+
+bindings::export!(Component with_types_in bindings);
+
+impl events::Guest for Component {
+    fn limits() -> ContractLimits {
+        ContractLimits {
+            max_record_bytes: core::MAX_RECORD_BYTES,
+        }
+    }
+
+    fn parse(buffer: Vec<u8>, spans: Vec<Span>) -> Vec<ParseOutcome> {
+        let spans: Vec<core::Span> = spans
+            .into_iter()
+            .map(|s| core::Span {
+                offset: s.offset,
+                len: s.len,
+            })
+            .collect();
+        core::parse_batch(&buffer, &spans)
+            .into_iter()
+            .map(|outcome| match outcome {
+                core::ParseOutcome::Accepted(e) => ParseOutcome::Accepted(event_out(e)),
+                core::ParseOutcome::Rejected(r) => ParseOutcome::Rejected(reject_out(r)),
+                core::ParseOutcome::Blank => ParseOutcome::Blank,
+            })
+            .collect()
+    }
+}
+
+impl matching::Guest for Component {
+    fn resolve(incoming: Vec<TripEvent>, stored: Vec<TripEvent>) -> Resolution {
+        let incoming: Vec<core::TripEvent> = incoming.into_iter().map(event_in).collect();
+        let stored: Vec<core::TripEvent> = stored.into_iter().map(event_in).collect();
+        let r = core::resolve(&incoming, &stored);
+        Resolution {
+            decisions: r.decisions.into_iter().map(decision_out).collect(),
+            closed: r
+                .closed
+                .into_iter()
+                .map(|c| Closing {
+                    closed_by: c.closed_by,
+                    trip: closed_out(c.trip),
+                })
+                .collect(),
+            opened: r.opened,
+            newest_ns: r.newest_ns,
+        }
+    }
+
+    fn pair(start: TripEvent, end: TripEvent) -> ClosedTrip {
+        closed_out(core::pair(&event_in(start), &event_in(end)))
+    }
+
+    fn sweep(open: Vec<OpenTrip>, newest_ns: i64, older_than_ns: i64) -> Vec<u32> {
+        let ts: Vec<i64> = open.iter().map(|o| o.timestamp_ns).collect();
+        core::sweep(&ts, newest_ns, older_than_ns)
+    }
+}
+
+impl kpi::Guest for Component {
+    fn check_time_zone(zone: String) -> Result<(), KpiError> {
+        core::check_time_zone(&zone).map_err(kpi_error_out)
+    }
+
+    fn day_of(zone: String, timestamp_ns: i64) -> Result<String, KpiError> {
+        core::day_of(&zone, timestamp_ns).map_err(kpi_error_out)
+    }
+
+    fn accumulate(
+        zone: String,
+        totals: Vec<DayTotals>,
+        trips: Vec<TripFare>,
+    ) -> Result<Vec<DayTotals>, KpiError> {
+        let totals: Vec<core::DayTotals> = totals.into_iter().map(totals_in).collect();
+        let trips: Vec<core::TripFare> = trips
+            .into_iter()
+            .map(|t| core::TripFare {
+                status: status_in(t.status),
+                start_ns: t.start_ns,
+                fare_cents: t.fare_cents,
+            })
+            .collect();
+        core::accumulate(&zone, &totals, &trips)
+            .map(|v| v.into_iter().map(totals_out).collect())
+            .map_err(kpi_error_out)
+    }
+
+    fn finish(
+        totals: Vec<DayTotals>,
+        from: Option<String>,
+        to: Option<String>,
+    ) -> Result<Vec<DayKpi>, KpiError> {
+        let totals: Vec<core::DayTotals> = totals.into_iter().map(totals_in).collect();
+        core::finish(&totals, from.as_deref(), to.as_deref())
+            .map(|rows| rows.into_iter().map(kpi_out).collect())
+            .map_err(kpi_error_out)
+    }
+
+    fn render_csv(rows: Vec<DayKpi>) -> String {
+        let rows: Vec<core::DayKpi> = rows
+            .into_iter()
+            .map(|r| core::DayKpi {
+                date: r.date,
+                trip_count: r.trip_count,
+                total_cents: r.total_cents,
+                average_cents: r.average_cents,
+                min_cents: r.min_cents,
+                max_cents: r.max_cents,
+            })
+            .collect();
+        core::render_csv(&rows)
+    }
+}
+
+fn event_out(e: core::TripEvent) -> TripEvent {
+    TripEvent {
+        trip_id: e.trip_id,
+        kind: match e.kind {
+            core::EventKind::Start => EventKind::TripStart,
+            core::EventKind::End => EventKind::TripEnd,
+        },
+        timestamp_ns: e.timestamp_ns,
+        fare_cents: e.fare_cents,
+        extras: e.extras,
+    }
+}
+
+fn event_in(e: TripEvent) -> core::TripEvent {
+    core::TripEvent {
+        trip_id: e.trip_id,
+        kind: match e.kind {
+            EventKind::TripStart => core::EventKind::Start,
+            EventKind::TripEnd => core::EventKind::End,
+        },
+        timestamp_ns: e.timestamp_ns,
+        fare_cents: e.fare_cents,
+        extras: e.extras,
+    }
+}
+
+fn reject_out(r: core::Reject) -> RejectReason {
+    match r {
+        core::Reject::MalformedJson(d) => RejectReason::MalformedJson(d),
+        core::Reject::MissingField(d) => RejectReason::MissingField(d),
+        core::Reject::BadEventType(d) => RejectReason::BadEventType(d),
+        core::Reject::BadTimestamp(d) => RejectReason::BadTimestamp(d),
+        core::Reject::BadFare(d) => RejectReason::BadFare(d),
+        core::Reject::BadTripId(d) => RejectReason::BadTripId(d),
+        core::Reject::TooLarge(d) => RejectReason::TooLarge(d),
+        core::Reject::ConflictingDuplicate(d) => RejectReason::ConflictingDuplicate(d),
+    }
+}
+
+fn ref_out(r: core::EventRef) -> EventRef {
+    match r {
+        core::EventRef::Stored(i) => EventRef::Stored(i),
+        core::EventRef::Incoming(i) => EventRef::Incoming(i),
+    }
+}
+
+fn decision_out(d: core::Decision) -> Decision {
+    match d {
+        core::Decision::Store => Decision::Store,
+        core::Decision::Duplicate(r) => Decision::Duplicate(ref_out(r)),
+        core::Decision::ConflictingDuplicate(c) => Decision::ConflictingDuplicate(Conflict {
+            first: ref_out(c.first),
+            detail: c.detail,
+        }),
+    }
+}
+
+fn status_out(s: core::TripStatus) -> TripStatus {
+    match s {
+        core::TripStatus::Completed => TripStatus::Completed,
+        core::TripStatus::Invalid => TripStatus::Invalid,
+        core::TripStatus::NoFare => TripStatus::NoFare,
+    }
+}
+
+fn status_in(s: TripStatus) -> core::TripStatus {
+    match s {
+        TripStatus::Completed => core::TripStatus::Completed,
+        TripStatus::Invalid => core::TripStatus::Invalid,
+        TripStatus::NoFare => core::TripStatus::NoFare,
+    }
+}
+
+fn closed_out(t: core::ClosedTrip) -> ClosedTrip {
+    ClosedTrip {
+        trip_id: t.trip_id,
+        status: status_out(t.status),
+        start_ns: t.start_ns,
+        end_ns: t.end_ns,
+        fare_cents: t.fare_cents,
+    }
+}
+
+fn totals_in(t: DayTotals) -> core::DayTotals {
+    core::DayTotals {
+        date: t.date,
+        trip_count: t.trip_count,
+        total_cents: t.total_cents,
+        min_cents: t.min_cents,
+        max_cents: t.max_cents,
+    }
+}
+
+fn totals_out(t: core::DayTotals) -> DayTotals {
+    DayTotals {
+        date: t.date,
+        trip_count: t.trip_count,
+        total_cents: t.total_cents,
+        min_cents: t.min_cents,
+        max_cents: t.max_cents,
+    }
+}
+
+fn kpi_out(r: core::DayKpi) -> DayKpi {
+    DayKpi {
+        date: r.date,
+        trip_count: r.trip_count,
+        total_cents: r.total_cents,
+        average_cents: r.average_cents,
+        min_cents: r.min_cents,
+        max_cents: r.max_cents,
+    }
+}
+
+fn kpi_error_out(e: core::KpiError) -> KpiError {
+    match e {
+        core::KpiError::UnknownTimeZone(d) => KpiError::UnknownTimeZone(d),
+        core::KpiError::BadDate(d) => KpiError::BadDate(d),
+        core::KpiError::Overflow(d) => KpiError::Overflow(d),
+    }
+}

@@ -1,0 +1,404 @@
+//! Parsing and validating one raw event record against the event contract.
+//!
+//! The record is read once by serde_json into borrowed raw values; each known field is then
+//! interpreted from its JSON text, so fares and timestamps never pass through a binary float
+//! and the error can say exactly which field is wrong and why.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::money::{parse_fare, shorten};
+use crate::time::{parse_rfc3339, secs_to_nanos};
+use crate::types::{EventKind, MAX_RECORD_BYTES, ParseOutcome, Reject, Span, TripEvent};
+
+/// The longest accepted trip id, in characters.
+pub const MAX_TRIP_ID_CHARS: usize = 128;
+
+/// Parses every span of `buffer`, one outcome per span.
+pub fn parse_batch(buffer: &[u8], spans: &[Span]) -> Vec<ParseOutcome> {
+    spans
+        .iter()
+        .map(|span| {
+            let start = span.offset as usize;
+            match buffer.get(start..start + span.len as usize) {
+                Some(record) => parse_record(record),
+                None => ParseOutcome::Rejected(Reject::MalformedJson(format!(
+                    "span {}+{} lies outside the {}-byte buffer the host passed",
+                    span.offset,
+                    span.len,
+                    buffer.len()
+                ))),
+            }
+        })
+        .collect()
+}
+
+/// Parses and validates one record.
+pub fn parse_record(record: &[u8]) -> ParseOutcome {
+    if record.len() > MAX_RECORD_BYTES as usize {
+        return ParseOutcome::Rejected(Reject::TooLarge(format!(
+            "record is over {MAX_RECORD_BYTES} bytes (1 MiB), the largest accepted"
+        )));
+    }
+    let record = record.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(record);
+    if record.iter().all(u8::is_ascii_whitespace) {
+        return ParseOutcome::Blank;
+    }
+    match validate(record) {
+        Ok(event) => ParseOutcome::Accepted(event),
+        Err(reject) => ParseOutcome::Rejected(reject),
+    }
+}
+
+fn validate(record: &[u8]) -> Result<TripEvent, Reject> {
+    let fields: Fields<'_> =
+        serde_json::from_slice(record).map_err(|e| Reject::MalformedJson(e.to_string()))?;
+    let trip_id = fields.required("trip_id", fields.trip_id)?;
+    let event_type = fields.required("event_type", fields.event_type)?;
+    let timestamp = fields.required("timestamp", fields.timestamp)?;
+
+    let trip_id = trip_id_of(trip_id)?;
+    let kind = kind_of(event_type)?;
+    let timestamp_ns = timestamp_of(timestamp)?;
+    let fare_cents = match fields.fare {
+        Some(raw) if raw.get() != "null" => Some(fare_of(raw)?),
+        _ => None,
+    };
+    Ok(TripEvent {
+        trip_id: trip_id.into_owned(),
+        kind,
+        timestamp_ns,
+        fare_cents,
+        extras: fields.canonical_extras()?,
+    })
+}
+
+fn trip_id_of(raw: &RawValue) -> Result<Cow<'_, str>, Reject> {
+    let id = json_string(raw).ok_or_else(|| {
+        Reject::BadTripId(format!(
+            "trip_id must be a JSON string, got {}",
+            shorten(raw.get())
+        ))
+    })?;
+    let chars = id.chars().count();
+    if chars == 0 {
+        return Err(Reject::BadTripId("trip_id is empty: it needs 1 to 128 characters".into()));
+    }
+    if chars > MAX_TRIP_ID_CHARS {
+        return Err(Reject::BadTripId(format!(
+            "trip_id {} has {chars} characters: at most {MAX_TRIP_ID_CHARS} allowed",
+            shorten(&id)
+        )));
+    }
+    if let Some(c) = id.chars().find(|c| c.is_control()) {
+        return Err(Reject::BadTripId(format!(
+            "trip_id {} contains the control character U+{:04X}",
+            shorten(&id),
+            u32::from(c)
+        )));
+    }
+    Ok(id)
+}
+
+fn kind_of(raw: &RawValue) -> Result<EventKind, Reject> {
+    match json_string(raw).as_deref() {
+        Some("trip_start") => Ok(EventKind::Start),
+        Some("trip_end") => Ok(EventKind::End),
+        _ => Err(Reject::BadEventType(format!(
+            "event_type {} is neither \"trip_start\" nor \"trip_end\"",
+            shorten(raw.get())
+        ))),
+    }
+}
+
+fn timestamp_of(raw: &RawValue) -> Result<i64, Reject> {
+    let text = raw.get();
+    if let Some(s) = json_string(raw) {
+        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Reject::BadTimestamp(format!(
+                "timestamp {} is a string of digits: write Unix seconds as a JSON number",
+                shorten(text)
+            )));
+        }
+        return parse_rfc3339(&s).map_err(Reject::BadTimestamp);
+    }
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse::<i64>()
+            .ok()
+            .and_then(secs_to_nanos)
+            .ok_or_else(|| {
+                Reject::BadTimestamp(format!(
+                    "timestamp {text} is outside the supported range 1677-09-22 to 2262-04-11"
+                ))
+            });
+    }
+    let what = if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+        "is not a whole number of Unix seconds"
+    } else {
+        "must be an RFC 3339 string or integer Unix seconds"
+    };
+    Err(Reject::BadTimestamp(format!("timestamp {} {what}", shorten(text))))
+}
+
+fn fare_of(raw: &RawValue) -> Result<i64, Reject> {
+    let text = raw.get();
+    let parsed = if let Some(s) = json_string(raw) {
+        parse_fare(&s)
+    } else if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+        parse_fare(text)
+    } else {
+        Err(format!(
+            "fare must be a number or a decimal string, got {}",
+            shorten(text)
+        ))
+    };
+    parsed.map_err(Reject::BadFare)
+}
+
+/// The contents of a JSON string value, borrowed when it has no escapes; `None` when the raw
+/// value is not a string.
+fn json_string(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(inner))
+    }
+}
+
+/// The top-level fields of a record, borrowed from it.
+struct Fields<'a> {
+    trip_id: Option<&'a RawValue>,
+    event_type: Option<&'a RawValue>,
+    timestamp: Option<&'a RawValue>,
+    fare: Option<&'a RawValue>,
+    extras: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+impl<'a> Fields<'a> {
+    fn required(&self, name: &str, value: Option<&'a RawValue>) -> Result<&'a RawValue, Reject> {
+        match value {
+            Some(raw) if raw.get() != "null" => Ok(raw),
+            Some(_) => Err(Reject::MissingField(format!("{name} is null: it is required"))),
+            None => Err(Reject::MissingField(format!("{name} is missing: it is required"))),
+        }
+    }
+
+    /// The other fields as one canonical JSON object: keys sorted, insignificant white space
+    /// removed, values otherwise as written.
+    fn canonical_extras(mut self) -> Result<String, Reject> {
+        if self.extras.is_empty() {
+            return Ok(String::new());
+        }
+        self.extras.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some(pair) = self.extras.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(duplicate_key(&pair[0].0));
+        }
+        let mut out = String::with_capacity(64);
+        out.push('{');
+        for (i, (key, value)) in self.extras.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&serde_json::to_string(key.as_ref()).expect("a str serialises"));
+            out.push(':');
+            push_minified(&mut out, value.get());
+        }
+        out.push('}');
+        Ok(out)
+    }
+}
+
+fn duplicate_key(key: &str) -> Reject {
+    Reject::MalformedJson(format!("duplicate key {}", shorten(key)))
+}
+
+/// Appends already validated JSON text without white space outside strings.
+fn push_minified(out: &mut String, json: &str) {
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in json.chars() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+            out.push(c);
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            in_string = c == '"';
+            out.push(c);
+        }
+    }
+}
+
+impl<'de> de::Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(FieldsVisitor)
+    }
+}
+
+struct FieldsVisitor;
+
+impl<'de> Visitor<'de> for FieldsVisitor {
+    type Value = Fields<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
+        let mut fields = Fields {
+            trip_id: None,
+            event_type: None,
+            timestamp: None,
+            fare: None,
+            extras: Vec::new(),
+        };
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            let slot = match key.as_ref() {
+                "trip_id" => &mut fields.trip_id,
+                "event_type" => &mut fields.event_type,
+                "timestamp" => &mut fields.timestamp,
+                "fare" => &mut fields.fare,
+                _ => {
+                    let value = map.next_value::<&'de RawValue>()?;
+                    fields.extras.push((key, value));
+                    continue;
+                }
+            };
+            if slot.is_some() {
+                return Err(de::Error::custom(duplicate_key(&key).detail()));
+            }
+            *slot = Some(map.next_value::<&'de RawValue>()?);
+        }
+        Ok(fields)
+    }
+}
+
+/// An object key, borrowed from the input when it has no escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accepted(json: &str) -> TripEvent {
+        match parse_record(json.as_bytes()) {
+            ParseOutcome::Accepted(e) => e,
+            other => panic!("{json} was not accepted: {other:?}"),
+        }
+    }
+
+    fn rejected(json: &[u8]) -> Reject {
+        match parse_record(json) {
+            ParseOutcome::Rejected(r) => r,
+            other => panic!("{json:?} was not rejected: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn accepts_the_contract() {
+        let e = accepted(
+            r#"{"trip_id":"t1","event_type":"trip_end","timestamp":"2019-03-10T03:05:00-04:00","fare":12.5}"#,
+        );
+        assert_eq!(e.trip_id, "t1");
+        assert_eq!(e.kind, EventKind::End);
+        assert_eq!(e.timestamp_ns, 1_552_201_500_000_000_000);
+        assert_eq!(e.fare_cents, Some(1250));
+        assert_eq!(e.extras, "");
+        let s = accepted(r#"{"event_type":"trip_start","trip_id":"t1","timestamp":1552201500,"fare":null}"#);
+        assert_eq!(s.kind, EventKind::Start);
+        assert_eq!(s.fare_cents, None);
+        assert_eq!(s.timestamp_ns, e.timestamp_ns);
+    }
+
+    #[test]
+    fn extras_are_canonical() {
+        let a = accepted(
+            r#"{"trip_id":"t","event_type":"trip_start","timestamp":0,"z":[1, 2],"a":{"k": "v w"}}"#,
+        );
+        let b = accepted(
+            "{ \"a\" : {\"k\":\"v w\"},\n \"trip_id\":\"t\",\"z\":[1,2],\"event_type\":\"trip_start\",\"timestamp\":0 }",
+        );
+        assert_eq!(a.extras, r#"{"a":{"k":"v w"},"z":[1,2]}"#);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn escapes_and_unicode_in_ids() {
+        let e = accepted(r#"{"trip_id":"Zürich-\u00e9-🚕","event_type":"trip_start","timestamp":0}"#);
+        assert_eq!(e.trip_id, "Zürich-é-🚕");
+        let long: String = "é".repeat(128);
+        accepted(&format!(r#"{{"trip_id":"{long}","event_type":"trip_start","timestamp":0}}"#));
+    }
+
+    #[test]
+    fn every_reason_has_its_case() {
+        let cases: [(&[u8], &str); 16] = [
+            (b"{", "malformed_json"),
+            (b"[1]", "malformed_json"),
+            (b"{\"trip_id\":\"a\",\"trip_id\":\"b\"}", "malformed_json"),
+            (b"{\"trip_id\":\"\xff\"}", "malformed_json"),
+            (b"{\"trip_id\":\"t\",\"event_type\":\"trip_start\",\"timestamp\":0} x", "malformed_json"),
+            (b"{\"trip_id\":\"t\",\"event_type\":\"trip_start\"}", "missing_field"),
+            (b"{\"trip_id\":null,\"event_type\":\"trip_start\",\"timestamp\":0}", "missing_field"),
+            (b"{\"trip_id\":\"t\",\"event_type\":\"trip_pause\",\"timestamp\":0}", "bad_event_type"),
+            (b"{\"trip_id\":\"t\",\"event_type\":\"trip_start\",\"timestamp\":\"yesterday\"}", "bad_timestamp"),
+            (b"{\"trip_id\":\"t\",\"event_type\":\"trip_start\",\"timestamp\":1.5}", "bad_timestamp"),
+            (b"{\"trip_id\":\"t\",\"event_type\":\"trip_start\",\"timestamp\":\"1552201500\"}", "bad_timestamp"),
+            (b"{\"trip_id\":\"t\",\"event_type\":\"trip_end\",\"timestamp\":0,\"fare\":-3}", "bad_fare"),
+            (b"{\"trip_id\":\"t\",\"event_type\":\"trip_end\",\"timestamp\":0,\"fare\":true}", "bad_fare"),
+            (b"{\"trip_id\":7,\"event_type\":\"trip_end\",\"timestamp\":0}", "bad_trip_id"),
+            (b"{\"trip_id\":\"\",\"event_type\":\"trip_end\",\"timestamp\":0}", "bad_trip_id"),
+            (b"{\"trip_id\":\"a\\u0007b\",\"event_type\":\"trip_end\",\"timestamp\":0}", "bad_trip_id"),
+        ];
+        for (input, code) in cases {
+            let r = rejected(input);
+            assert_eq!(r.code(), code, "{:?}: {r}", String::from_utf8_lossy(input));
+            assert!(!r.detail().is_empty());
+        }
+        let big = vec![b' '; MAX_RECORD_BYTES as usize + 1];
+        assert_eq!(rejected(&big).code(), "too_large");
+    }
+
+    #[test]
+    fn blank_and_bom() {
+        assert_eq!(parse_record(b""), ParseOutcome::Blank);
+        assert_eq!(parse_record(b" \t\r"), ParseOutcome::Blank);
+        accepted("\u{feff}{\"trip_id\":\"t\",\"event_type\":\"trip_start\",\"timestamp\":0}\r");
+    }
+
+    #[test]
+    fn spans_outside_the_buffer_are_reported() {
+        let out = parse_batch(b"{}", &[Span { offset: 1, len: 5 }]);
+        assert!(matches!(&out[0], ParseOutcome::Rejected(Reject::MalformedJson(d)) if d.contains("outside")));
+    }
+}

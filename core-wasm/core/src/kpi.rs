@@ -1,0 +1,254 @@
+//! Daily fare KPIs: exact to the cent, bucketed by the local date of each trip's start.
+//!
+//! Aggregation is incremental and mergeable: hosts keep a short list of [`DayTotals`] and pass
+//! it back with each batch of trips, so a KPI job can stream any number of trips through the
+//! core without the core holding state between calls.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Offset, TimeZone, Utc};
+use chrono_tz::Tz;
+
+use crate::money::push_cents;
+use crate::time::{NANOS_PER_SEC, format_date, parse_date};
+use crate::types::{DayKpi, DayTotals, KpiError, TripFare, TripStatus};
+
+/// The CSV header line, without its line ending.
+pub const CSV_HEADER: &str = "date,trip_count,total_fare,average_fare,min_fare,max_fare";
+
+/// A checked IANA time zone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Zone(Tz);
+
+impl Zone {
+    /// Looks a zone up by its IANA name (`UTC`, `America/New_York`).
+    pub fn new(name: &str) -> Result<Zone, KpiError> {
+        name.parse::<Tz>().map(Zone).map_err(|_| {
+            KpiError::UnknownTimeZone(format!(
+                "unknown time zone {name:?}: use an IANA name such as UTC or America/New_York"
+            ))
+        })
+    }
+
+    /// The local calendar day (days since 1970-01-01) of an instant.
+    pub fn day_of(self, timestamp_ns: i64) -> i64 {
+        let secs = timestamp_ns.div_euclid(NANOS_PER_SEC);
+        let offset = match self.0 {
+            Tz::UTC | Tz::Etc__UTC => 0,
+            tz => DateTime::<Utc>::from_timestamp(secs, 0)
+                .map(|t| i64::from(tz.offset_from_utc_datetime(&t.naive_utc()).fix().local_minus_utc()))
+                .unwrap_or(0),
+        };
+        (secs + offset).div_euclid(86_400)
+    }
+}
+
+/// The KPI day (`YYYY-MM-DD`) of an instant in `zone`.
+pub fn day_of(zone: &str, timestamp_ns: i64) -> Result<String, KpiError> {
+    Ok(format_date(Zone::new(zone)?.day_of(timestamp_ns)))
+}
+
+/// Running totals of one day, keyed by day number while the core works on them.
+#[derive(Clone, Copy, Debug)]
+struct Totals {
+    count: u64,
+    total: i64,
+    min: i64,
+    max: i64,
+}
+
+/// Adds the completed trips among `trips` to `totals`; returns the new totals sorted by date.
+pub fn accumulate(
+    zone: &str,
+    totals: &[DayTotals],
+    trips: &[TripFare],
+) -> Result<Vec<DayTotals>, KpiError> {
+    let zone = Zone::new(zone)?;
+    let mut days = BTreeMap::new();
+    for t in totals {
+        let day = parse_date(&t.date).ok_or_else(|| bad_date(&t.date))?;
+        days.insert(
+            day,
+            Totals {
+                count: t.trip_count,
+                total: t.total_cents,
+                min: t.min_cents,
+                max: t.max_cents,
+            },
+        );
+    }
+    for trip in trips {
+        let (TripStatus::Completed, Some(fare)) = (trip.status, trip.fare_cents) else {
+            continue;
+        };
+        let day = zone.day_of(trip.start_ns);
+        match days.get_mut(&day) {
+            Some(t) => {
+                t.count += 1;
+                t.total = t.total.checked_add(fare).ok_or_else(|| {
+                    KpiError::Overflow(format!(
+                        "total fare of {} exceeds 64-bit cents",
+                        format_date(day)
+                    ))
+                })?;
+                t.min = t.min.min(fare);
+                t.max = t.max.max(fare);
+            }
+            None => {
+                days.insert(
+                    day,
+                    Totals {
+                        count: 1,
+                        total: fare,
+                        min: fare,
+                        max: fare,
+                    },
+                );
+            }
+        }
+    }
+    Ok(days
+        .into_iter()
+        .map(|(day, t)| DayTotals {
+            date: format_date(day),
+            trip_count: t.count,
+            total_cents: t.total,
+            min_cents: t.min,
+            max_cents: t.max,
+        })
+        .collect())
+}
+
+/// Final rows for the days in `[from, to]` (inclusive; `None` leaves that end open), by date.
+pub fn finish(
+    totals: &[DayTotals],
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<Vec<DayKpi>, KpiError> {
+    let bound = |d: Option<&str>| d.map(|s| parse_date(s).ok_or_else(|| bad_date(s))).transpose();
+    let (lo, hi) = (bound(from)?, bound(to)?);
+    if let (Some(lo), Some(hi)) = (lo, hi)
+        && lo > hi
+    {
+        return Err(KpiError::BadDate(format!(
+            "the range is empty: {} is after {}",
+            format_date(lo),
+            format_date(hi)
+        )));
+    }
+    let mut rows = Vec::with_capacity(totals.len());
+    for t in totals {
+        let day = parse_date(&t.date).ok_or_else(|| bad_date(&t.date))?;
+        if lo.is_some_and(|lo| day < lo) || hi.is_some_and(|hi| day > hi) || t.trip_count == 0 {
+            continue;
+        }
+        rows.push(DayKpi {
+            date: t.date.clone(),
+            trip_count: t.trip_count,
+            total_cents: t.total_cents,
+            average_cents: average_half_even(t.total_cents, t.trip_count),
+            min_cents: t.min_cents,
+            max_cents: t.max_cents,
+        });
+    }
+    rows.sort_by(|a, b| a.date.cmp(&b.date));
+    Ok(rows)
+}
+
+/// `total / count` rounded half-to-even to a whole cent.
+pub fn average_half_even(total: i64, count: u64) -> i64 {
+    let (total, count) = (i128::from(total), i128::from(count));
+    let q = total.div_euclid(count);
+    let r = total.rem_euclid(count);
+    let rounded = match (2 * r).cmp(&count) {
+        std::cmp::Ordering::Less => q,
+        std::cmp::Ordering::Greater => q + 1,
+        std::cmp::Ordering::Equal => q + (q & 1),
+    };
+    rounded as i64
+}
+
+/// The KPI CSV for `rows`, in their order.
+pub fn render_csv(rows: &[DayKpi]) -> String {
+    let mut out = String::with_capacity(CSV_HEADER.len() + 1 + rows.len() * 64);
+    out.push_str(CSV_HEADER);
+    out.push('\n');
+    for r in rows {
+        out.push_str(&r.date);
+        out.push(',');
+        out.push_str(&r.trip_count.to_string());
+        for cents in [r.total_cents, r.average_cents, r.min_cents, r.max_cents] {
+            out.push(',');
+            push_cents(&mut out, cents);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn bad_date(s: &str) -> KpiError {
+    KpiError::BadDate(format!("bad date {s:?}: use YYYY-MM-DD, e.g. 2019-03-10"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::parse_rfc3339;
+
+    fn fare(start: &str, cents: i64) -> TripFare {
+        TripFare {
+            status: TripStatus::Completed,
+            start_ns: parse_rfc3339(start).unwrap(),
+            fare_cents: Some(cents),
+        }
+    }
+
+    #[test]
+    fn half_even() {
+        assert_eq!(average_half_even(5, 2), 2); // 2.5 -> 2
+        assert_eq!(average_half_even(7, 2), 4); // 3.5 -> 4
+        assert_eq!(average_half_even(10, 3), 3);
+        assert_eq!(average_half_even(11, 3), 4);
+        assert_eq!(average_half_even(0, 1), 0);
+    }
+
+    #[test]
+    fn days_follow_the_zone_across_dst() {
+        let ny = Zone::new("America/New_York").unwrap();
+        // 2019-03-10 01:59:59 EST and 03:00:00 EDT are one second apart, same local day.
+        let before = parse_rfc3339("2019-03-10T06:59:59Z").unwrap();
+        let after = parse_rfc3339("2019-03-10T07:00:00Z").unwrap();
+        assert_eq!(format_date(ny.day_of(before)), "2019-03-10");
+        assert_eq!(format_date(ny.day_of(after)), "2019-03-10");
+        // 23:30 EDT on the 10th is 03:30 UTC on the 11th.
+        let late = parse_rfc3339("2019-03-11T03:30:00Z").unwrap();
+        assert_eq!(format_date(ny.day_of(late)), "2019-03-10");
+        assert_eq!(day_of("UTC", late).unwrap(), "2019-03-11");
+        assert!(matches!(Zone::new("Mars/Olympus"), Err(KpiError::UnknownTimeZone(_))));
+    }
+
+    #[test]
+    fn totals_merge_and_render() {
+        let a = accumulate("UTC", &[], &[fare("2019-03-01T10:00:00Z", 250)]).unwrap();
+        let mut skipped = fare("2019-03-01T11:00:00Z", 999_999);
+        skipped.status = TripStatus::Invalid;
+        let b = accumulate(
+            "UTC",
+            &a,
+            &[fare("2019-03-01T11:00:00Z", 0), fare("2019-02-28T23:59:59Z", 101), skipped],
+        )
+        .unwrap();
+        let rows = finish(&b, None, None).unwrap();
+        assert_eq!(
+            render_csv(&rows),
+            "date,trip_count,total_fare,average_fare,min_fare,max_fare\n\
+             2019-02-28,1,1.01,1.01,1.01,1.01\n\
+             2019-03-01,2,2.50,1.25,0.00,2.50\n"
+        );
+        let only = finish(&b, Some("2019-03-01"), Some("2019-03-01")).unwrap();
+        assert_eq!(only.len(), 1);
+        assert!(finish(&b, Some("2019-03-02"), Some("2019-03-01")).is_err());
+        assert!(finish(&b, Some("03/01/2019"), None).is_err());
+        assert_eq!(render_csv(&[]), format!("{CSV_HEADER}\n"));
+    }
+}

@@ -1,0 +1,227 @@
+//! Matching the two halves of a trip, deciding duplicates, and finding orphans.
+//!
+//! The rules, identical in every host:
+//! - the first stored copy of a (trip_id, event_type) wins; an identical later copy is a
+//!   duplicate, a different one a conflicting duplicate;
+//! - a trip closes when its second half is stored, whatever the arrival order, and since each
+//!   half is stored once, it closes exactly once;
+//! - resolving a batch gives the same result as resolving its events one at a time.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use crate::money::format_cents;
+use crate::types::{
+    ClosedTrip, Closing, Conflict, Decision, EventKind, EventRef, Resolution, TripEvent, TripStatus,
+};
+
+/// Both halves of a trip as known while a batch is resolved.
+#[derive(Default)]
+struct Slot<'a> {
+    start: Option<(EventRef, &'a TripEvent)>,
+    end: Option<(EventRef, &'a TripEvent)>,
+}
+
+impl<'a> Slot<'a> {
+    fn half(&mut self, kind: EventKind) -> &mut Option<(EventRef, &'a TripEvent)> {
+        match kind {
+            EventKind::Start => &mut self.start,
+            EventKind::End => &mut self.end,
+        }
+    }
+}
+
+/// Decides a batch of valid incoming events against the stored events of the same trips.
+///
+/// `stored` must hold every stored event of every trip id in `incoming` (it may hold more).
+pub fn resolve(incoming: &[TripEvent], stored: &[TripEvent]) -> Resolution {
+    let mut slots: HashMap<&str, Slot<'_>> = HashMap::with_capacity(incoming.len());
+    for (i, event) in stored.iter().enumerate() {
+        let half = slots.entry(&event.trip_id).or_default().half(event.kind);
+        if half.is_none() {
+            *half = Some((EventRef::Stored(i as u32), event));
+        }
+    }
+
+    let mut resolution = Resolution {
+        decisions: Vec::with_capacity(incoming.len()),
+        ..Resolution::default()
+    };
+    let mut newly_stored = Vec::new();
+    for (i, event) in incoming.iter().enumerate() {
+        let slot = slots.entry(&event.trip_id).or_default();
+        let decision = match slot.half(event.kind) {
+            Some((first, earlier)) if *earlier == event => Decision::Duplicate(*first),
+            Some((first, earlier)) => Decision::ConflictingDuplicate(Conflict {
+                first: *first,
+                detail: describe_conflict(earlier, event),
+            }),
+            half @ None => {
+                *half = Some((EventRef::Incoming(i as u32), event));
+                resolution.newest_ns = resolution.newest_ns.max(Some(event.timestamp_ns));
+                newly_stored.push(i);
+                if let (Some((_, start)), Some((_, end))) = (slot.start, slot.end) {
+                    resolution.closed.push(Closing {
+                        closed_by: i as u32,
+                        trip: pair(start, end),
+                    });
+                }
+                Decision::Store
+            }
+        };
+        resolution.decisions.push(decision);
+    }
+    resolution.opened = newly_stored
+        .into_iter()
+        .filter(|&i| {
+            let slot = &slots[incoming[i].trip_id.as_str()];
+            slot.start.is_none() || slot.end.is_none()
+        })
+        .map(|i| i as u32)
+        .collect();
+    resolution
+}
+
+/// Closes a trip from its two halves.
+///
+/// End before start makes it `invalid` (checked first); otherwise the fare is the end's,
+/// else the start's, and a trip with neither is `no_fare`.
+pub fn pair(start: &TripEvent, end: &TripEvent) -> ClosedTrip {
+    let fare_cents = end.fare_cents.or(start.fare_cents);
+    let status = if end.timestamp_ns < start.timestamp_ns {
+        TripStatus::Invalid
+    } else if fare_cents.is_none() {
+        TripStatus::NoFare
+    } else {
+        TripStatus::Completed
+    };
+    ClosedTrip {
+        trip_id: start.trip_id.clone(),
+        status,
+        start_ns: start.timestamp_ns,
+        end_ns: end.timestamp_ns,
+        fare_cents,
+    }
+}
+
+/// Indices of the open trips (given by the timestamp of their one stored half) that are older
+/// than `older_than_ns` measured back from `newest_ns`.
+pub fn sweep(open_timestamps: &[i64], newest_ns: i64, older_than_ns: i64) -> Vec<u32> {
+    let cutoff = newest_ns.saturating_sub(older_than_ns);
+    open_timestamps
+        .iter()
+        .enumerate()
+        .filter(|(_, ts)| **ts < cutoff)
+        .map(|(i, _)| i as u32)
+        .collect()
+}
+
+fn describe_conflict(first: &TripEvent, copy: &TripEvent) -> String {
+    let mut out = format!(
+        "{} of trip {:?} was already stored with different content:",
+        first.kind.as_str(),
+        first.trip_id
+    );
+    if first.timestamp_ns != copy.timestamp_ns {
+        let _ = write!(
+            out,
+            " timestamp stored {} ns, this copy {} ns;",
+            first.timestamp_ns, copy.timestamp_ns
+        );
+    }
+    if first.fare_cents != copy.fare_cents {
+        let show = |f: Option<i64>| f.map_or_else(|| "none".to_owned(), format_cents);
+        let _ = write!(
+            out,
+            " fare stored {}, this copy {};",
+            show(first.fare_cents),
+            show(copy.fare_cents)
+        );
+    }
+    if first.extras != copy.extras {
+        let show = |e: &str| if e.is_empty() { "{}".to_owned() } else { e.to_owned() };
+        let _ = write!(
+            out,
+            " other fields stored {}, this copy {};",
+            show(&first.extras),
+            show(&copy.extras)
+        );
+    }
+    out.pop();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(id: &str, kind: EventKind, secs: i64, fare: Option<i64>) -> TripEvent {
+        TripEvent {
+            trip_id: id.into(),
+            kind,
+            timestamp_ns: secs * 1_000_000_000,
+            fare_cents: fare,
+            extras: String::new(),
+        }
+    }
+    use EventKind::{End, Start};
+
+    #[test]
+    fn end_before_start_in_one_batch_closes_once() {
+        let incoming = [ev("a", End, 20, Some(500)), ev("a", Start, 10, None)];
+        let r = resolve(&incoming, &[]);
+        assert_eq!(r.decisions, [Decision::Store, Decision::Store]);
+        assert_eq!(r.closed.len(), 1);
+        assert_eq!(r.closed[0].closed_by, 1);
+        assert_eq!(r.closed[0].trip.status, TripStatus::Completed);
+        assert_eq!(r.closed[0].trip.fare_cents, Some(500));
+        assert!(r.opened.is_empty());
+        assert_eq!(r.newest_ns, Some(20_000_000_000));
+    }
+
+    #[test]
+    fn closes_against_the_store_and_never_twice() {
+        let stored = [ev("a", Start, 10, Some(100))];
+        let r = resolve(&[ev("a", End, 30, None)], &stored);
+        assert_eq!(r.closed[0].trip.fare_cents, Some(100));
+        let both = [ev("a", Start, 10, Some(100)), ev("a", End, 30, None)];
+        let again = resolve(&[ev("a", End, 30, None), ev("a", Start, 10, Some(100))], &both);
+        assert_eq!(
+            again.decisions,
+            [
+                Decision::Duplicate(EventRef::Stored(1)),
+                Decision::Duplicate(EventRef::Stored(0))
+            ]
+        );
+        assert!(again.closed.is_empty());
+        assert_eq!(again.newest_ns, None);
+    }
+
+    #[test]
+    fn conflicts_name_the_difference_and_the_first_copy() {
+        let incoming = [ev("a", End, 30, Some(100)), ev("a", End, 30, Some(200))];
+        let r = resolve(&incoming, &[]);
+        let Decision::ConflictingDuplicate(c) = &r.decisions[1] else {
+            panic!("{:?}", r.decisions)
+        };
+        assert_eq!(c.first, EventRef::Incoming(0));
+        assert!(c.detail.contains("fare stored 1.00, this copy 2.00"), "{}", c.detail);
+        assert_eq!(r.opened, [0]);
+    }
+
+    #[test]
+    fn statuses() {
+        let t = pair(&ev("a", Start, 10, None), &ev("a", End, 5, Some(1)));
+        assert_eq!(t.status, TripStatus::Invalid);
+        let t = pair(&ev("a", Start, 10, None), &ev("a", End, 10, None));
+        assert_eq!(t.status, TripStatus::NoFare);
+        let t = pair(&ev("a", Start, 10, Some(7)), &ev("a", End, 10, Some(9)));
+        assert_eq!((t.status, t.fare_cents), (TripStatus::Completed, Some(9)));
+    }
+
+    #[test]
+    fn sweep_is_relative_to_the_newest_event() {
+        assert_eq!(sweep(&[0, 50, 89, 90, 100], 100, 10), [0, 1, 2]);
+        assert_eq!(sweep(&[i64::MIN], i64::MIN, 10), Vec::<u32>::new());
+    }
+}

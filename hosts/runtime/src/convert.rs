@@ -1,0 +1,172 @@
+//! Field-by-field conversions between the bindgen types and `tripflow_core`'s.
+
+use crate::bindings::exports::tripflow::core::{events as we, kpi as wk, matching as wm, types as wt};
+use tripflow_core as c;
+
+pub(crate) fn span_out(s: &c::Span) -> wt::Span {
+    wt::Span {
+        offset: s.offset,
+        len: s.len,
+    }
+}
+
+pub(crate) fn event_out(e: &c::TripEvent) -> wt::TripEvent {
+    wt::TripEvent {
+        trip_id: e.trip_id.clone(),
+        kind: match e.kind {
+            c::EventKind::Start => wt::EventKind::TripStart,
+            c::EventKind::End => wt::EventKind::TripEnd,
+        },
+        timestamp_ns: e.timestamp_ns,
+        fare_cents: e.fare_cents,
+        extras: e.extras.clone(),
+    }
+}
+
+pub(crate) fn event_in(e: wt::TripEvent) -> c::TripEvent {
+    c::TripEvent {
+        trip_id: e.trip_id,
+        kind: match e.kind {
+            wt::EventKind::TripStart => c::EventKind::Start,
+            wt::EventKind::TripEnd => c::EventKind::End,
+        },
+        timestamp_ns: e.timestamp_ns,
+        fare_cents: e.fare_cents,
+        extras: e.extras,
+    }
+}
+
+pub(crate) fn parse_outcome_in(o: we::ParseOutcome) -> c::ParseOutcome {
+    match o {
+        we::ParseOutcome::Accepted(e) => c::ParseOutcome::Accepted(event_in(e)),
+        we::ParseOutcome::Rejected(r) => c::ParseOutcome::Rejected(match r {
+            wt::RejectReason::MalformedJson(d) => c::Reject::MalformedJson(d),
+            wt::RejectReason::MissingField(d) => c::Reject::MissingField(d),
+            wt::RejectReason::BadEventType(d) => c::Reject::BadEventType(d),
+            wt::RejectReason::BadTimestamp(d) => c::Reject::BadTimestamp(d),
+            wt::RejectReason::BadFare(d) => c::Reject::BadFare(d),
+            wt::RejectReason::BadTripId(d) => c::Reject::BadTripId(d),
+            wt::RejectReason::TooLarge(d) => c::Reject::TooLarge(d),
+            wt::RejectReason::ConflictingDuplicate(d) => c::Reject::ConflictingDuplicate(d),
+        }),
+        we::ParseOutcome::Blank => c::ParseOutcome::Blank,
+    }
+}
+
+fn ref_in(r: wm::EventRef) -> c::EventRef {
+    match r {
+        wm::EventRef::Stored(i) => c::EventRef::Stored(i),
+        wm::EventRef::Incoming(i) => c::EventRef::Incoming(i),
+    }
+}
+
+fn status_in(s: wm::TripStatus) -> c::TripStatus {
+    match s {
+        wm::TripStatus::Completed => c::TripStatus::Completed,
+        wm::TripStatus::Invalid => c::TripStatus::Invalid,
+        wm::TripStatus::NoFare => c::TripStatus::NoFare,
+    }
+}
+
+fn status_out(s: c::TripStatus) -> wm::TripStatus {
+    match s {
+        c::TripStatus::Completed => wm::TripStatus::Completed,
+        c::TripStatus::Invalid => wm::TripStatus::Invalid,
+        c::TripStatus::NoFare => wm::TripStatus::NoFare,
+    }
+}
+
+pub(crate) fn closed_in(t: wm::ClosedTrip) -> c::ClosedTrip {
+    c::ClosedTrip {
+        trip_id: t.trip_id,
+        status: status_in(t.status),
+        start_ns: t.start_ns,
+        end_ns: t.end_ns,
+        fare_cents: t.fare_cents,
+    }
+}
+
+pub(crate) fn resolution_in(r: wm::Resolution) -> c::Resolution {
+    c::Resolution {
+        decisions: r
+            .decisions
+            .into_iter()
+            .map(|d| match d {
+                wm::Decision::Store => c::Decision::Store,
+                wm::Decision::Duplicate(r) => c::Decision::Duplicate(ref_in(r)),
+                wm::Decision::ConflictingDuplicate(x) => c::Decision::ConflictingDuplicate(c::Conflict {
+                    first: ref_in(x.first),
+                    detail: x.detail,
+                }),
+            })
+            .collect(),
+        closed: r
+            .closed
+            .into_iter()
+            .map(|x| c::Closing {
+                closed_by: x.closed_by,
+                trip: closed_in(x.trip),
+            })
+            .collect(),
+        opened: r.opened,
+        newest_ns: r.newest_ns,
+    }
+}
+
+pub(crate) fn trip_fare_out(t: &c::TripFare) -> wk::TripFare {
+    wk::TripFare {
+        status: status_out(t.status),
+        start_ns: t.start_ns,
+        fare_cents: t.fare_cents,
+    }
+}
+
+pub(crate) fn totals_out(t: &c::DayTotals) -> wk::DayTotals {
+    wk::DayTotals {
+        date: t.date.clone(),
+        trip_count: t.trip_count,
+        total_cents: t.total_cents,
+        min_cents: t.min_cents,
+        max_cents: t.max_cents,
+    }
+}
+
+pub(crate) fn totals_in(t: wk::DayTotals) -> c::DayTotals {
+    c::DayTotals {
+        date: t.date,
+        trip_count: t.trip_count,
+        total_cents: t.total_cents,
+        min_cents: t.min_cents,
+        max_cents: t.max_cents,
+    }
+}
+
+pub(crate) fn kpi_out(r: &c::DayKpi) -> wk::DayKpi {
+    wk::DayKpi {
+        date: r.date.clone(),
+        trip_count: r.trip_count,
+        total_cents: r.total_cents,
+        average_cents: r.average_cents,
+        min_cents: r.min_cents,
+        max_cents: r.max_cents,
+    }
+}
+
+pub(crate) fn kpi_in(r: wk::DayKpi) -> c::DayKpi {
+    c::DayKpi {
+        date: r.date,
+        trip_count: r.trip_count,
+        total_cents: r.total_cents,
+        average_cents: r.average_cents,
+        min_cents: r.min_cents,
+        max_cents: r.max_cents,
+    }
+}
+
+pub(crate) fn kpi_error_in(e: wk::KpiError) -> c::KpiError {
+    match e {
+        wk::KpiError::UnknownTimeZone(d) => c::KpiError::UnknownTimeZone(d),
+        wk::KpiError::BadDate(d) => c::KpiError::BadDate(d),
+        wk::KpiError::Overflow(d) => c::KpiError::Overflow(d),
+    }
+}

@@ -1,0 +1,52 @@
+//! The core linked natively: the same library the component is built from, behind the same
+//! trait. Used to hold the component to the library in tests and benchmarks.
+
+use tripflow_core::{DayKpi, DayTotals, ParseOutcome, Resolution, Span, TripEvent, TripFare};
+
+use crate::{CoreError, CoreProvider, TripCore};
+
+/// `tripflow_core` called directly, without wasm.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NativeCore;
+
+impl CoreProvider for NativeCore {
+    type Session = NativeCore;
+
+    fn session(&self) -> Result<NativeCore, CoreError> {
+        Ok(NativeCore)
+    }
+
+    fn describe(&self) -> String {
+        "native tripflow-core (no component)".to_owned()
+    }
+}
+
+impl TripCore for NativeCore {
+    fn parse(&mut self, buffer: &[u8], spans: &[Span]) -> Result<Vec<ParseOutcome>, CoreError> {
+        Ok(tripflow_core::parse_batch(buffer, spans))
+    }
+
+    fn resolve(&mut self, incoming: &[TripEvent], stored: &[TripEvent]) -> Result<Resolution, CoreError> {
+        Ok(tripflow_core::resolve(incoming, stored))
+    }
+
+    fn sweep(&mut self, open: &[i64], newest_ns: i64, older_than_ns: i64) -> Result<Vec<u32>, CoreError> {
+        Ok(tripflow_core::sweep(open, newest_ns, older_than_ns))
+    }
+
+    fn check_time_zone(&mut self, zone: &str) -> Result<(), CoreError> {
+        Ok(tripflow_core::check_time_zone(zone)?)
+    }
+
+    fn accumulate(&mut self, zone: &str, totals: &[DayTotals], trips: &[TripFare]) -> Result<Vec<DayTotals>, CoreError> {
+        Ok(tripflow_core::accumulate(zone, totals, trips)?)
+    }
+
+    fn finish(&mut self, totals: &[DayTotals], from: Option<&str>, to: Option<&str>) -> Result<Vec<DayKpi>, CoreError> {
+        Ok(tripflow_core::finish(totals, from, to)?)
+    }
+
+    fn render_csv(&mut self, rows: &[DayKpi]) -> Result<String, CoreError> {
+        Ok(tripflow_core::render_csv(rows))
+    }
+}

@@ -1,0 +1,263 @@
+//! The SQLite database inside a state directory: schema, and the few queries the jobs need.
+//!
+//! Every table is keyed for the lookups the jobs make (`events` by trip id, `open_trips` for
+//! the sweep) and `WITHOUT ROWID`, so a lookup is one B-tree descent.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use tripflow_runtime::core::{EventKind, TripEvent, TripStatus};
+
+use crate::error::{DbContext, Error, IoContext};
+
+/// The schema version this build reads and writes.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+-- First stored copy of each (trip_id, kind); kind 0 = trip_start, 1 = trip_end.
+CREATE TABLE IF NOT EXISTS events (
+    trip_id      TEXT NOT NULL,
+    kind         INTEGER NOT NULL,
+    timestamp_ns INTEGER NOT NULL,
+    fare_cents   INTEGER,
+    extras       TEXT NOT NULL,
+    raw          BLOB NOT NULL,
+    source       TEXT NOT NULL,
+    line         INTEGER NOT NULL,
+    PRIMARY KEY (trip_id, kind)
+) WITHOUT ROWID;
+-- Trips with both halves; status 0 = completed, 1 = invalid, 2 = no_fare.
+CREATE TABLE IF NOT EXISTS trips (
+    trip_id    TEXT PRIMARY KEY,
+    status     INTEGER NOT NULL,
+    start_ns   INTEGER NOT NULL,
+    end_ns     INTEGER NOT NULL,
+    fare_cents INTEGER
+) WITHOUT ROWID;
+-- Trips with one half; orphaned_ns is the newest event time when the sweep marked it.
+CREATE TABLE IF NOT EXISTS open_trips (
+    trip_id      TEXT PRIMARY KEY,
+    kind         INTEGER NOT NULL,
+    timestamp_ns INTEGER NOT NULL,
+    orphaned_ns  INTEGER
+) WITHOUT ROWID;
+-- Every rejected record, with its original bytes (and the first copy's, for conflicts).
+CREATE TABLE IF NOT EXISTS quarantine (
+    id        INTEGER PRIMARY KEY,
+    source    TEXT NOT NULL,
+    line      INTEGER NOT NULL,
+    reason    TEXT NOT NULL,
+    detail    TEXT NOT NULL,
+    raw       BLOB NOT NULL,
+    first_raw BLOB
+);
+";
+
+/// An open state directory.
+pub struct StateDir {
+    path: PathBuf,
+    pub(crate) conn: Connection,
+}
+
+/// What the store holds, for summaries.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StoreTotals {
+    /// Stored events.
+    pub events: u64,
+    /// Trips counted in KPIs.
+    pub completed: u64,
+    /// Trips whose end is before their start.
+    pub invalid: u64,
+    /// Trips without any fare.
+    pub no_fare: u64,
+    /// Trips with one half, orphaned or not.
+    pub open: u64,
+    /// Open trips the sweep marked as orphans.
+    pub orphaned: u64,
+    /// Quarantined records.
+    pub quarantined: u64,
+}
+
+impl StateDir {
+    /// Opens (creating if needed) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<StateDir, Error> {
+        std::fs::create_dir_all(dir).io(|| {
+            format!(
+                "creating the state directory {}: choose a writable place with --state DIR",
+                dir.display()
+            )
+        })?;
+        let db = dir.join("tripflow.sqlite");
+        let conn = Connection::open(&db).db(&format!("opening {}", db.display()))?;
+        Self::init(dir.to_path_buf(), conn)
+    }
+
+    /// A store that lives in memory only (for tests and the conformance runner).
+    pub fn in_memory() -> Result<StateDir, Error> {
+        let conn = Connection::open_in_memory().db("opening an in-memory database")?;
+        Self::init(PathBuf::from(":memory:"), conn)
+    }
+
+    fn init(path: PathBuf, conn: Connection) -> Result<StateDir, Error> {
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             PRAGMA cache_size = -65536;
+             PRAGMA temp_store = MEMORY;",
+        )
+        .db("configuring the database")?;
+        conn.execute_batch(SCHEMA).db("creating the schema")?;
+        let version: Option<i64> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+            .optional()
+            .db("reading the schema version")?;
+        match version {
+            None => {
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+                    [SCHEMA_VERSION],
+                )
+                .db("writing the schema version")?;
+            }
+            Some(SCHEMA_VERSION) => {}
+            Some(other) => {
+                return Err(Error::Db {
+                    what: format!(
+                        "the store in {} has schema version {other}, this tripflow reads {SCHEMA_VERSION}; use a new --state directory",
+                        path.display()
+                    ),
+                    source: rusqlite::Error::InvalidQuery,
+                });
+            }
+        }
+        Ok(StateDir { path, conn })
+    }
+
+    /// The directory (or `:memory:`).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The newest event time stored, ns.
+    pub fn newest_ns(&self) -> Result<Option<i64>, Error> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = 'newest_ns'", [], |r| r.get(0))
+            .optional()
+            .db("reading the newest event time")
+    }
+
+    /// Counts of what the store holds.
+    pub fn totals(&self) -> Result<StoreTotals, Error> {
+        let count = |sql: &str| -> Result<u64, Error> {
+            self.conn
+                .query_row(sql, [], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+                .db("counting the store")
+        };
+        Ok(StoreTotals {
+            events: count("SELECT count(*) FROM events")?,
+            completed: count("SELECT count(*) FROM trips WHERE status = 0")?,
+            invalid: count("SELECT count(*) FROM trips WHERE status = 1")?,
+            no_fare: count("SELECT count(*) FROM trips WHERE status = 2")?,
+            open: count("SELECT count(*) FROM open_trips")?,
+            orphaned: count("SELECT count(*) FROM open_trips WHERE orphaned_ns IS NOT NULL")?,
+            quarantined: count("SELECT count(*) FROM quarantine")?,
+        })
+    }
+
+    /// Appends every stored event of `trip_id` to `out`.
+    pub(crate) fn stored_events(&self, trip_id: &str, out: &mut Vec<TripEvent>) -> Result<(), Error> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT kind, timestamp_ns, fare_cents, extras FROM events WHERE trip_id = ?1",
+            )
+            .db("preparing the event lookup")?;
+        let rows = stmt
+            .query_map([trip_id], |r| {
+                Ok(TripEvent {
+                    trip_id: trip_id.to_owned(),
+                    kind: kind_from(r.get(0)?),
+                    timestamp_ns: r.get(1)?,
+                    fare_cents: r.get(2)?,
+                    extras: r.get(3)?,
+                })
+            })
+            .db("looking up stored events")?;
+        for row in rows {
+            out.push(row.db("reading a stored event")?);
+        }
+        Ok(())
+    }
+
+    /// The original bytes of a stored event.
+    pub(crate) fn stored_raw(&self, trip_id: &str, kind: EventKind) -> Result<Vec<u8>, Error> {
+        self.conn
+            .query_row(
+                "SELECT raw FROM events WHERE trip_id = ?1 AND kind = ?2",
+                params![trip_id, kind_to(kind)],
+                |r| r.get(0),
+            )
+            .db("reading a stored event's bytes")
+    }
+}
+
+pub(crate) fn kind_to(kind: EventKind) -> i64 {
+    match kind {
+        EventKind::Start => 0,
+        EventKind::End => 1,
+    }
+}
+
+pub(crate) fn kind_from(n: i64) -> EventKind {
+    if n == 0 { EventKind::Start } else { EventKind::End }
+}
+
+pub(crate) fn status_to(s: TripStatus) -> i64 {
+    match s {
+        TripStatus::Completed => 0,
+        TripStatus::Invalid => 1,
+        TripStatus::NoFare => 2,
+    }
+}
+
+pub(crate) fn status_from(n: i64) -> TripStatus {
+    match n {
+        0 => TripStatus::Completed,
+        1 => TripStatus::Invalid,
+        _ => TripStatus::NoFare,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        assert_eq!(state.totals().unwrap(), StoreTotals::default());
+        assert_eq!(state.newest_ns().unwrap(), None);
+        drop(state);
+        StateDir::open(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        state
+            .conn
+            .execute("UPDATE meta SET value = 99 WHERE key = 'schema_version'", [])
+            .unwrap();
+        drop(state);
+        let err = StateDir::open(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("schema version 99"), "{err}");
+    }
+}

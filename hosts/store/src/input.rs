@@ -1,0 +1,197 @@
+//! NDJSON input read in bounded batches: one buffer and a span per line, ready for the core.
+//!
+//! Memory stays bounded by the batch size whatever the input size; only a single line longer
+//! than the contract's limit is held whole (to quarantine its original bytes), and the core is
+//! handed just enough of it to see that it is too large.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader};
+use std::path::PathBuf;
+
+use tripflow_runtime::core::{MAX_RECORD_BYTES, Span};
+
+use crate::error::{Error, IoContext};
+
+/// Where input comes from.
+#[derive(Clone, Debug)]
+pub enum InputSource {
+    /// Standard input (`-`).
+    Stdin,
+    /// A file.
+    File(PathBuf),
+}
+
+/// One input named on the command line.
+#[derive(Clone, Debug)]
+pub struct Input {
+    /// How it is named in summaries and quarantine records.
+    pub name: String,
+    /// Where to read it.
+    pub source: InputSource,
+}
+
+impl Input {
+    /// `-` is standard input; anything else a file path.
+    pub fn from_arg(arg: &str) -> Input {
+        if arg == "-" {
+            Input {
+                name: "stdin".to_owned(),
+                source: InputSource::Stdin,
+            }
+        } else {
+            Input {
+                name: arg.to_owned(),
+                source: InputSource::File(PathBuf::from(arg)),
+            }
+        }
+    }
+
+    /// Opens the input for reading.
+    pub fn open(&self) -> Result<Box<dyn BufRead + Send>, Error> {
+        match &self.source {
+            InputSource::Stdin => Ok(Box::new(BufReader::with_capacity(1 << 20, io::stdin()))),
+            InputSource::File(path) => {
+                let file = File::open(path).io(|| {
+                    format!("cannot read {}: check the path (use - for stdin)", path.display())
+                })?;
+                if file.metadata().is_ok_and(|m| m.is_dir()) {
+                    return Err(Error::Io {
+                        what: format!("{} is a directory: pass NDJSON files", path.display()),
+                        source: io::Error::from(io::ErrorKind::IsADirectory),
+                    });
+                }
+                Ok(Box::new(BufReader::with_capacity(1 << 20, file)))
+            }
+        }
+    }
+
+    /// Size in bytes, when known (for progress).
+    pub fn size(&self) -> Option<u64> {
+        match &self.source {
+            InputSource::Stdin => None,
+            InputSource::File(path) => std::fs::metadata(path).ok().map(|m| m.len()),
+        }
+    }
+}
+
+/// Lines of one input, with their positions.
+#[derive(Default)]
+pub(crate) struct Batch {
+    /// The lines' bytes, back to back, without line terminators.
+    pub buf: Vec<u8>,
+    /// One span per line.
+    pub spans: Vec<Span>,
+    /// 1-based line number of each span.
+    pub lines: Vec<u64>,
+    /// Full bytes of lines too large to hand to the core whole, by span index.
+    pub oversized: Vec<(usize, Vec<u8>)>,
+    /// Input bytes consumed for this batch.
+    pub bytes_read: u64,
+}
+
+impl Batch {
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.spans.clear();
+        self.lines.clear();
+        self.oversized.clear();
+        self.bytes_read = 0;
+    }
+
+    /// The original bytes of span `i`.
+    pub fn raw(&self, i: usize) -> &[u8] {
+        if let Some((_, full)) = self.oversized.iter().find(|(j, _)| *j == i) {
+            return full;
+        }
+        let s = self.spans[i];
+        &self.buf[s.offset as usize..(s.offset + s.len) as usize]
+    }
+}
+
+/// Splits a reader into batches of lines.
+pub(crate) struct LineReader<R> {
+    reader: R,
+    line: u64,
+}
+
+impl<R: BufRead> LineReader<R> {
+    pub fn new(reader: R) -> Self {
+        LineReader { reader, line: 0 }
+    }
+
+    /// Fills `batch` (cleared first) with up to `max_lines` lines or about `max_bytes`;
+    /// returns false when the input is exhausted and nothing was read.
+    pub fn fill(&mut self, batch: &mut Batch, max_lines: usize, max_bytes: usize) -> io::Result<bool> {
+        batch.clear();
+        let limit = MAX_RECORD_BYTES as usize;
+        while batch.spans.len() < max_lines && batch.buf.len() < max_bytes {
+            let start = batch.buf.len();
+            let n = read_line(&mut self.reader, &mut batch.buf)?;
+            if n == 0 {
+                break;
+            }
+            batch.bytes_read += n as u64;
+            self.line += 1;
+            if batch.buf.last() == Some(&b'\n') {
+                batch.buf.pop();
+                if batch.buf.last() == Some(&b'\r') && batch.buf.len() > start {
+                    batch.buf.pop();
+                }
+            }
+            if batch.buf.len() - start > limit {
+                let full = batch.buf.split_off(start);
+                batch.buf.extend_from_slice(&full[..=limit]);
+                batch.oversized.push((batch.spans.len(), full));
+            }
+            batch.spans.push(Span {
+                offset: start as u32,
+                len: (batch.buf.len() - start) as u32,
+            });
+            batch.lines.push(self.line);
+        }
+        Ok(!batch.spans.is_empty())
+    }
+}
+
+/// `read_until(b'\n')` that keeps reading through interrupted calls.
+fn read_line<R: BufRead>(reader: &mut R, buf: &mut Vec<u8>) -> io::Result<usize> {
+    loop {
+        match reader.read_until(b'\n', buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_lines_with_positions() {
+        let data = b"a\r\n\nbb\nlast".to_vec();
+        let mut r = LineReader::new(&data[..]);
+        let mut b = Batch::default();
+        assert!(r.fill(&mut b, 2, 1 << 20).unwrap());
+        assert_eq!(b.lines, [1, 2]);
+        assert_eq!(b.raw(0), b"a");
+        assert_eq!(b.raw(1), b"");
+        assert!(r.fill(&mut b, 10, 1 << 20).unwrap());
+        assert_eq!(b.lines, [3, 4]);
+        assert_eq!(b.raw(0), b"bb");
+        assert_eq!(b.raw(1), b"last");
+        assert!(!r.fill(&mut b, 10, 1 << 20).unwrap());
+    }
+
+    #[test]
+    fn oversized_lines_keep_their_bytes_but_pass_a_prefix() {
+        let mut data = vec![b'x'; MAX_RECORD_BYTES as usize + 10];
+        data.extend_from_slice(b"\n{}\n");
+        let mut r = LineReader::new(&data[..]);
+        let mut b = Batch::default();
+        r.fill(&mut b, 10, 1 << 30).unwrap();
+        assert_eq!(b.spans[0].len, MAX_RECORD_BYTES + 1);
+        assert_eq!(b.raw(0).len(), MAX_RECORD_BYTES as usize + 10);
+        assert_eq!(b.raw(1), b"{}");
+    }
+}

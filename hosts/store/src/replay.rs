@@ -1,0 +1,323 @@
+//! `replay`: push NDJSON events through the core into the store.
+//!
+//! Per batch of lines: the core parses them; the store is asked, inside one write
+//! transaction, for what it holds of the batch's trips; the core decides; the decisions are
+//! written and the transaction commits. The host decides nothing: it stores what the core says
+//! to store and quarantines what the core rejects, with the original bytes.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+
+use rusqlite::params;
+use serde::Serialize;
+use tripflow_runtime::core::{Decision, EventRef, ParseOutcome, Reject, TripEvent, TripStatus};
+use tripflow_runtime::{CoreProvider, TripCore};
+
+use crate::db::{StateDir, StoreTotals, kind_to, status_to};
+use crate::error::{DbContext, Error, IoContext};
+use crate::input::{Batch, Input, LineReader};
+use crate::quarantine::{QuarantineRecord, RawBytes};
+
+/// Tuning of a replay.
+#[derive(Clone, Debug)]
+pub struct ReplayOptions {
+    /// Most lines handed to the core in one call.
+    pub batch_lines: usize,
+    /// About the most bytes handed to the core in one call.
+    pub batch_bytes: usize,
+}
+
+impl Default for ReplayOptions {
+    fn default() -> Self {
+        ReplayOptions {
+            batch_lines: 8192,
+            batch_bytes: 8 << 20,
+        }
+    }
+}
+
+/// Told how far a replay has got.
+pub trait Progress {
+    /// `bytes` more input bytes were consumed.
+    fn advance(&self, bytes: u64);
+}
+
+impl Progress for () {
+    fn advance(&self, _bytes: u64) {}
+}
+
+/// What a replay did, and what the store holds afterwards.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// Records read (non-blank lines).
+    pub records: u64,
+    /// Blank lines skipped.
+    pub blank_lines: u64,
+    /// Events stored (first copies).
+    pub stored: u64,
+    /// Exact duplicates (counted, harmless).
+    pub duplicates: u64,
+    /// Rejected records by reason code; every code is listed, zeros included.
+    pub rejected: BTreeMap<String, u64>,
+    /// Trips this replay completed.
+    pub completed: u64,
+    /// Trips this replay closed as invalid (end before start).
+    pub invalid: u64,
+    /// Trips this replay closed without a fare.
+    pub no_fare: u64,
+    /// The store after the replay.
+    pub store: StoreTotals,
+}
+
+impl Summary {
+    fn new() -> Summary {
+        Summary {
+            rejected: Reject::CODES.iter().map(|c| ((*c).to_owned(), 0)).collect(),
+            ..Summary::default()
+        }
+    }
+
+    /// All rejected records.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+}
+
+/// Replays `inputs` in order into `state`; rejected records are also written to `quarantine`.
+pub fn replay<P: CoreProvider>(
+    provider: &P,
+    state: &mut StateDir,
+    inputs: &[Input],
+    opts: &ReplayOptions,
+    mut quarantine: Option<&mut dyn Write>,
+    progress: &dyn Progress,
+) -> Result<Summary, Error> {
+    state
+        .conn
+        .busy_timeout(std::time::Duration::from_secs(30))
+        .db("setting the busy timeout")?;
+    let mut summary = Summary::new();
+    let mut batch = Batch::default();
+    for input in inputs {
+        let mut lines = LineReader::new(input.open()?);
+        while lines
+            .fill(&mut batch, opts.batch_lines, opts.batch_bytes)
+            .io(|| format!("reading {}", input.name))?
+        {
+            let rejects = apply_batch(provider, state, input, &batch, &mut summary)?;
+            if let Some(out) = quarantine.as_deref_mut() {
+                for r in &rejects {
+                    out.write_all(r.to_line().as_bytes())
+                        .io(|| "writing the quarantine file".to_owned())?;
+                }
+            }
+            progress.advance(batch.bytes_read);
+        }
+    }
+    if let Some(out) = quarantine {
+        out.flush().io(|| "writing the quarantine file".to_owned())?;
+    }
+    summary.store = state.totals()?;
+    Ok(summary)
+}
+
+/// Runs one batch through the core and the store in one transaction; returns its quarantine
+/// records in line order.
+fn apply_batch<P: CoreProvider>(
+    provider: &P,
+    state: &mut StateDir,
+    input: &Input,
+    batch: &Batch,
+    summary: &mut Summary,
+) -> Result<Vec<QuarantineRecord>, Error> {
+    let mut core = provider.session()?;
+    let outcomes = core.parse(&batch.buf, &batch.spans)?;
+
+    let mut incoming: Vec<TripEvent> = Vec::with_capacity(outcomes.len());
+    let mut incoming_span: Vec<usize> = Vec::with_capacity(outcomes.len());
+    let mut rejects = Vec::new();
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        match outcome {
+            ParseOutcome::Blank => summary.blank_lines += 1,
+            ParseOutcome::Accepted(event) => {
+                summary.records += 1;
+                incoming.push(event);
+                incoming_span.push(i);
+            }
+            ParseOutcome::Rejected(reject) => {
+                summary.records += 1;
+                rejects.push(quarantine_record(input, batch, i, reject.code(), reject.detail(), None));
+            }
+        }
+    }
+
+    state.conn.execute_batch("BEGIN IMMEDIATE").db("starting a transaction")?;
+    let result = (|| {
+        let mut stored = Vec::new();
+        let mut looked_up = HashSet::with_capacity(incoming.len());
+        for event in &incoming {
+            if looked_up.insert(event.trip_id.as_str()) {
+                state.stored_events(&event.trip_id, &mut stored)?;
+            }
+        }
+        let resolution = core.resolve(&incoming, &stored)?;
+        write_resolution(state, input, batch, &incoming, &incoming_span, &stored, &resolution, &mut rejects, summary)?;
+        rejects.sort_by_key(|r| r.line);
+        write_quarantine(state, &rejects)?;
+        if let Some(newest) = resolution.newest_ns {
+            state
+                .conn
+                .prepare_cached(
+                    "INSERT INTO meta (key, value) VALUES ('newest_ns', ?1)
+                     ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+                )
+                .and_then(|mut s| s.execute([newest]))
+                .db("recording the newest event time")?;
+        }
+        Ok::<_, Error>(())
+    })();
+    match result {
+        Ok(()) => state.conn.execute_batch("COMMIT").db("committing a batch")?,
+        Err(e) => {
+            let _ = state.conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+    }
+    for r in &rejects {
+        *summary.rejected.entry(r.reason.clone()).or_default() += 1;
+    }
+    Ok(rejects)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_resolution(
+    state: &StateDir,
+    input: &Input,
+    batch: &Batch,
+    incoming: &[TripEvent],
+    incoming_span: &[usize],
+    stored: &[TripEvent],
+    resolution: &tripflow_runtime::core::Resolution,
+    rejects: &mut Vec<QuarantineRecord>,
+    summary: &mut Summary,
+) -> Result<(), Error> {
+    let conn = &state.conn;
+    let mut insert_event = conn
+        .prepare_cached(
+            "INSERT INTO events (trip_id, kind, timestamp_ns, fare_cents, extras, raw, source, line)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .db("preparing the event insert")?;
+    for (i, decision) in resolution.decisions.iter().enumerate() {
+        let span = incoming_span[i];
+        match decision {
+            Decision::Store => {
+                let e = &incoming[i];
+                insert_event
+                    .execute(params![
+                        e.trip_id,
+                        kind_to(e.kind),
+                        e.timestamp_ns,
+                        e.fare_cents,
+                        e.extras,
+                        batch.raw(span),
+                        input.name,
+                        batch.lines[span] as i64,
+                    ])
+                    .db("storing an event")?;
+                summary.stored += 1;
+            }
+            Decision::Duplicate(_) => summary.duplicates += 1,
+            Decision::ConflictingDuplicate(conflict) => {
+                let first = match conflict.first {
+                    EventRef::Incoming(j) => batch.raw(incoming_span[j as usize]).to_vec(),
+                    EventRef::Stored(j) => {
+                        let s = &stored[j as usize];
+                        state.stored_raw(&s.trip_id, s.kind)?
+                    }
+                };
+                rejects.push(quarantine_record(
+                    input,
+                    batch,
+                    span,
+                    "conflicting_duplicate",
+                    &conflict.detail,
+                    Some(first),
+                ));
+            }
+        }
+    }
+
+    let mut insert_trip = conn
+        .prepare_cached(
+            "INSERT INTO trips (trip_id, status, start_ns, end_ns, fare_cents) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .db("preparing the trip insert")?;
+    let mut close_open = conn
+        .prepare_cached("DELETE FROM open_trips WHERE trip_id = ?1")
+        .db("preparing the open-trip delete")?;
+    for closing in &resolution.closed {
+        let t = &closing.trip;
+        insert_trip
+            .execute(params![t.trip_id, status_to(t.status), t.start_ns, t.end_ns, t.fare_cents])
+            .db("storing a closed trip")?;
+        close_open.execute([&t.trip_id]).db("closing an open trip")?;
+        match t.status {
+            TripStatus::Completed => summary.completed += 1,
+            TripStatus::Invalid => summary.invalid += 1,
+            TripStatus::NoFare => summary.no_fare += 1,
+        }
+    }
+
+    let mut open = conn
+        .prepare_cached(
+            "INSERT OR REPLACE INTO open_trips (trip_id, kind, timestamp_ns, orphaned_ns) VALUES (?1, ?2, ?3, NULL)",
+        )
+        .db("preparing the open-trip insert")?;
+    for &i in &resolution.opened {
+        let e = &incoming[i as usize];
+        open.execute(params![e.trip_id, kind_to(e.kind), e.timestamp_ns])
+            .db("recording an open trip")?;
+    }
+    Ok(())
+}
+
+fn write_quarantine(state: &StateDir, rejects: &[QuarantineRecord]) -> Result<(), Error> {
+    let mut insert = state
+        .conn
+        .prepare_cached(
+            "INSERT INTO quarantine (source, line, reason, detail, raw, first_raw) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .db("preparing the quarantine insert")?;
+    for r in rejects {
+        insert
+            .execute(params![
+                r.source,
+                r.line as i64,
+                r.reason,
+                r.detail,
+                r.raw.0,
+                r.first_copy.as_ref().map(|f| &f.0)
+            ])
+            .db("quarantining a record")?;
+    }
+    Ok(())
+}
+
+fn quarantine_record(
+    input: &Input,
+    batch: &Batch,
+    span: usize,
+    reason: &str,
+    detail: &str,
+    first: Option<Vec<u8>>,
+) -> QuarantineRecord {
+    QuarantineRecord {
+        source: input.name.clone(),
+        line: batch.lines[span],
+        reason: reason.to_owned(),
+        detail: detail.to_owned(),
+        raw: RawBytes(batch.raw(span).to_vec()),
+        first_copy: first.map(RawBytes),
+    }
+}
