@@ -1,0 +1,392 @@
+//! `tripflow`: replay trip events through the tripflow core component into an embedded store,
+//! and compute exact daily fare KPIs — the offline twin of the AWS pipeline, deciding with the
+//! same component bytes.
+
+mod duration;
+mod output;
+
+use std::fs::File;
+use std::io::{self, BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use tripflow_runtime::{ComponentSource, CoreProvider, Limits, NativeCore, Runtime, TripCore};
+use tripflow_store::{Input, KpiOptions, ReplayOptions, StateDir};
+
+/// Replay taxi trip events through the tripflow core and compute exact daily fare KPIs.
+///
+/// Events are NDJSON, one per line: trip_id, event_type (trip_start | trip_end), timestamp
+/// (RFC 3339 with offset, or Unix seconds) and fare (decimal, on either half). The store is a
+/// SQLite database in the state directory; replays add to it, and replaying the same events
+/// again changes nothing.
+#[derive(Parser, Debug)]
+#[command(name = "tripflow", version, max_term_width = 100)]
+struct Cli {
+    /// Run this core component (.wasm, or .cwasm from `tripflow component --precompile`)
+    /// instead of the one built into this binary.
+    #[arg(long, global = true, value_name = "PATH")]
+    component: Option<PathBuf>,
+
+    /// Run the core library linked into this binary instead of the component (for
+    /// benchmarks and cross-checks; production hosts always run the component).
+    #[arg(long, global = true, conflicts_with = "component")]
+    native: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Push events from NDJSON files through the core into the store, then print the KPIs.
+    Replay {
+        /// NDJSON event files, replayed in order; `-` reads standard input.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<String>,
+        #[command(flatten)]
+        state: StateArg,
+        /// IANA time zone whose calendar dates are the KPI days.
+        #[arg(long, default_value = "UTC", value_name = "ZONE")]
+        timezone: String,
+        /// Also write the KPI CSV to this file.
+        #[arg(long, value_name = "FILE")]
+        kpi_out: Option<PathBuf>,
+        /// Write this replay's rejected records (reason, detail, original bytes) as NDJSON to
+        /// this file. They are always kept in the store too.
+        #[arg(long, value_name = "FILE")]
+        quarantine: Option<PathBuf>,
+        /// Print the summary as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Lines handed to the core per call.
+        #[arg(long, default_value_t = 8192, value_name = "N", hide = true)]
+        batch_lines: usize,
+    },
+    /// Recompute the KPIs from the store.
+    Kpi {
+        #[command(flatten)]
+        state: StateArg,
+        /// IANA time zone whose calendar dates are the KPI days.
+        #[arg(long, default_value = "UTC", value_name = "ZONE")]
+        timezone: String,
+        /// First day to report, YYYY-MM-DD (inclusive).
+        #[arg(long, value_name = "DATE")]
+        from: Option<String>,
+        /// Last day to report, YYYY-MM-DD (inclusive).
+        #[arg(long, value_name = "DATE")]
+        to: Option<String>,
+        /// Write the KPI CSV to this file (`-` for stdout) instead of printing a table.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Mark open trips that waited too long for their other half as orphans, and list them.
+    Sweep {
+        #[command(flatten)]
+        state: StateArg,
+        /// Age, measured back from the newest event in the store, e.g. 6h, 2d, 1h30m.
+        #[arg(long, value_name = "DURATION", value_parser = duration::parse_duration)]
+        older_than: i64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Convert other formats into tripflow events (NDJSON on stdout or --out).
+    #[command(subcommand)]
+    Convert(Convert),
+    /// Make realistic synthetic events for tests and benchmarks (NDJSON).
+    Generate {
+        /// Number of trips (two events each).
+        #[arg(long, value_name = "N")]
+        trips: u64,
+        /// Seed: the same seed gives the same bytes.
+        #[arg(long, value_name = "S", default_value_t = 1)]
+        seed: u64,
+        /// Probability that an event is repeated as an exact duplicate.
+        #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = probability)]
+        duplicates: f64,
+        /// Shuffle all events (otherwise they come in time order).
+        #[arg(long)]
+        shuffle: bool,
+        /// Probability that a bad record follows an event (each rejection reason in turn).
+        #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = probability)]
+        poison: f64,
+        /// Write here instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Print the core component's WIT package and sha256, or precompile it.
+    Component {
+        /// Write the component compiled ahead of time for this host (.cwasm) to this file.
+        #[arg(long, value_name = "FILE")]
+        precompile: Option<PathBuf>,
+        /// Write the component's .wasm bytes to this file.
+        #[arg(long, value_name = "FILE")]
+        export_wasm: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum Convert {
+    /// NYC TLC trip records (CSV with tpep_pickup_datetime, tpep_dropoff_datetime,
+    /// fare_amount in naive New York time) to trip_start/trip_end events with offsets.
+    NycTlc {
+        /// The TLC CSV file.
+        #[arg(value_name = "FILE.csv")]
+        file: PathBuf,
+        /// Trip ids are PREFIX-<row number>.
+        #[arg(long, default_value = "nyc", value_name = "PREFIX")]
+        prefix: String,
+        /// Write here instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct StateArg {
+    /// State directory holding the embedded store.
+    #[arg(long = "state", default_value = "tripflow-state", value_name = "DIR")]
+    dir: PathBuf,
+}
+
+fn probability(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?} is not a probability: use a number from 0 to 1, e.g. 0.05")),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Convert(Convert::NycTlc { file, prefix, out }) => {
+            let input = File::open(file).with_context(|| {
+                format!("cannot read {}: pass the path of a TLC trip CSV", file.display())
+            })?;
+            let stats = with_output(out.as_deref(), |w| {
+                tripflow_core::convert::nyc_tlc(io::BufReader::new(input), w, prefix)
+                    .with_context(|| format!("converting {}", file.display()))
+            })?;
+            eprintln!("tripflow: converted {} rows into {} events", stats.rows, stats.events);
+            Ok(())
+        }
+        Command::Generate { trips, seed, duplicates, shuffle, poison, out } => {
+            let opts = tripflow_core::generate::GenerateOptions {
+                trips: *trips,
+                seed: *seed,
+                duplicates: *duplicates,
+                shuffle: *shuffle,
+                poison: *poison,
+            };
+            let stats = with_output(out.as_deref(), |w| {
+                tripflow_core::generate::generate(&opts, w).context("writing generated events")
+            })?;
+            eprintln!(
+                "tripflow: generated {} lines ({} duplicates, {} poison)",
+                stats.lines, stats.duplicates, stats.poison
+            );
+            Ok(())
+        }
+        _ if cli.native => dispatch(&cli, &NativeCore),
+        _ => {
+            let source = match &cli.component {
+                Some(path) => ComponentSource::File(path.clone()),
+                None => ComponentSource::Embedded,
+            };
+            let runtime = Runtime::load(&source, Limits::default(), cache_dir().as_deref())?;
+            dispatch(&cli, &runtime)
+        }
+    }
+}
+
+fn dispatch<P: CoreProvider>(cli: &Cli, core: &P) -> Result<()> {
+    match &cli.command {
+        Command::Replay { files, state, timezone, kpi_out, quarantine, json, batch_lines } => {
+            core.session()?.check_time_zone(timezone)?;
+            let inputs: Vec<Input> = files.iter().map(|f| Input::from_arg(f)).collect();
+            for input in &inputs {
+                input.open()?;
+            }
+            if *batch_lines == 0 {
+                bail!("--batch-lines must be at least 1");
+            }
+            let mut state_dir = StateDir::open(&state.dir)?;
+            let mut quarantine_file = quarantine
+                .as_ref()
+                .map(|p| create(p).map(BufWriter::new))
+                .transpose()?;
+            eprintln!("tripflow: replaying with {}", core.describe());
+            let progress = output::ProgressBar::for_inputs(&inputs);
+            let opts = ReplayOptions {
+                batch_lines: *batch_lines,
+                ..ReplayOptions::default()
+            };
+            let summary = tripflow_store::replay(
+                core,
+                &mut state_dir,
+                &inputs,
+                &opts,
+                quarantine_file.as_mut().map(|f| f as &mut dyn Write),
+                &progress,
+            )?;
+            progress.finish();
+            let report = tripflow_store::kpi(
+                core,
+                &state_dir,
+                &KpiOptions {
+                    zone: timezone.clone(),
+                    ..KpiOptions::default()
+                },
+            )?;
+            if let Some(path) = kpi_out {
+                write_file(path, report.csv.as_bytes())?;
+                eprintln!("tripflow: wrote {} ({} days) with {}", path.display(), report.rows.len(), core.describe());
+            }
+            let mut stdout = io::stdout().lock();
+            if *json {
+                serde_json::to_writer_pretty(&mut stdout, &summary)?;
+                writeln!(stdout)?;
+            } else {
+                output::print_summary(&mut stdout, &summary, files, quarantine.as_deref())?;
+                writeln!(stdout)?;
+                output::print_kpi_table(&mut stdout, &report.rows, timezone)?;
+            }
+            Ok(())
+        }
+        Command::Kpi { state, timezone, from, to, out } => {
+            let state_dir = open_existing(&state.dir)?;
+            let opts = KpiOptions {
+                zone: timezone.clone(),
+                from: from.clone(),
+                to: to.clone(),
+            };
+            let report = tripflow_store::kpi(core, &state_dir, &opts)?;
+            match out {
+                Some(path) if path.as_os_str() == "-" => io::stdout().lock().write_all(report.csv.as_bytes())?,
+                Some(path) => {
+                    write_file(path, report.csv.as_bytes())?;
+                    eprintln!("tripflow: wrote {} ({} days) with {}", path.display(), report.rows.len(), core.describe());
+                }
+                None => output::print_kpi_table(&mut io::stdout().lock(), &report.rows, timezone)?,
+            }
+            Ok(())
+        }
+        Command::Sweep { state, older_than, json } => {
+            let mut state_dir = open_existing(&state.dir)?;
+            let report = tripflow_store::sweep(core, &mut state_dir, *older_than)?;
+            eprintln!("tripflow: swept with {}", core.describe());
+            let mut stdout = io::stdout().lock();
+            if *json {
+                serde_json::to_writer_pretty(&mut stdout, &report)?;
+                writeln!(stdout)?;
+            } else {
+                output::print_sweep(&mut stdout, &report)?;
+            }
+            Ok(())
+        }
+        Command::Component { precompile, export_wasm } => {
+            let mut stdout = io::stdout().lock();
+            writeln!(stdout, "package  {}", tripflow_runtime::WIT_PACKAGE)?;
+            writeln!(stdout, "runs     {}", core.describe())?;
+            if let Some(path) = export_wasm {
+                let bytes = match &cli.component {
+                    Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+                    None => tripflow_runtime::EMBEDDED_COMPONENT.to_vec(),
+                };
+                write_file(path, &bytes)?;
+                writeln!(stdout, "wrote    {}", path.display())?;
+            }
+            if let Some(path) = precompile {
+                let wasm = match &cli.component {
+                    Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+                    None => tripflow_runtime::EMBEDDED_COMPONENT.to_vec(),
+                };
+                write_file(path, &tripflow_runtime::precompile(&wasm)?)?;
+                writeln!(stdout, "wrote    {} (precompiled for this host)", path.display())?;
+            }
+            Ok(())
+        }
+        Command::Convert(_) | Command::Generate { .. } => unreachable!("handled before loading the core"),
+    }
+}
+
+/// A store that must already exist (kpi and sweep read what replay wrote).
+fn open_existing(dir: &Path) -> Result<StateDir> {
+    if !dir.join("tripflow.sqlite").is_file() {
+        bail!(
+            "no tripflow store in {}: run `tripflow replay --state {} FILE...` first, or pass --state DIR",
+            dir.display(),
+            dir.display()
+        );
+    }
+    Ok(StateDir::open(dir)?)
+}
+
+fn create(path: &Path) -> Result<File> {
+    File::create(path).with_context(|| format!("cannot write {}: check the directory exists and is writable", path.display()))
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).with_context(|| format!("cannot write {}: check the directory exists and is writable", path.display()))
+}
+
+fn with_output<T>(out: Option<&Path>, f: impl FnOnce(&mut dyn Write) -> Result<T>) -> Result<T> {
+    match out {
+        Some(path) => {
+            let mut w = BufWriter::new(create(path)?);
+            let v = f(&mut w)?;
+            w.flush().with_context(|| format!("writing {}", path.display()))?;
+            Ok(v)
+        }
+        None => {
+            let stdout = io::stdout();
+            let mut w = BufWriter::new(stdout.lock());
+            let v = f(&mut w)?;
+            w.flush().context("writing to stdout")?;
+            Ok(v)
+        }
+    }
+}
+
+/// Where compiled components are cached: `$TRIPFLOW_CACHE_DIR`, else the XDG cache directory.
+/// An empty `TRIPFLOW_CACHE_DIR` turns the cache off.
+fn cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("TRIPFLOW_CACHE_DIR") {
+        return (!dir.is_empty()).then(|| PathBuf::from(dir));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("tripflow"))
+}
+
+/// Whether progress should be drawn.
+pub(crate) fn stderr_is_terminal() -> bool {
+    io::stderr().is_terminal()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn probabilities_are_checked() {
+        assert_eq!(probability("0.25"), Ok(0.25));
+        assert!(probability("2").is_err());
+        assert!(probability("x").is_err());
+    }
+}
