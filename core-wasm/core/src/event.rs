@@ -10,7 +10,7 @@ use std::fmt;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::money::{parse_fare, shorten};
+use crate::money::{parse_fare, shorten, shorten_raw};
 use crate::time::{parse_rfc3339, secs_to_nanos};
 use crate::types::{EventKind, MAX_RECORD_BYTES, ParseOutcome, Reject, Span, TripEvent};
 
@@ -80,7 +80,7 @@ fn trip_id_of(raw: &RawValue) -> Result<Cow<'_, str>, Reject> {
     let id = json_string(raw).ok_or_else(|| {
         Reject::BadTripId(format!(
             "trip_id must be a JSON string, got {}",
-            shorten(raw.get())
+            shorten_raw(raw.get())
         ))
     })?;
     let chars = id.chars().count();
@@ -109,7 +109,7 @@ fn kind_of(raw: &RawValue) -> Result<EventKind, Reject> {
         Some("trip_end") => Ok(EventKind::End),
         _ => Err(Reject::BadEventType(format!(
             "event_type {} is neither \"trip_start\" nor \"trip_end\"",
-            shorten(raw.get())
+            shorten_raw(raw.get())
         ))),
     }
 }
@@ -120,7 +120,7 @@ fn timestamp_of(raw: &RawValue) -> Result<i64, Reject> {
         if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
             return Err(Reject::BadTimestamp(format!(
                 "timestamp {} is a string of digits: write Unix seconds as a JSON number",
-                shorten(text)
+                shorten_raw(text)
             )));
         }
         return parse_rfc3339(&s).map_err(Reject::BadTimestamp);
@@ -142,7 +142,7 @@ fn timestamp_of(raw: &RawValue) -> Result<i64, Reject> {
     } else {
         "must be an RFC 3339 string or integer Unix seconds"
     };
-    Err(Reject::BadTimestamp(format!("timestamp {} {what}", shorten(text))))
+    Err(Reject::BadTimestamp(format!("timestamp {} {what}", shorten_raw(text))))
 }
 
 fn fare_of(raw: &RawValue) -> Result<i64, Reject> {
@@ -154,7 +154,7 @@ fn fare_of(raw: &RawValue) -> Result<i64, Reject> {
     } else {
         Err(format!(
             "fare must be a number or a decimal string, got {}",
-            shorten(text)
+            shorten_raw(text)
         ))
     };
     parsed.map_err(Reject::BadFare)

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::fmt::Write;
 
 use crate::money::format_cents;
+use crate::time::format_rfc3339_utc;
 use crate::types::{
     ClosedTrip, Closing, Conflict, Decision, EventKind, EventRef, Resolution, TripEvent, TripStatus,
 };
@@ -125,8 +126,9 @@ fn describe_conflict(first: &TripEvent, copy: &TripEvent) -> String {
     if first.timestamp_ns != copy.timestamp_ns {
         let _ = write!(
             out,
-            " timestamp stored {} ns, this copy {} ns;",
-            first.timestamp_ns, copy.timestamp_ns
+            " timestamp stored {}, this copy {};",
+            format_rfc3339_utc(first.timestamp_ns),
+            format_rfc3339_utc(copy.timestamp_ns)
         );
     }
     if first.fare_cents != copy.fare_cents {

@@ -21,7 +21,10 @@ pub fn parse_fare(text: &str) -> Result<i64, String> {
     };
     let plain = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     if !plain(int_part) || frac_part.is_some_and(|f| !plain(f)) {
-        let hint = if body.bytes().any(|b| b == b'e' || b == b'E') {
+        let numeric_with_exponent = body.bytes().any(|b| b.is_ascii_digit())
+            && body.bytes().any(|b| b == b'e' || b == b'E')
+            && body.bytes().all(|b| b.is_ascii_digit() || b"eE.+-".contains(&b));
+        let hint = if numeric_with_exponent {
             ": write it without an exponent, e.g. 1250.00"
         } else {
             ": expected a plain decimal such as 12.50"
@@ -74,6 +77,17 @@ pub fn push_cents(out: &mut String, cents: i64) {
     let _ = write!(out, "{sign}{}.{:02}", abs / 100, abs % 100);
 }
 
+/// JSON text as it was written, cut short if it is long, for an error message.
+pub(crate) fn shorten_raw(text: &str) -> String {
+    const MAX: usize = 40;
+    if text.chars().count() <= MAX {
+        text.to_owned()
+    } else {
+        let head: String = text.chars().take(MAX).collect();
+        format!("{head}…")
+    }
+}
+
 /// A value quoted for an error message, cut short if it is long.
 pub(crate) fn shorten(text: &str) -> String {
     const MAX: usize = 40;
@@ -111,6 +125,7 @@ mod tests {
         assert!(parse_fare("1000000.01").unwrap_err().contains("maximum"));
         assert!(parse_fare("99999999999999999999999").unwrap_err().contains("maximum"));
         assert!(parse_fare("1e2").unwrap_err().contains("exponent"));
+        assert!(!parse_fare("twelve").unwrap_err().contains("exponent"));
         for bad in ["", ".", "1.", ".5", "+1", " 1", "1,5", "abc", "--1"] {
             assert!(parse_fare(bad).is_err(), "{bad:?} should be rejected");
         }

@@ -13,8 +13,9 @@ pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
     let bad = |what: &str| {
         format!("{shown} is not RFC 3339 ({what}): use e.g. 2019-03-10T03:05:00-04:00 or Unix seconds")
     };
-    if b.len() < 20 {
-        return Err(bad("too short"));
+    let layout = "expected YYYY-MM-DDTHH:MM:SS followed by Z or ±HH:MM";
+    if b.len() < 19 {
+        return Err(bad(layout));
     }
     let num = |range: std::ops::Range<usize>| -> Option<i64> {
         let part = &b[range];
@@ -24,7 +25,7 @@ pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
     };
     let sep = |i: usize, c: u8| b[i] == c;
     if !(sep(4, b'-') && sep(7, b'-') && (b[10] == b'T' || b[10] == b't') && sep(13, b':') && sep(16, b':')) {
-        return Err(bad("expected YYYY-MM-DDTHH:MM:SS"));
+        return Err(bad(layout));
     }
     let (Some(year), Some(month), Some(day), Some(hour), Some(min), Some(sec)) = (
         num(0..4),
@@ -44,7 +45,7 @@ pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
     }
     let mut i = 19;
     let mut nanos = 0i64;
-    if b[i] == b'.' {
+    if b.get(i) == Some(&b'.') {
         i += 1;
         let start = i;
         while i < b.len() && b[i].is_ascii_digit() {
@@ -86,6 +87,28 @@ pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
     secs_to_nanos(secs)
         .and_then(|n| n.checked_add(nanos))
         .ok_or_else(|| format!("{shown} is outside the supported range 1677-09-22 to 2262-04-11"))
+}
+
+/// Formats nanoseconds since the epoch as RFC 3339 in UTC (`2019-03-10T07:05:00Z`, with a
+/// fraction only when there is one).
+pub fn format_rfc3339_utc(ns: i64) -> String {
+    let secs = ns.div_euclid(NANOS_PER_SEC);
+    let nanos = ns.rem_euclid(NANOS_PER_SEC);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let mut out = format!(
+        "{}T{:02}:{:02}:{:02}",
+        format_date(days),
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    );
+    if nanos != 0 {
+        let frac = format!("{nanos:09}");
+        out.push('.');
+        out.push_str(frac.trim_end_matches('0'));
+    }
+    out.push('Z');
+    out
 }
 
 /// Converts whole Unix seconds to nanoseconds, if representable.
@@ -178,6 +201,11 @@ mod tests {
         assert_eq!(parse_rfc3339("2019-03-10T07:05:00.5Z").unwrap(), z + 500_000_000);
         assert_eq!(parse_rfc3339("2019-03-10T07:05:00.123456789Z").unwrap(), z + 123_456_789);
         assert_eq!(parse_rfc3339("2019-03-10T07:05:00.1234567890Z").unwrap(), z + 123_456_789);
+        assert_eq!(format_rfc3339_utc(z), "2019-03-10T07:05:00Z");
+        assert_eq!(format_rfc3339_utc(z + 500_000_000), "2019-03-10T07:05:00.5Z");
+        assert_eq!(format_rfc3339_utc(-1), "1969-12-31T23:59:59.999999999Z");
+        let missing = parse_rfc3339("2019-03-10T07:05:00").unwrap_err();
+        assert!(missing.contains("missing offset"), "{missing}");
     }
 
     #[test]

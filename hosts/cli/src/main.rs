@@ -2,7 +2,6 @@
 //! and compute exact daily fare KPIs — the offline twin of the AWS pipeline, deciding with the
 //! same component bytes.
 
-mod duration;
 mod output;
 
 use std::fs::File;
@@ -85,7 +84,7 @@ enum Command {
         #[command(flatten)]
         state: StateArg,
         /// Age, measured back from the newest event in the store, e.g. 6h, 2d, 1h30m.
-        #[arg(long, value_name = "DURATION", value_parser = duration::parse_duration)]
+        #[arg(long, value_name = "DURATION", value_parser = tripflow_store::parse_duration)]
         older_than: i64,
         /// Print the report as JSON.
         #[arg(long)]

@@ -5,8 +5,8 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use tripflow_core::money::format_cents;
-use tripflow_core::time::format_date;
-use tripflow_core::{DayKpi, time::NANOS_PER_SEC};
+use tripflow_core::DayKpi;
+use tripflow_core::time::format_rfc3339_utc;
 use tripflow_store::{Input, Progress, Summary, SweepReport};
 
 /// Inputs smaller than this replay too fast for a bar to help.
@@ -113,22 +113,10 @@ pub fn print_sweep(out: &mut impl Write, r: &SweepReport) -> io::Result<()> {
     let Some(newest) = r.newest_ns else {
         return writeln!(out, "the store has no events: nothing to sweep");
     };
-    writeln!(out, "newest event: {} ({} ns)", rfc3339_utc(newest), newest)?;
+    writeln!(out, "newest event: {} ({} ns)", format_rfc3339_utc(newest), newest)?;
     writeln!(out, "orphaned now: {}", r.orphans.len())?;
     for o in &r.orphans {
-        writeln!(out, "  {}  has {} at {}", o.trip_id, o.has, rfc3339_utc(o.timestamp_ns))?;
+        writeln!(out, "  {}  has {} at {}", o.trip_id, o.has, format_rfc3339_utc(o.timestamp_ns))?;
     }
     writeln!(out, "still open: {}; orphans in the store: {}", r.still_open, r.orphaned_total)
-}
-
-fn rfc3339_utc(ns: i64) -> String {
-    let secs = ns.div_euclid(NANOS_PER_SEC);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    format!(
-        "{}T{:02}:{:02}:{:02}Z",
-        format_date(days),
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }

@@ -7,6 +7,7 @@
 //! a conformance pass is a statement about the CLI too.
 
 mod db;
+mod duration;
 mod error;
 mod input;
 mod kpi;
@@ -15,6 +16,7 @@ mod replay;
 mod sweep;
 
 pub use db::{StateDir, StoreTotals};
+pub use duration::parse_duration;
 pub use error::Error;
 pub use input::{Input, InputSource};
 pub use kpi::{KpiOptions, KpiReport, kpi};
