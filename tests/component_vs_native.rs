@@ -26,7 +26,15 @@ fn replay<P: CoreProvider>(core: &P, file: &Path, batch_lines: usize, zone: &str
         ..ReplayOptions::default()
     };
     let mut quarantine = Vec::new();
-    let summary = tripflow_store::replay(core, &mut state, &[input], &opts, Some(&mut quarantine), &()).unwrap();
+    let summary = tripflow_store::replay(
+        core,
+        &mut state,
+        &[input],
+        &opts,
+        Some(&mut quarantine),
+        &(),
+    )
+    .unwrap();
     let kpi = tripflow_store::kpi(
         core,
         &state,

@@ -16,7 +16,9 @@ use bindings::exports::tripflow::core::kpi::{self, DayKpi, DayTotals, KpiError, 
 use bindings::exports::tripflow::core::matching::{
     self, ClosedTrip, Closing, Conflict, Decision, EventRef, OpenTrip, Resolution, TripStatus,
 };
-use bindings::exports::tripflow::core::types::{EventKind, ContractLimits, RejectReason, Span, TripEvent};
+use bindings::exports::tripflow::core::types::{
+    ContractLimits, EventKind, RejectReason, Span, TripEvent,
+};
 
 use tripflow_core as core;
 

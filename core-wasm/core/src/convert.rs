@@ -55,11 +55,23 @@ const CARRIED: [(&str, &str); 4] = [
 
 /// Converts TLC CSV from `input` into NDJSON events on `output`. Trip ids are
 /// `<prefix>-<row>` with the 1-based data row number.
-pub fn nyc_tlc(input: impl Read, mut output: impl Write, prefix: &str) -> Result<ConvertStats, ConvertError> {
+pub fn nyc_tlc(
+    input: impl Read,
+    mut output: impl Write,
+    prefix: &str,
+) -> Result<ConvertStats, ConvertError> {
     let tz = chrono_tz::America::New_York;
     let mut reader = csv::ReaderBuilder::new().flexible(false).from_reader(input);
-    let headers = reader.headers().map_err(|source| ConvertError::Csv { row: 0, source })?.clone();
-    let col = |name: &'static str| headers.iter().position(|h| h == name).ok_or(ConvertError::MissingColumn(name));
+    let headers = reader
+        .headers()
+        .map_err(|source| ConvertError::Csv { row: 0, source })?
+        .clone();
+    let col = |name: &'static str| {
+        headers
+            .iter()
+            .position(|h| h == name)
+            .ok_or(ConvertError::MissingColumn(name))
+    };
     let (pickup, dropoff, fare) = (col(PICKUP)?, col(DROPOFF)?, col(FARE)?);
     let carried: Vec<(usize, &str)> = CARRIED
         .iter()
@@ -148,12 +160,24 @@ mod tests {
     #[test]
     fn offsets_follow_new_york_dst() {
         let ny = chrono_tz::America::New_York;
-        assert_eq!(local_to_rfc3339(ny, "2019-03-10 01:30:00"), "2019-03-10T01:30:00-05:00");
-        assert_eq!(local_to_rfc3339(ny, "2019-03-10 03:30:00"), "2019-03-10T03:30:00-04:00");
+        assert_eq!(
+            local_to_rfc3339(ny, "2019-03-10 01:30:00"),
+            "2019-03-10T01:30:00-05:00"
+        );
+        assert_eq!(
+            local_to_rfc3339(ny, "2019-03-10 03:30:00"),
+            "2019-03-10T03:30:00-04:00"
+        );
         // 02:30 does not exist that night: read as EST, i.e. 03:30 EDT.
-        assert_eq!(local_to_rfc3339(ny, "2019-03-10 02:30:00"), "2019-03-10T03:30:00-04:00");
+        assert_eq!(
+            local_to_rfc3339(ny, "2019-03-10 02:30:00"),
+            "2019-03-10T03:30:00-04:00"
+        );
         // 01:30 happens twice on 2019-11-03: the earlier, daylight one.
-        assert_eq!(local_to_rfc3339(ny, "2019-11-03 01:30:00"), "2019-11-03T01:30:00-04:00");
+        assert_eq!(
+            local_to_rfc3339(ny, "2019-11-03 01:30:00"),
+            "2019-11-03T01:30:00-04:00"
+        );
         assert_eq!(local_to_rfc3339(ny, "03/10/2019"), "03/10/2019");
     }
 

@@ -85,7 +85,9 @@ fn trip_id_of(raw: &RawValue) -> Result<Cow<'_, str>, Reject> {
     })?;
     let chars = id.chars().count();
     if chars == 0 {
-        return Err(Reject::BadTripId("trip_id is empty: it needs 1 to 128 characters".into()));
+        return Err(Reject::BadTripId(
+            "trip_id is empty: it needs 1 to 128 characters".into(),
+        ));
     }
     if chars > MAX_TRIP_ID_CHARS {
         return Err(Reject::BadTripId(format!(
@@ -142,7 +144,10 @@ fn timestamp_of(raw: &RawValue) -> Result<i64, Reject> {
     } else {
         "must be an RFC 3339 string or integer Unix seconds"
     };
-    Err(Reject::BadTimestamp(format!("timestamp {} {what}", shorten_raw(text))))
+    Err(Reject::BadTimestamp(format!(
+        "timestamp {} {what}",
+        shorten_raw(text)
+    )))
 }
 
 fn fare_of(raw: &RawValue) -> Result<i64, Reject> {
@@ -185,8 +190,12 @@ impl<'a> Fields<'a> {
     fn required(&self, name: &str, value: Option<&'a RawValue>) -> Result<&'a RawValue, Reject> {
         match value {
             Some(raw) if raw.get() != "null" => Ok(raw),
-            Some(_) => Err(Reject::MissingField(format!("{name} is null: it is required"))),
-            None => Err(Reject::MissingField(format!("{name} is missing: it is required"))),
+            Some(_) => Err(Reject::MissingField(format!(
+                "{name} is null: it is required"
+            ))),
+            None => Err(Reject::MissingField(format!(
+                "{name} is missing: it is required"
+            ))),
         }
     }
 
@@ -334,7 +343,9 @@ mod tests {
         assert_eq!(e.timestamp_ns, 1_552_201_500_000_000_000);
         assert_eq!(e.fare_cents, Some(1250));
         assert_eq!(e.extras, "");
-        let s = accepted(r#"{"event_type":"trip_start","trip_id":"t1","timestamp":1552201500,"fare":null}"#);
+        let s = accepted(
+            r#"{"event_type":"trip_start","trip_id":"t1","timestamp":1552201500,"fare":null}"#,
+        );
         assert_eq!(s.kind, EventKind::Start);
         assert_eq!(s.fare_cents, None);
         assert_eq!(s.timestamp_ns, e.timestamp_ns);
@@ -354,10 +365,13 @@ mod tests {
 
     #[test]
     fn escapes_and_unicode_in_ids() {
-        let e = accepted(r#"{"trip_id":"Zürich-\u00e9-🚕","event_type":"trip_start","timestamp":0}"#);
+        let e =
+            accepted(r#"{"trip_id":"Zürich-\u00e9-🚕","event_type":"trip_start","timestamp":0}"#);
         assert_eq!(e.trip_id, "Zürich-é-🚕");
         let long: String = "é".repeat(128);
-        accepted(&format!(r#"{{"trip_id":"{long}","event_type":"trip_start","timestamp":0}}"#));
+        accepted(&format!(
+            r#"{{"trip_id":"{long}","event_type":"trip_start","timestamp":0}}"#
+        ));
     }
 
     #[test]
@@ -367,18 +381,54 @@ mod tests {
             (b"[1]", "malformed_json"),
             (b"{\"trip_id\":\"a\",\"trip_id\":\"b\"}", "malformed_json"),
             (b"{\"trip_id\":\"\xff\"}", "malformed_json"),
-            (b"{\"trip_id\":\"t\",\"event_type\":\"trip_start\",\"timestamp\":0} x", "malformed_json"),
-            (b"{\"trip_id\":\"t\",\"event_type\":\"trip_start\"}", "missing_field"),
-            (b"{\"trip_id\":null,\"event_type\":\"trip_start\",\"timestamp\":0}", "missing_field"),
-            (b"{\"trip_id\":\"t\",\"event_type\":\"trip_pause\",\"timestamp\":0}", "bad_event_type"),
-            (b"{\"trip_id\":\"t\",\"event_type\":\"trip_start\",\"timestamp\":\"yesterday\"}", "bad_timestamp"),
-            (b"{\"trip_id\":\"t\",\"event_type\":\"trip_start\",\"timestamp\":1.5}", "bad_timestamp"),
-            (b"{\"trip_id\":\"t\",\"event_type\":\"trip_start\",\"timestamp\":\"1552201500\"}", "bad_timestamp"),
-            (b"{\"trip_id\":\"t\",\"event_type\":\"trip_end\",\"timestamp\":0,\"fare\":-3}", "bad_fare"),
-            (b"{\"trip_id\":\"t\",\"event_type\":\"trip_end\",\"timestamp\":0,\"fare\":true}", "bad_fare"),
-            (b"{\"trip_id\":7,\"event_type\":\"trip_end\",\"timestamp\":0}", "bad_trip_id"),
-            (b"{\"trip_id\":\"\",\"event_type\":\"trip_end\",\"timestamp\":0}", "bad_trip_id"),
-            (b"{\"trip_id\":\"a\\u0007b\",\"event_type\":\"trip_end\",\"timestamp\":0}", "bad_trip_id"),
+            (
+                b"{\"trip_id\":\"t\",\"event_type\":\"trip_start\",\"timestamp\":0} x",
+                "malformed_json",
+            ),
+            (
+                b"{\"trip_id\":\"t\",\"event_type\":\"trip_start\"}",
+                "missing_field",
+            ),
+            (
+                b"{\"trip_id\":null,\"event_type\":\"trip_start\",\"timestamp\":0}",
+                "missing_field",
+            ),
+            (
+                b"{\"trip_id\":\"t\",\"event_type\":\"trip_pause\",\"timestamp\":0}",
+                "bad_event_type",
+            ),
+            (
+                b"{\"trip_id\":\"t\",\"event_type\":\"trip_start\",\"timestamp\":\"yesterday\"}",
+                "bad_timestamp",
+            ),
+            (
+                b"{\"trip_id\":\"t\",\"event_type\":\"trip_start\",\"timestamp\":1.5}",
+                "bad_timestamp",
+            ),
+            (
+                b"{\"trip_id\":\"t\",\"event_type\":\"trip_start\",\"timestamp\":\"1552201500\"}",
+                "bad_timestamp",
+            ),
+            (
+                b"{\"trip_id\":\"t\",\"event_type\":\"trip_end\",\"timestamp\":0,\"fare\":-3}",
+                "bad_fare",
+            ),
+            (
+                b"{\"trip_id\":\"t\",\"event_type\":\"trip_end\",\"timestamp\":0,\"fare\":true}",
+                "bad_fare",
+            ),
+            (
+                b"{\"trip_id\":7,\"event_type\":\"trip_end\",\"timestamp\":0}",
+                "bad_trip_id",
+            ),
+            (
+                b"{\"trip_id\":\"\",\"event_type\":\"trip_end\",\"timestamp\":0}",
+                "bad_trip_id",
+            ),
+            (
+                b"{\"trip_id\":\"a\\u0007b\",\"event_type\":\"trip_end\",\"timestamp\":0}",
+                "bad_trip_id",
+            ),
         ];
         for (input, code) in cases {
             let r = rejected(input);
@@ -399,6 +449,8 @@ mod tests {
     #[test]
     fn spans_outside_the_buffer_are_reported() {
         let out = parse_batch(b"{}", &[Span { offset: 1, len: 5 }]);
-        assert!(matches!(&out[0], ParseOutcome::Rejected(Reject::MalformedJson(d)) if d.contains("outside")));
+        assert!(
+            matches!(&out[0], ParseOutcome::Rejected(Reject::MalformedJson(d)) if d.contains("outside"))
+        );
     }
 }

@@ -36,7 +36,13 @@ impl Zone {
         let offset = match self.0 {
             Tz::UTC | Tz::Etc__UTC => 0,
             tz => DateTime::<Utc>::from_timestamp(secs, 0)
-                .map(|t| i64::from(tz.offset_from_utc_datetime(&t.naive_utc()).fix().local_minus_utc()))
+                .map(|t| {
+                    i64::from(
+                        tz.offset_from_utc_datetime(&t.naive_utc())
+                            .fix()
+                            .local_minus_utc(),
+                    )
+                })
                 .unwrap_or(0),
         };
         (secs + offset).div_euclid(86_400)
@@ -125,7 +131,10 @@ pub fn finish(
     from: Option<&str>,
     to: Option<&str>,
 ) -> Result<Vec<DayKpi>, KpiError> {
-    let bound = |d: Option<&str>| d.map(|s| parse_date(s).ok_or_else(|| bad_date(s))).transpose();
+    let bound = |d: Option<&str>| {
+        d.map(|s| parse_date(s).ok_or_else(|| bad_date(s)))
+            .transpose()
+    };
     let (lo, hi) = (bound(from)?, bound(to)?);
     if let (Some(lo), Some(hi)) = (lo, hi)
         && lo > hi
@@ -224,7 +233,10 @@ mod tests {
         let late = parse_rfc3339("2019-03-11T03:30:00Z").unwrap();
         assert_eq!(format_date(ny.day_of(late)), "2019-03-10");
         assert_eq!(day_of("UTC", late).unwrap(), "2019-03-11");
-        assert!(matches!(Zone::new("Mars/Olympus"), Err(KpiError::UnknownTimeZone(_))));
+        assert!(matches!(
+            Zone::new("Mars/Olympus"),
+            Err(KpiError::UnknownTimeZone(_))
+        ));
     }
 
     #[test]
@@ -235,7 +247,11 @@ mod tests {
         let b = accumulate(
             "UTC",
             &a,
-            &[fare("2019-03-01T11:00:00Z", 0), fare("2019-02-28T23:59:59Z", 101), skipped],
+            &[
+                fare("2019-03-01T11:00:00Z", 0),
+                fare("2019-02-28T23:59:59Z", 101),
+                skipped,
+            ],
         )
         .unwrap();
         let rows = finish(&b, None, None).unwrap();

@@ -141,7 +141,13 @@ fn describe_conflict(first: &TripEvent, copy: &TripEvent) -> String {
         );
     }
     if first.extras != copy.extras {
-        let show = |e: &str| if e.is_empty() { "{}".to_owned() } else { e.to_owned() };
+        let show = |e: &str| {
+            if e.is_empty() {
+                "{}".to_owned()
+            } else {
+                e.to_owned()
+            }
+        };
         let _ = write!(
             out,
             " other fields stored {}, this copy {};",
@@ -187,7 +193,10 @@ mod tests {
         let r = resolve(&[ev("a", End, 30, None)], &stored);
         assert_eq!(r.closed[0].trip.fare_cents, Some(100));
         let both = [ev("a", Start, 10, Some(100)), ev("a", End, 30, None)];
-        let again = resolve(&[ev("a", End, 30, None), ev("a", Start, 10, Some(100))], &both);
+        let again = resolve(
+            &[ev("a", End, 30, None), ev("a", Start, 10, Some(100))],
+            &both,
+        );
         assert_eq!(
             again.decisions,
             [
@@ -207,7 +216,11 @@ mod tests {
             panic!("{:?}", r.decisions)
         };
         assert_eq!(c.first, EventRef::Incoming(0));
-        assert!(c.detail.contains("fare stored 1.00, this copy 2.00"), "{}", c.detail);
+        assert!(
+            c.detail.contains("fare stored 1.00, this copy 2.00"),
+            "{}",
+            c.detail
+        );
         assert_eq!(r.opened, [0]);
     }
 

@@ -23,7 +23,9 @@ pub fn parse_fare(text: &str) -> Result<i64, String> {
     if !plain(int_part) || frac_part.is_some_and(|f| !plain(f)) {
         let numeric_with_exponent = body.bytes().any(|b| b.is_ascii_digit())
             && body.bytes().any(|b| b == b'e' || b == b'E')
-            && body.bytes().all(|b| b.is_ascii_digit() || b"eE.+-".contains(&b));
+            && body
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b"eE.+-".contains(&b));
         let hint = if numeric_with_exponent {
             ": write it without an exponent, e.g. 1250.00"
         } else {
@@ -123,7 +125,11 @@ mod tests {
         assert!(err.contains("has 3 decimals: at most 2 allowed"), "{err}");
         assert!(parse_fare("-1.00").unwrap_err().contains("negative"));
         assert!(parse_fare("1000000.01").unwrap_err().contains("maximum"));
-        assert!(parse_fare("99999999999999999999999").unwrap_err().contains("maximum"));
+        assert!(
+            parse_fare("99999999999999999999999")
+                .unwrap_err()
+                .contains("maximum")
+        );
         assert!(parse_fare("1e2").unwrap_err().contains("exponent"));
         assert!(!parse_fare("twelve").unwrap_err().contains("exponent"));
         for bad in ["", ".", "1.", ".5", "+1", " 1", "1,5", "abc", "--1"] {

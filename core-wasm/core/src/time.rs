@@ -11,7 +11,9 @@ pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
     let b = s.as_bytes();
     let shown = crate::money::shorten(s);
     let bad = |what: &str| {
-        format!("{shown} is not RFC 3339 ({what}): use e.g. 2019-03-10T03:05:00-04:00 or Unix seconds")
+        format!(
+            "{shown} is not RFC 3339 ({what}): use e.g. 2019-03-10T03:05:00-04:00 or Unix seconds"
+        )
     };
     let layout = "expected YYYY-MM-DDTHH:MM:SS followed by Z or ±HH:MM";
     if b.len() < 19 {
@@ -19,12 +21,18 @@ pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
     }
     let num = |range: std::ops::Range<usize>| -> Option<i64> {
         let part = &b[range];
-        part.iter()
-            .all(u8::is_ascii_digit)
-            .then(|| part.iter().fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0')))
+        part.iter().all(u8::is_ascii_digit).then(|| {
+            part.iter()
+                .fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0'))
+        })
     };
     let sep = |i: usize, c: u8| b[i] == c;
-    if !(sep(4, b'-') && sep(7, b'-') && (b[10] == b'T' || b[10] == b't') && sep(13, b':') && sep(16, b':')) {
+    if !(sep(4, b'-')
+        && sep(7, b'-')
+        && (b[10] == b'T' || b[10] == b't')
+        && sep(13, b':')
+        && sep(16, b':'))
+    {
         return Err(bad(layout));
     }
     let (Some(year), Some(month), Some(day), Some(hour), Some(min), Some(sec)) = (
@@ -164,8 +172,9 @@ pub fn parse_date(s: &str) -> Option<i64> {
         return None;
     }
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        b[r].iter()
-            .try_fold(0i64, |acc, d| d.is_ascii_digit().then(|| acc * 10 + i64::from(d - b'0')))
+        b[r].iter().try_fold(0i64, |acc, d| {
+            d.is_ascii_digit().then(|| acc * 10 + i64::from(d - b'0'))
+        })
     };
     let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     if !(1..=12).contains(&m) || d < 1 || d > days_in_month(y, m as u32) {
@@ -198,11 +207,23 @@ mod tests {
         assert_eq!(z, 1_552_201_500 * NANOS_PER_SEC);
         assert_eq!(parse_rfc3339("2019-03-10T03:05:00-04:00").unwrap(), z);
         assert_eq!(parse_rfc3339("2019-03-10t12:35:00+05:30").unwrap(), z);
-        assert_eq!(parse_rfc3339("2019-03-10T07:05:00.5Z").unwrap(), z + 500_000_000);
-        assert_eq!(parse_rfc3339("2019-03-10T07:05:00.123456789Z").unwrap(), z + 123_456_789);
-        assert_eq!(parse_rfc3339("2019-03-10T07:05:00.1234567890Z").unwrap(), z + 123_456_789);
+        assert_eq!(
+            parse_rfc3339("2019-03-10T07:05:00.5Z").unwrap(),
+            z + 500_000_000
+        );
+        assert_eq!(
+            parse_rfc3339("2019-03-10T07:05:00.123456789Z").unwrap(),
+            z + 123_456_789
+        );
+        assert_eq!(
+            parse_rfc3339("2019-03-10T07:05:00.1234567890Z").unwrap(),
+            z + 123_456_789
+        );
         assert_eq!(format_rfc3339_utc(z), "2019-03-10T07:05:00Z");
-        assert_eq!(format_rfc3339_utc(z + 500_000_000), "2019-03-10T07:05:00.5Z");
+        assert_eq!(
+            format_rfc3339_utc(z + 500_000_000),
+            "2019-03-10T07:05:00.5Z"
+        );
         assert_eq!(format_rfc3339_utc(-1), "1969-12-31T23:59:59.999999999Z");
         let missing = parse_rfc3339("2019-03-10T07:05:00").unwrap_err();
         assert!(missing.contains("missing offset"), "{missing}");

@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use proptest::prelude::*;
 use tripflow_core::{
-    ClosedTrip, Decision, EventKind, TripEvent, TripFare, TripStatus, accumulate, finish, render_csv, resolve,
+    ClosedTrip, Decision, EventKind, TripEvent, TripFare, TripStatus, accumulate, finish,
+    render_csv, resolve,
 };
 
 #[derive(Clone, Debug)]
@@ -24,8 +25,8 @@ fn trips() -> impl Strategy<Value = Vec<Trip>> {
         (
             0i64..5 * 86_400,
             -600i64..7_200,
-            prop::option::weighted(0.2, 0i64..100_000_00),
-            prop::option::weighted(0.9, 0i64..100_000_00),
+            prop::option::weighted(0.2, 0i64..=tripflow_core::money::MAX_FARE_CENTS),
+            prop::option::weighted(0.9, 0i64..=tripflow_core::money::MAX_FARE_CENTS),
         )
             .prop_map(|(start, duration, start_fare, end_fare)| Trip {
                 start,
@@ -103,7 +104,11 @@ fn run(stream: &[TripEvent], batch_sizes: &[usize]) -> Vec<ClosedTrip> {
         for (e, d) in batch.iter().zip(&r.decisions) {
             match d {
                 Decision::Store => {
-                    assert!(store.insert((e.trip_id.clone(), e.kind), e.clone()).is_none());
+                    assert!(
+                        store
+                            .insert((e.trip_id.clone(), e.kind), e.clone())
+                            .is_none()
+                    );
                 }
                 Decision::Duplicate(_) => {}
                 Decision::ConflictingDuplicate(c) => panic!("no conflicts expected: {c:?}"),

@@ -152,7 +152,9 @@ struct StateArg {
 fn probability(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
-        _ => Err(format!("{s:?} is not a probability: use a number from 0 to 1, e.g. 0.05")),
+        _ => Err(format!(
+            "{s:?} is not a probability: use a number from 0 to 1, e.g. 0.05"
+        )),
     }
 }
 
@@ -168,16 +170,29 @@ fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Convert(Convert::NycTlc { file, prefix, out }) => {
             let input = File::open(file).with_context(|| {
-                format!("cannot read {}: pass the path of a TLC trip CSV", file.display())
+                format!(
+                    "cannot read {}: pass the path of a TLC trip CSV",
+                    file.display()
+                )
             })?;
             let stats = with_output(out.as_deref(), |w| {
                 tripflow_core::convert::nyc_tlc(io::BufReader::new(input), w, prefix)
                     .with_context(|| format!("converting {}", file.display()))
             })?;
-            eprintln!("tripflow: converted {} rows into {} events", stats.rows, stats.events);
+            eprintln!(
+                "tripflow: converted {} rows into {} events",
+                stats.rows, stats.events
+            );
             Ok(())
         }
-        Command::Generate { trips, seed, duplicates, shuffle, poison, out } => {
+        Command::Generate {
+            trips,
+            seed,
+            duplicates,
+            shuffle,
+            poison,
+            out,
+        } => {
             let opts = tripflow_core::generate::GenerateOptions {
                 trips: *trips,
                 seed: *seed,
@@ -208,7 +223,15 @@ fn run(cli: Cli) -> Result<()> {
 
 fn dispatch<P: CoreProvider>(cli: &Cli, core: &P) -> Result<()> {
     match &cli.command {
-        Command::Replay { files, state, timezone, kpi_out, quarantine, json, batch_lines } => {
+        Command::Replay {
+            files,
+            state,
+            timezone,
+            kpi_out,
+            quarantine,
+            json,
+            batch_lines,
+        } => {
             core.session()?.check_time_zone(timezone)?;
             let inputs: Vec<Input> = files.iter().map(|f| Input::from_arg(f)).collect();
             for input in &inputs {
@@ -247,7 +270,12 @@ fn dispatch<P: CoreProvider>(cli: &Cli, core: &P) -> Result<()> {
             )?;
             if let Some(path) = kpi_out {
                 write_file(path, report.csv.as_bytes())?;
-                eprintln!("tripflow: wrote {} ({} days) with {}", path.display(), report.rows.len(), core.describe());
+                eprintln!(
+                    "tripflow: wrote {} ({} days) with {}",
+                    path.display(),
+                    report.rows.len(),
+                    core.describe()
+                );
             }
             let mut stdout = io::stdout().lock();
             if *json {
@@ -260,7 +288,13 @@ fn dispatch<P: CoreProvider>(cli: &Cli, core: &P) -> Result<()> {
             }
             Ok(())
         }
-        Command::Kpi { state, timezone, from, to, out } => {
+        Command::Kpi {
+            state,
+            timezone,
+            from,
+            to,
+            out,
+        } => {
             let state_dir = open_existing(&state.dir)?;
             let opts = KpiOptions {
                 zone: timezone.clone(),
@@ -269,16 +303,27 @@ fn dispatch<P: CoreProvider>(cli: &Cli, core: &P) -> Result<()> {
             };
             let report = tripflow_store::kpi(core, &state_dir, &opts)?;
             match out {
-                Some(path) if path.as_os_str() == "-" => io::stdout().lock().write_all(report.csv.as_bytes())?,
+                Some(path) if path.as_os_str() == "-" => {
+                    io::stdout().lock().write_all(report.csv.as_bytes())?
+                }
                 Some(path) => {
                     write_file(path, report.csv.as_bytes())?;
-                    eprintln!("tripflow: wrote {} ({} days) with {}", path.display(), report.rows.len(), core.describe());
+                    eprintln!(
+                        "tripflow: wrote {} ({} days) with {}",
+                        path.display(),
+                        report.rows.len(),
+                        core.describe()
+                    );
                 }
                 None => output::print_kpi_table(&mut io::stdout().lock(), &report.rows, timezone)?,
             }
             Ok(())
         }
-        Command::Sweep { state, older_than, json } => {
+        Command::Sweep {
+            state,
+            older_than,
+            json,
+        } => {
             let mut state_dir = open_existing(&state.dir)?;
             let report = tripflow_store::sweep(core, &mut state_dir, *older_than)?;
             eprintln!("tripflow: swept with {}", core.describe());
@@ -291,13 +336,18 @@ fn dispatch<P: CoreProvider>(cli: &Cli, core: &P) -> Result<()> {
             }
             Ok(())
         }
-        Command::Component { precompile, export_wasm } => {
+        Command::Component {
+            precompile,
+            export_wasm,
+        } => {
             let mut stdout = io::stdout().lock();
             writeln!(stdout, "package  {}", tripflow_runtime::WIT_PACKAGE)?;
             writeln!(stdout, "runs     {}", core.describe())?;
             if let Some(path) = export_wasm {
                 let bytes = match &cli.component {
-                    Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+                    Some(p) => {
+                        std::fs::read(p).with_context(|| format!("reading {}", p.display()))?
+                    }
                     None => tripflow_runtime::EMBEDDED_COMPONENT.to_vec(),
                 };
                 write_file(path, &bytes)?;
@@ -305,15 +355,23 @@ fn dispatch<P: CoreProvider>(cli: &Cli, core: &P) -> Result<()> {
             }
             if let Some(path) = precompile {
                 let wasm = match &cli.component {
-                    Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+                    Some(p) => {
+                        std::fs::read(p).with_context(|| format!("reading {}", p.display()))?
+                    }
                     None => tripflow_runtime::EMBEDDED_COMPONENT.to_vec(),
                 };
                 write_file(path, &tripflow_runtime::precompile(&wasm)?)?;
-                writeln!(stdout, "wrote    {} (precompiled for this host)", path.display())?;
+                writeln!(
+                    stdout,
+                    "wrote    {} (precompiled for this host)",
+                    path.display()
+                )?;
             }
             Ok(())
         }
-        Command::Convert(_) | Command::Generate { .. } => unreachable!("handled before loading the core"),
+        Command::Convert(_) | Command::Generate { .. } => {
+            unreachable!("handled before loading the core")
+        }
     }
 }
 
@@ -330,11 +388,21 @@ fn open_existing(dir: &Path) -> Result<StateDir> {
 }
 
 fn create(path: &Path) -> Result<File> {
-    File::create(path).with_context(|| format!("cannot write {}: check the directory exists and is writable", path.display()))
+    File::create(path).with_context(|| {
+        format!(
+            "cannot write {}: check the directory exists and is writable",
+            path.display()
+        )
+    })
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    std::fs::write(path, bytes).with_context(|| format!("cannot write {}: check the directory exists and is writable", path.display()))
+    std::fs::write(path, bytes).with_context(|| {
+        format!(
+            "cannot write {}: check the directory exists and is writable",
+            path.display()
+        )
+    })
 }
 
 fn with_output<T>(out: Option<&Path>, f: impl FnOnce(&mut dyn Write) -> Result<T>) -> Result<T> {
@@ -342,7 +410,8 @@ fn with_output<T>(out: Option<&Path>, f: impl FnOnce(&mut dyn Write) -> Result<T
         Some(path) => {
             let mut w = BufWriter::new(create(path)?);
             let v = f(&mut w)?;
-            w.flush().with_context(|| format!("writing {}", path.display()))?;
+            w.flush()
+                .with_context(|| format!("writing {}", path.display()))?;
             Ok(v)
         }
         None => {

@@ -4,8 +4,8 @@
 use std::io::{self, Write};
 use std::path::Path;
 
-use tripflow_core::money::format_cents;
 use tripflow_core::DayKpi;
+use tripflow_core::money::format_cents;
 use tripflow_core::time::format_rfc3339_utc;
 use tripflow_store::{Input, Progress, Summary, SweepReport};
 
@@ -48,9 +48,23 @@ impl Progress for ProgressBar {
 }
 
 /// The replay summary as aligned text.
-pub fn print_summary(out: &mut impl Write, s: &Summary, files: &[String], quarantine: Option<&Path>) -> io::Result<()> {
-    writeln!(out, "replayed {} file(s): {}", files.len(), files.join(", "))?;
-    writeln!(out, "  events read       {:>10}  ({} blank lines skipped)", s.records, s.blank_lines)?;
+pub fn print_summary(
+    out: &mut impl Write,
+    s: &Summary,
+    files: &[String],
+    quarantine: Option<&Path>,
+) -> io::Result<()> {
+    writeln!(
+        out,
+        "replayed {} file(s): {}",
+        files.len(),
+        files.join(", ")
+    )?;
+    writeln!(
+        out,
+        "  events read       {:>10}  ({} blank lines skipped)",
+        s.records, s.blank_lines
+    )?;
     writeln!(out, "  stored            {:>10}", s.stored)?;
     writeln!(out, "  duplicates        {:>10}", s.duplicates)?;
     writeln!(out, "  rejected          {:>10}", s.rejected_total())?;
@@ -59,8 +73,15 @@ pub fn print_summary(out: &mut impl Write, s: &Summary, files: &[String], quaran
     }
     if s.rejected_total() > 0 {
         match quarantine {
-            Some(p) => writeln!(out, "    (records with reasons and original bytes: {})", p.display())?,
-            None => writeln!(out, "    (kept in the store; add --quarantine FILE to get them as NDJSON)")?,
+            Some(p) => writeln!(
+                out,
+                "    (records with reasons and original bytes: {})",
+                p.display()
+            )?,
+            None => writeln!(
+                out,
+                "    (kept in the store; add --quarantine FILE to get them as NDJSON)"
+            )?,
         }
     }
     writeln!(
@@ -105,7 +126,13 @@ pub fn print_kpi_table(out: &mut impl Write, rows: &[DayKpi], zone: &str) -> io:
         trips += r.trip_count;
         total = total.saturating_add(r.total_cents);
     }
-    writeln!(out, "{} days, {} trips, {} total fare", rows.len(), trips, format_cents(total))
+    writeln!(
+        out,
+        "{} days, {} trips, {} total fare",
+        rows.len(),
+        trips,
+        format_cents(total)
+    )
 }
 
 /// The sweep report.
@@ -113,10 +140,25 @@ pub fn print_sweep(out: &mut impl Write, r: &SweepReport) -> io::Result<()> {
     let Some(newest) = r.newest_ns else {
         return writeln!(out, "the store has no events: nothing to sweep");
     };
-    writeln!(out, "newest event: {} ({} ns)", format_rfc3339_utc(newest), newest)?;
+    writeln!(
+        out,
+        "newest event: {} ({} ns)",
+        format_rfc3339_utc(newest),
+        newest
+    )?;
     writeln!(out, "orphaned now: {}", r.orphans.len())?;
     for o in &r.orphans {
-        writeln!(out, "  {}  has {} at {}", o.trip_id, o.has, format_rfc3339_utc(o.timestamp_ns))?;
+        writeln!(
+            out,
+            "  {}  has {} at {}",
+            o.trip_id,
+            o.has,
+            format_rfc3339_utc(o.timestamp_ns)
+        )?;
     }
-    writeln!(out, "still open: {}; orphans in the store: {}", r.still_open, r.orphaned_total)
+    writeln!(
+        out,
+        "still open: {}; orphans in the store: {}",
+        r.still_open, r.orphaned_total
+    )
 }

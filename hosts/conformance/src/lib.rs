@@ -84,7 +84,12 @@ impl CaseResult {
 /// The case folders under `dir`, by name.
 pub fn discover(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut cases: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read the cases folder {}: pass --cases DIR", dir.display()))?
+        .with_context(|| {
+            format!(
+                "cannot read the cases folder {}: pass --cases DIR",
+                dir.display()
+            )
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_dir())
         .collect();
@@ -97,7 +102,11 @@ pub fn discover(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Runs one case and compares (or, with `bless`, rewrites) its expectations.
 pub fn check_case<P: CoreProvider>(core: &P, case: &Path, bless: bool) -> Result<CaseResult> {
-    let name = case.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let name = case
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
     let actual = run_case(core, case).with_context(|| format!("case {name}"))?;
     let expected_dir = case.join("expected");
     let mut diffs = Vec::new();
@@ -152,18 +161,25 @@ pub fn run_case<P: CoreProvider>(core: &P, case: &Path) -> Result<Actual> {
     let dir = tempfile::tempdir()?;
     let mut state = StateDir::open(dir.path())?;
     let opts = ReplayOptions {
-        batch_lines: config.batch_lines.unwrap_or(ReplayOptions::default().batch_lines),
+        batch_lines: config
+            .batch_lines
+            .unwrap_or(ReplayOptions::default().batch_lines),
         ..ReplayOptions::default()
     };
     let mut quarantine = Vec::new();
     let mut replays = Vec::new();
     for path in &inputs {
         let input = Input {
-            name: path.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+            name: path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
             source: tripflow_store::InputSource::File(path.clone()),
         };
         let mut records = Vec::new();
-        let summary = tripflow_store::replay(core, &mut state, &[input], &opts, Some(&mut records), &())?;
+        let summary =
+            tripflow_store::replay(core, &mut state, &[input], &opts, Some(&mut records), &())?;
         for line in records.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let v: serde_json::Value = serde_json::from_slice(line)?;
             quarantine.push(format!(

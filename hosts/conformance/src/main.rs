@@ -61,8 +61,16 @@ fn run<P: CoreProvider>(args: &Args, core: &P, bless: bool) -> Result<bool> {
     let cases = tripflow_conformance::discover(&args.cases)?;
     let (mut passed, mut failed) = (0, 0);
     for case in cases {
-        let name = case.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        if args.filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
+        let name = case
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if args
+            .filter
+            .as_ref()
+            .is_some_and(|f| !name.contains(f.as_str()))
+        {
             continue;
         }
         match tripflow_conformance::check_case(core, &case, bless) {

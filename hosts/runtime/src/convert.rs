@@ -1,6 +1,8 @@
 //! Field-by-field conversions between the bindgen types and `tripflow_core`'s.
 
-use crate::bindings::exports::tripflow::core::{events as we, kpi as wk, matching as wm, types as wt};
+use crate::bindings::exports::tripflow::core::{
+    events as we, kpi as wk, matching as wm, types as wt,
+};
 use tripflow_core as c;
 
 pub(crate) fn span_out(s: &c::Span) -> wt::Span {
@@ -94,10 +96,12 @@ pub(crate) fn resolution_in(r: wm::Resolution) -> c::Resolution {
             .map(|d| match d {
                 wm::Decision::Store => c::Decision::Store,
                 wm::Decision::Duplicate(r) => c::Decision::Duplicate(ref_in(r)),
-                wm::Decision::ConflictingDuplicate(x) => c::Decision::ConflictingDuplicate(c::Conflict {
-                    first: ref_in(x.first),
-                    detail: x.detail,
-                }),
+                wm::Decision::ConflictingDuplicate(x) => {
+                    c::Decision::ConflictingDuplicate(c::Conflict {
+                        first: ref_in(x.first),
+                        detail: x.detail,
+                    })
+                }
             })
             .collect(),
         closed: r

@@ -40,7 +40,8 @@ mod bindings {
 }
 
 /// The component this build of the hosts carries, compiled from `core-wasm/` by `build.rs`.
-pub const EMBEDDED_COMPONENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tripflow_component.wasm"));
+pub const EMBEDDED_COMPONENT: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/tripflow_component.wasm"));
 
 /// The WIT package every loadable component must export.
 pub const WIT_PACKAGE: &str = tripflow_core::WIT_PACKAGE;
@@ -57,7 +58,9 @@ pub enum CoreError {
         message: String,
     },
     /// The guest ran past its deadline.
-    #[error("the core ran longer than {0:?} on one call and was stopped; split the input into smaller batches or raise the deadline")]
+    #[error(
+        "the core ran longer than {0:?} on one call and was stopped; split the input into smaller batches or raise the deadline"
+    )]
     Timeout(Duration),
     /// The guest tried to grow its memory past the cap.
     #[error("the core needed more than {limit_mib} MiB of memory on one call and was stopped")]
@@ -86,15 +89,34 @@ pub trait TripCore {
     /// See `events.parse`.
     fn parse(&mut self, buffer: &[u8], spans: &[Span]) -> Result<Vec<ParseOutcome>, CoreError>;
     /// See `matching.resolve`.
-    fn resolve(&mut self, incoming: &[TripEvent], stored: &[TripEvent]) -> Result<Resolution, CoreError>;
+    fn resolve(
+        &mut self,
+        incoming: &[TripEvent],
+        stored: &[TripEvent],
+    ) -> Result<Resolution, CoreError>;
     /// See `matching.sweep`; `open` holds the timestamp of each open trip's stored half.
-    fn sweep(&mut self, open: &[i64], newest_ns: i64, older_than_ns: i64) -> Result<Vec<u32>, CoreError>;
+    fn sweep(
+        &mut self,
+        open: &[i64],
+        newest_ns: i64,
+        older_than_ns: i64,
+    ) -> Result<Vec<u32>, CoreError>;
     /// See `kpi.check-time-zone`.
     fn check_time_zone(&mut self, zone: &str) -> Result<(), CoreError>;
     /// See `kpi.accumulate`.
-    fn accumulate(&mut self, zone: &str, totals: &[DayTotals], trips: &[TripFare]) -> Result<Vec<DayTotals>, CoreError>;
+    fn accumulate(
+        &mut self,
+        zone: &str,
+        totals: &[DayTotals],
+        trips: &[TripFare],
+    ) -> Result<Vec<DayTotals>, CoreError>;
     /// See `kpi.finish`.
-    fn finish(&mut self, totals: &[DayTotals], from: Option<&str>, to: Option<&str>) -> Result<Vec<DayKpi>, CoreError>;
+    fn finish(
+        &mut self,
+        totals: &[DayTotals],
+        from: Option<&str>,
+        to: Option<&str>,
+    ) -> Result<Vec<DayKpi>, CoreError>;
     /// See `kpi.render-csv`.
     fn render_csv(&mut self, rows: &[DayKpi]) -> Result<String, CoreError>;
 }
@@ -147,7 +169,9 @@ pub fn engine_config() -> Config {
 /// Compiles a `.wasm` component ahead of time into `.cwasm` bytes for [`Runtime::load`].
 pub fn precompile(wasm: &[u8]) -> Result<Vec<u8>, CoreError> {
     let engine = Engine::new(&engine_config()).map_err(|e| load_error("engine", e))?;
-    engine.precompile_component(wasm).map_err(|e| load_error("precompile", e))
+    engine
+        .precompile_component(wasm)
+        .map_err(|e| load_error("precompile", e))
 }
 
 /// Where a component comes from.
@@ -183,7 +207,11 @@ impl Runtime {
     /// Loads a component, compiling it unless it is precompiled. With `cache_dir`, compiled code
     /// is kept there keyed by the component's sha256 and the engine's compatibility hash, so
     /// later loads skip compilation.
-    pub fn load(source: &ComponentSource, limits: Limits, cache_dir: Option<&Path>) -> Result<Runtime, CoreError> {
+    pub fn load(
+        source: &ComponentSource,
+        limits: Limits,
+        cache_dir: Option<&Path>,
+    ) -> Result<Runtime, CoreError> {
         let engine = Engine::new(&engine_config()).map_err(|e| load_error("engine", e))?;
         let (name, bytes) = match source {
             ComponentSource::Embedded => ("embedded".to_owned(), EMBEDDED_COMPONENT.to_vec()),
@@ -206,9 +234,16 @@ impl Runtime {
         };
         let mut linker = Linker::<Host>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| load_error(&name, e))?;
-        let instance_pre = linker.instantiate_pre(&component).map_err(|e| load_error(&name, e))?;
+        let instance_pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| load_error(&name, e))?;
         let pre = bindings::CorePre::new(instance_pre).map_err(|e| {
-            load_error(&name, e.context(format!("the component does not export the {WIT_PACKAGE} world `core`")))
+            load_error(
+                &name,
+                e.context(format!(
+                    "the component does not export the {WIT_PACKAGE} world `core`"
+                )),
+            )
         })?;
 
         let ticker = Arc::new(AtomicBool::new(true));
@@ -279,10 +314,13 @@ impl CoreProvider for Runtime {
         // Instantiation runs the guest's start-up code only; it gets its own, fixed deadline so
         // that a tight per-call deadline measures the calls, not the set-up.
         store.set_epoch_deadline(deadline_ticks(INSTANTIATE_DEADLINE));
-        let core = self.pre.instantiate(&mut store).map_err(|e| CoreError::Trapped {
-            message: format!("instantiating: {e:?}"),
-            stderr: String::new(),
-        })?;
+        let core = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| CoreError::Trapped {
+                message: format!("instantiating: {e:?}"),
+                stderr: String::new(),
+            })?;
         Ok(WasmSession {
             store,
             core,
@@ -296,7 +334,11 @@ impl CoreProvider for Runtime {
             "component {} sha256:{}{}",
             self.info.source,
             self.info.sha256,
-            if self.info.precompiled { " (precompiled)" } else { "" }
+            if self.info.precompiled {
+                " (precompiled)"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -315,8 +357,12 @@ pub struct WasmSession {
 
 impl WasmSession {
     /// Runs one call with a fresh deadline and turns a trap into a [`CoreError`].
-    fn call<R>(&mut self, f: impl FnOnce(&bindings::Core, &mut Store<Host>) -> wasmtime::Result<R>) -> Result<R, CoreError> {
-        self.store.set_epoch_deadline(deadline_ticks(self.limits.call_deadline));
+    fn call<R>(
+        &mut self,
+        f: impl FnOnce(&bindings::Core, &mut Store<Host>) -> wasmtime::Result<R>,
+    ) -> Result<R, CoreError> {
+        self.store
+            .set_epoch_deadline(deadline_ticks(self.limits.call_deadline));
         f(&self.core, &mut self.store).map_err(|e| self.classify(e))
     }
 
@@ -326,7 +372,10 @@ impl WasmSession {
                 limit_mib: self.limits.memory_bytes >> 20,
             };
         }
-        if matches!(e.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::Interrupt)) {
+        if matches!(
+            e.downcast_ref::<wasmtime::Trap>(),
+            Some(wasmtime::Trap::Interrupt)
+        ) {
             return CoreError::Timeout(self.limits.call_deadline);
         }
         CoreError::Trapped {
@@ -343,19 +392,38 @@ impl TripCore for WasmSession {
         Ok(out.into_iter().map(convert::parse_outcome_in).collect())
     }
 
-    fn resolve(&mut self, incoming: &[TripEvent], stored: &[TripEvent]) -> Result<Resolution, CoreError> {
+    fn resolve(
+        &mut self,
+        incoming: &[TripEvent],
+        stored: &[TripEvent],
+    ) -> Result<Resolution, CoreError> {
         let incoming: Vec<_> = incoming.iter().map(convert::event_out).collect();
         let stored: Vec<_> = stored.iter().map(convert::event_out).collect();
-        let r = self.call(|c, s| c.tripflow_core_matching().call_resolve(s, &incoming, &stored))?;
+        let r = self.call(|c, s| {
+            c.tripflow_core_matching()
+                .call_resolve(s, &incoming, &stored)
+        })?;
         Ok(convert::resolution_in(r))
     }
 
-    fn sweep(&mut self, open: &[i64], newest_ns: i64, older_than_ns: i64) -> Result<Vec<u32>, CoreError> {
+    fn sweep(
+        &mut self,
+        open: &[i64],
+        newest_ns: i64,
+        older_than_ns: i64,
+    ) -> Result<Vec<u32>, CoreError> {
         let open: Vec<_> = open
             .iter()
-            .map(|&timestamp_ns| bindings::exports::tripflow::core::matching::OpenTrip { timestamp_ns })
+            .map(
+                |&timestamp_ns| bindings::exports::tripflow::core::matching::OpenTrip {
+                    timestamp_ns,
+                },
+            )
             .collect();
-        self.call(|c, s| c.tripflow_core_matching().call_sweep(s, &open, newest_ns, older_than_ns))
+        self.call(|c, s| {
+            c.tripflow_core_matching()
+                .call_sweep(s, &open, newest_ns, older_than_ns)
+        })
     }
 
     fn check_time_zone(&mut self, zone: &str) -> Result<(), CoreError> {
@@ -363,15 +431,28 @@ impl TripCore for WasmSession {
         r.map_err(|e| CoreError::Kpi(convert::kpi_error_in(e)))
     }
 
-    fn accumulate(&mut self, zone: &str, totals: &[DayTotals], trips: &[TripFare]) -> Result<Vec<DayTotals>, CoreError> {
+    fn accumulate(
+        &mut self,
+        zone: &str,
+        totals: &[DayTotals],
+        trips: &[TripFare],
+    ) -> Result<Vec<DayTotals>, CoreError> {
         let totals: Vec<_> = totals.iter().map(convert::totals_out).collect();
         let trips: Vec<_> = trips.iter().map(convert::trip_fare_out).collect();
-        let r = self.call(|c, s| c.tripflow_core_kpi().call_accumulate(s, zone, &totals, &trips))?;
+        let r = self.call(|c, s| {
+            c.tripflow_core_kpi()
+                .call_accumulate(s, zone, &totals, &trips)
+        })?;
         r.map(|v| v.into_iter().map(convert::totals_in).collect())
             .map_err(|e| CoreError::Kpi(convert::kpi_error_in(e)))
     }
 
-    fn finish(&mut self, totals: &[DayTotals], from: Option<&str>, to: Option<&str>) -> Result<Vec<DayKpi>, CoreError> {
+    fn finish(
+        &mut self,
+        totals: &[DayTotals],
+        from: Option<&str>,
+        to: Option<&str>,
+    ) -> Result<Vec<DayKpi>, CoreError> {
         let totals: Vec<_> = totals.iter().map(convert::totals_out).collect();
         let r = self.call(|c, s| c.tripflow_core_kpi().call_finish(s, &totals, from, to))?;
         r.map(|v| v.into_iter().map(convert::kpi_in).collect())
@@ -407,7 +488,12 @@ struct Limiter {
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.max_bytes {
             self.exceeded = true;
             wasmtime::bail!("memory limit of {} MiB reached", self.max_bytes >> 20);
@@ -415,12 +501,22 @@ impl ResourceLimiter for Limiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
     }
 }
 
-fn compile_cached(engine: &Engine, wasm: &[u8], sha256: &str, cache_dir: Option<&Path>) -> wasmtime::Result<Component> {
+fn compile_cached(
+    engine: &Engine,
+    wasm: &[u8],
+    sha256: &str,
+    cache_dir: Option<&Path>,
+) -> wasmtime::Result<Component> {
     let Some(dir) = cache_dir else {
         return Component::new(engine, wasm);
     };
@@ -457,10 +553,12 @@ fn load_error(name: &str, e: wasmtime::Error) -> CoreError {
 /// Lowercase hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// sha256 of bytes, lowercase hex.

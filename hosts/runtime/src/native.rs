@@ -26,11 +26,20 @@ impl TripCore for NativeCore {
         Ok(tripflow_core::parse_batch(buffer, spans))
     }
 
-    fn resolve(&mut self, incoming: &[TripEvent], stored: &[TripEvent]) -> Result<Resolution, CoreError> {
+    fn resolve(
+        &mut self,
+        incoming: &[TripEvent],
+        stored: &[TripEvent],
+    ) -> Result<Resolution, CoreError> {
         Ok(tripflow_core::resolve(incoming, stored))
     }
 
-    fn sweep(&mut self, open: &[i64], newest_ns: i64, older_than_ns: i64) -> Result<Vec<u32>, CoreError> {
+    fn sweep(
+        &mut self,
+        open: &[i64],
+        newest_ns: i64,
+        older_than_ns: i64,
+    ) -> Result<Vec<u32>, CoreError> {
         Ok(tripflow_core::sweep(open, newest_ns, older_than_ns))
     }
 
@@ -38,11 +47,21 @@ impl TripCore for NativeCore {
         Ok(tripflow_core::check_time_zone(zone)?)
     }
 
-    fn accumulate(&mut self, zone: &str, totals: &[DayTotals], trips: &[TripFare]) -> Result<Vec<DayTotals>, CoreError> {
+    fn accumulate(
+        &mut self,
+        zone: &str,
+        totals: &[DayTotals],
+        trips: &[TripFare],
+    ) -> Result<Vec<DayTotals>, CoreError> {
         Ok(tripflow_core::accumulate(zone, totals, trips)?)
     }
 
-    fn finish(&mut self, totals: &[DayTotals], from: Option<&str>, to: Option<&str>) -> Result<Vec<DayKpi>, CoreError> {
+    fn finish(
+        &mut self,
+        totals: &[DayTotals],
+        from: Option<&str>,
+        to: Option<&str>,
+    ) -> Result<Vec<DayKpi>, CoreError> {
         Ok(tripflow_core::finish(totals, from, to)?)
     }
 

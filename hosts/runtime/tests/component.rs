@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use tripflow_runtime::core::{ParseOutcome, Span};
-use tripflow_runtime::{ComponentSource, CoreError, CoreProvider, Limits, NativeCore, Runtime, TripCore};
+use tripflow_runtime::{
+    ComponentSource, CoreError, CoreProvider, Limits, NativeCore, Runtime, TripCore,
+};
 
 fn spans(lines: &[&[u8]]) -> (Vec<u8>, Vec<Span>) {
     let mut buf = Vec::new();
@@ -59,7 +61,10 @@ fn a_guest_over_its_memory_cap_is_stopped() {
     let rt = Runtime::load(&ComponentSource::Embedded, limits, None).unwrap();
     let buf = vec![b' '; 16 << 20];
     let err = rt.session().unwrap().parse(&buf, &[]).unwrap_err();
-    assert!(matches!(err, CoreError::OutOfMemory { limit_mib: 8 }), "{err}");
+    assert!(
+        matches!(err, CoreError::OutOfMemory { limit_mib: 8 }),
+        "{err}"
+    );
     // The runtime is still usable: the next batch gets a fresh store.
     assert!(rt.session().unwrap().parse(b"{}", &[]).unwrap().is_empty());
 }
@@ -71,7 +76,8 @@ fn a_guest_past_its_deadline_is_stopped() {
         ..Limits::default()
     };
     let rt = Runtime::load(&ComponentSource::Embedded, limits, None).unwrap();
-    let line = br#"{"trip_id":"a","event_type":"trip_start","timestamp":"2019-03-10T01:59:00-05:00"}"#;
+    let line =
+        br#"{"trip_id":"a","event_type":"trip_start","timestamp":"2019-03-10T01:59:00-05:00"}"#;
     let lines: Vec<&[u8]> = std::iter::repeat_n(&line[..], 400_000).collect();
     let (buf, sp) = spans(&lines);
     let err = rt.session().unwrap().parse(&buf, &sp).unwrap_err();
@@ -82,15 +88,24 @@ fn a_guest_past_its_deadline_is_stopped() {
 fn precompiled_and_cached_components_load() {
     let dir = tempfile::tempdir().unwrap();
     let cwasm = dir.path().join("core.cwasm");
-    std::fs::write(&cwasm, tripflow_runtime::precompile(tripflow_runtime::EMBEDDED_COMPONENT).unwrap()).unwrap();
+    std::fs::write(
+        &cwasm,
+        tripflow_runtime::precompile(tripflow_runtime::EMBEDDED_COMPONENT).unwrap(),
+    )
+    .unwrap();
     let rt = Runtime::load(&ComponentSource::File(cwasm), Limits::default(), None).unwrap();
     assert!(rt.info().precompiled);
     let cache = dir.path().join("cache");
     for _ in 0..2 {
-        let rt = Runtime::load(&ComponentSource::Embedded, Limits::default(), Some(&cache)).unwrap();
+        let rt =
+            Runtime::load(&ComponentSource::Embedded, Limits::default(), Some(&cache)).unwrap();
         assert!(rt.session().unwrap().parse(b"", &[]).unwrap().is_empty());
     }
     assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
-    let missing = Runtime::load(&ComponentSource::File(dir.path().join("nope.wasm")), Limits::default(), None);
+    let missing = Runtime::load(
+        &ComponentSource::File(dir.path().join("nope.wasm")),
+        Limits::default(),
+        None,
+    );
     assert!(matches!(missing, Err(CoreError::Load { .. })));
 }

@@ -113,7 +113,11 @@ impl StateDir {
         .db("configuring the database")?;
         conn.execute_batch(SCHEMA).db("creating the schema")?;
         let version: Option<i64> = conn
-            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
             .optional()
             .db("reading the schema version")?;
         match version {
@@ -146,7 +150,9 @@ impl StateDir {
     /// The newest event time stored, ns.
     pub fn newest_ns(&self) -> Result<Option<i64>, Error> {
         self.conn
-            .query_row("SELECT value FROM meta WHERE key = 'newest_ns'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = 'newest_ns'", [], |r| {
+                r.get(0)
+            })
             .optional()
             .db("reading the newest event time")
     }
@@ -171,7 +177,11 @@ impl StateDir {
     }
 
     /// Appends every stored event of `trip_id` to `out`.
-    pub(crate) fn stored_events(&self, trip_id: &str, out: &mut Vec<TripEvent>) -> Result<(), Error> {
+    pub(crate) fn stored_events(
+        &self,
+        trip_id: &str,
+        out: &mut Vec<TripEvent>,
+    ) -> Result<(), Error> {
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -215,7 +225,11 @@ pub(crate) fn kind_to(kind: EventKind) -> i64 {
 }
 
 pub(crate) fn kind_from(n: i64) -> EventKind {
-    if n == 0 { EventKind::Start } else { EventKind::End }
+    if n == 0 {
+        EventKind::Start
+    } else {
+        EventKind::End
+    }
 }
 
 pub(crate) fn status_to(s: TripStatus) -> i64 {
@@ -254,7 +268,10 @@ mod tests {
         let state = StateDir::open(dir.path()).unwrap();
         state
             .conn
-            .execute("UPDATE meta SET value = 99 WHERE key = 'schema_version'", [])
+            .execute(
+                "UPDATE meta SET value = 99 WHERE key = 'schema_version'",
+                [],
+            )
             .unwrap();
         drop(state);
         let err = StateDir::open(dir.path()).err().unwrap().to_string();

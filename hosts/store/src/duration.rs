@@ -3,13 +3,18 @@
 /// Nanoseconds in a duration such as `1h30m`; the error says what is accepted.
 pub fn parse_duration(text: &str) -> Result<i64, String> {
     let help = || {
-        format!("invalid duration {text:?}: use a number with a unit s, m, h, d or w, e.g. 90m, 6h, 2d or 1h30m")
+        format!(
+            "invalid duration {text:?}: use a number with a unit s, m, h, d or w, e.g. 90m, 6h, 2d or 1h30m"
+        )
     };
     let mut total: i64 = 0;
     let mut number: Option<i64> = None;
     for c in text.trim().chars() {
         if let Some(d) = c.to_digit(10) {
-            let n = number.unwrap_or(0).checked_mul(10).and_then(|n| n.checked_add(i64::from(d)));
+            let n = number
+                .unwrap_or(0)
+                .checked_mul(10)
+                .and_then(|n| n.checked_add(i64::from(d)));
             number = Some(n.ok_or_else(help)?);
             continue;
         }

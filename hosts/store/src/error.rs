@@ -10,7 +10,7 @@ pub enum Error {
     #[error(transparent)]
     Core(#[from] CoreError),
     /// The database failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Db {
         /// What was being done.
         what: String,
@@ -18,7 +18,7 @@ pub enum Error {
         source: rusqlite::Error,
     },
     /// Reading input or writing output failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was being done, with the path.
         what: String,

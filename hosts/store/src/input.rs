@@ -52,7 +52,10 @@ impl Input {
             InputSource::Stdin => Ok(Box::new(BufReader::with_capacity(1 << 20, io::stdin()))),
             InputSource::File(path) => {
                 let file = File::open(path).io(|| {
-                    format!("cannot read {}: check the path (use - for stdin)", path.display())
+                    format!(
+                        "cannot read {}: check the path (use - for stdin)",
+                        path.display()
+                    )
                 })?;
                 if file.metadata().is_ok_and(|m| m.is_dir()) {
                     return Err(Error::Io {
@@ -121,7 +124,12 @@ impl<R: BufRead> LineReader<R> {
 
     /// Fills `batch` (cleared first) with up to `max_lines` lines or about `max_bytes`;
     /// returns false when the input is exhausted and nothing was read.
-    pub fn fill(&mut self, batch: &mut Batch, max_lines: usize, max_bytes: usize) -> io::Result<bool> {
+    pub fn fill(
+        &mut self,
+        batch: &mut Batch,
+        max_lines: usize,
+        max_bytes: usize,
+    ) -> io::Result<bool> {
         batch.clear();
         let limit = MAX_RECORD_BYTES as usize;
         while batch.spans.len() < max_lines && batch.buf.len() < max_bytes {

@@ -41,7 +41,11 @@ pub struct KpiReport {
 }
 
 /// Computes the KPIs of every closed trip in `state`.
-pub fn kpi<P: CoreProvider>(provider: &P, state: &StateDir, opts: &KpiOptions) -> Result<KpiReport, Error> {
+pub fn kpi<P: CoreProvider>(
+    provider: &P,
+    state: &StateDir,
+    opts: &KpiOptions,
+) -> Result<KpiReport, Error> {
     let mut core = provider.session()?;
     core.check_time_zone(&opts.zone)?;
     // Check the range before the scan, so a typo costs nothing.
@@ -64,7 +68,9 @@ pub fn kpi<P: CoreProvider>(provider: &P, state: &StateDir, opts: &KpiOptions) -
             });
         }
         if chunk.len() == CHUNK || (row.is_none() && !chunk.is_empty()) {
-            totals = provider.session()?.accumulate(&opts.zone, &totals, &chunk)?;
+            totals = provider
+                .session()?
+                .accumulate(&opts.zone, &totals, &chunk)?;
             chunk.clear();
         }
         if row.is_none() {

@@ -115,7 +115,8 @@ pub fn replay<P: CoreProvider>(
         }
     }
     if let Some(out) = quarantine {
-        out.flush().io(|| "writing the quarantine file".to_owned())?;
+        out.flush()
+            .io(|| "writing the quarantine file".to_owned())?;
     }
     summary.store = state.totals()?;
     Ok(summary)
@@ -146,12 +147,22 @@ fn apply_batch<P: CoreProvider>(
             }
             ParseOutcome::Rejected(reject) => {
                 summary.records += 1;
-                rejects.push(quarantine_record(input, batch, i, reject.code(), reject.detail(), None));
+                rejects.push(quarantine_record(
+                    input,
+                    batch,
+                    i,
+                    reject.code(),
+                    reject.detail(),
+                    None,
+                ));
             }
         }
     }
 
-    state.conn.execute_batch("BEGIN IMMEDIATE").db("starting a transaction")?;
+    state
+        .conn
+        .execute_batch("BEGIN IMMEDIATE")
+        .db("starting a transaction")?;
     let result = (|| {
         let mut stored = Vec::new();
         let mut looked_up = HashSet::with_capacity(incoming.len());
@@ -161,7 +172,17 @@ fn apply_batch<P: CoreProvider>(
             }
         }
         let resolution = core.resolve(&incoming, &stored)?;
-        write_resolution(state, input, batch, &incoming, &incoming_span, &stored, &resolution, &mut rejects, summary)?;
+        write_resolution(
+            state,
+            input,
+            batch,
+            &incoming,
+            &incoming_span,
+            &stored,
+            &resolution,
+            &mut rejects,
+            summary,
+        )?;
         rejects.sort_by_key(|r| r.line);
         write_quarantine(state, &rejects)?;
         if let Some(newest) = resolution.newest_ns {
@@ -177,7 +198,10 @@ fn apply_batch<P: CoreProvider>(
         Ok::<_, Error>(())
     })();
     match result {
-        Ok(()) => state.conn.execute_batch("COMMIT").db("committing a batch")?,
+        Ok(()) => state
+            .conn
+            .execute_batch("COMMIT")
+            .db("committing a batch")?,
         Err(e) => {
             let _ = state.conn.execute_batch("ROLLBACK");
             return Err(e);
@@ -259,9 +283,17 @@ fn write_resolution(
     for closing in &resolution.closed {
         let t = &closing.trip;
         insert_trip
-            .execute(params![t.trip_id, status_to(t.status), t.start_ns, t.end_ns, t.fare_cents])
+            .execute(params![
+                t.trip_id,
+                status_to(t.status),
+                t.start_ns,
+                t.end_ns,
+                t.fare_cents
+            ])
             .db("storing a closed trip")?;
-        close_open.execute([&t.trip_id]).db("closing an open trip")?;
+        close_open
+            .execute([&t.trip_id])
+            .db("closing an open trip")?;
         match t.status {
             TripStatus::Completed => summary.completed += 1,
             TripStatus::Invalid => summary.invalid += 1,

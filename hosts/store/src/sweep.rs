@@ -38,7 +38,11 @@ pub struct SweepReport {
 }
 
 /// Marks open trips older than `older_than_ns` as orphans.
-pub fn sweep<P: CoreProvider>(provider: &P, state: &mut StateDir, older_than_ns: i64) -> Result<SweepReport, Error> {
+pub fn sweep<P: CoreProvider>(
+    provider: &P,
+    state: &mut StateDir,
+    older_than_ns: i64,
+) -> Result<SweepReport, Error> {
     let mut report = SweepReport {
         newest_ns: state.newest_ns()?,
         ..SweepReport::default()
@@ -46,7 +50,10 @@ pub fn sweep<P: CoreProvider>(provider: &P, state: &mut StateDir, older_than_ns:
     let Some(newest) = report.newest_ns else {
         return Ok(report);
     };
-    state.conn.execute_batch("BEGIN IMMEDIATE").db("starting a transaction")?;
+    state
+        .conn
+        .execute_batch("BEGIN IMMEDIATE")
+        .db("starting a transaction")?;
     let result = (|| {
         let mut last = String::new();
         loop {
@@ -60,7 +67,9 @@ pub fn sweep<P: CoreProvider>(provider: &P, state: &mut StateDir, older_than_ns:
                     )
                     .db("preparing the open-trip scan")?;
                 let rows = stmt
-                    .query_map(params![last, CHUNK as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .query_map(params![last, CHUNK as i64], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
                     .db("scanning open trips")?;
                 for row in rows {
                     page.push(row.db("reading an open trip")?);
@@ -69,7 +78,9 @@ pub fn sweep<P: CoreProvider>(provider: &P, state: &mut StateDir, older_than_ns:
             let Some((id, _, _)) = page.last() else { break };
             last = id.clone();
             let timestamps: Vec<i64> = page.iter().map(|p| p.2).collect();
-            let hits = provider.session()?.sweep(&timestamps, newest, older_than_ns)?;
+            let hits = provider
+                .session()?
+                .sweep(&timestamps, newest, older_than_ns)?;
             report.still_open += (page.len() - hits.len()) as u64;
             let mut mark = state
                 .conn
@@ -77,7 +88,8 @@ pub fn sweep<P: CoreProvider>(provider: &P, state: &mut StateDir, older_than_ns:
                 .db("preparing the orphan mark")?;
             for i in hits {
                 let (trip_id, kind, timestamp_ns) = &page[i as usize];
-                mark.execute(params![newest, trip_id]).db("marking an orphan")?;
+                mark.execute(params![newest, trip_id])
+                    .db("marking an orphan")?;
                 report.orphans.push(Orphan {
                     trip_id: trip_id.clone(),
                     has: kind_from(*kind).as_str(),
@@ -88,7 +100,10 @@ pub fn sweep<P: CoreProvider>(provider: &P, state: &mut StateDir, older_than_ns:
         Ok::<_, Error>(())
     })();
     match result {
-        Ok(()) => state.conn.execute_batch("COMMIT").db("committing the sweep")?,
+        Ok(()) => state
+            .conn
+            .execute_batch("COMMIT")
+            .db("committing the sweep")?,
         Err(e) => {
             let _ = state.conn.execute_batch("ROLLBACK");
             return Err(e);

@@ -1,0 +1,338 @@
+//! The `tripflow` binary as a user meets it: help, bad input, replays, KPIs, sweeps.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn nyc_events() -> PathBuf {
+    fixtures().join("cases/nyc-tlc-2019-03/input-1.ndjson")
+}
+
+/// Runs `tripflow` in `dir` without a compile cache (tests must not write to $HOME).
+fn tripflow(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tripflow"))
+        .args(args)
+        .current_dir(dir)
+        .env("TRIPFLOW_CACHE_DIR", dir.join("cache"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn failed(out: &Output) -> String {
+    assert!(!out.status.success(), "expected a failure, got success");
+    String::from_utf8(out.stderr.clone()).unwrap()
+}
+
+#[test]
+fn help_lists_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let help = ok(&tripflow(dir.path(), &["--help"]));
+    for cmd in ["replay", "kpi", "sweep", "convert", "generate", "component"] {
+        assert!(help.contains(cmd), "{cmd} missing from --help:\n{help}");
+    }
+    let replay = ok(&tripflow(dir.path(), &["replay", "--help"]));
+    assert!(replay.contains("--timezone") && replay.contains("--quarantine"));
+}
+
+#[test]
+fn bad_usage_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let nyc = nyc_events();
+    let nyc = nyc.to_str().unwrap();
+
+    let err = failed(&tripflow(d, &["replay", "--timezone", "Mars/Olympus", nyc]));
+    assert!(
+        err.contains("unknown time zone \"Mars/Olympus\"") && err.contains("IANA"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one-line message: {err}");
+
+    let err = failed(&tripflow(d, &["replay", "no/such/file.ndjson"]));
+    assert!(
+        err.contains("cannot read no/such/file.ndjson") && err.contains("check the path"),
+        "{err}"
+    );
+
+    let err = failed(&tripflow(d, &["kpi", "--state", "empty"]));
+    assert!(err.contains("run `tripflow replay"), "{err}");
+
+    let err = failed(&tripflow(d, &["sweep", "--older-than", "soon"]));
+    assert!(
+        err.contains("invalid duration") && err.contains("90m"),
+        "{err}"
+    );
+
+    let err = failed(&tripflow(
+        d,
+        &["replay", "--component", "missing.wasm", nyc],
+    ));
+    assert!(err.contains("missing.wasm"), "{err}");
+
+    let err = failed(&tripflow(d, &["replay"]));
+    assert!(err.contains("<FILE>"), "{err}");
+
+    // Nothing was created by the failed replays.
+    assert!(!d.join("tripflow-state").exists());
+}
+
+#[test]
+fn nyc_replay_is_exact_idempotent_and_order_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let nyc = nyc_events();
+    let nyc = nyc.to_str().unwrap();
+    let args = [
+        "replay",
+        "--timezone",
+        "America/New_York",
+        "--kpi-out",
+        "kpi.csv",
+        "--quarantine",
+        "q.ndjson",
+        nyc,
+    ];
+    let out = tripflow(d, &args);
+    let stdout = ok(&out);
+    assert!(stdout.contains("32 days, 6490 trips"), "{stdout}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sha256:"),
+        "the component's sha256 is logged"
+    );
+    let expected =
+        std::fs::read(fixtures().join("cases/nyc-tlc-2019-03/expected/kpi.csv")).unwrap();
+    assert_eq!(std::fs::read(d.join("kpi.csv")).unwrap(), expected);
+    let quarantine = std::fs::read_to_string(d.join("q.ndjson")).unwrap();
+    assert_eq!(quarantine.lines().count(), 10);
+    assert!(
+        quarantine
+            .lines()
+            .all(|l| l.contains("\"reason\":\"bad_fare\""))
+    );
+
+    // The same file again: nothing changes.
+    let mut json_args = args.to_vec();
+    json_args.insert(1, "--json");
+    let again: serde_json::Value = serde_json::from_str(&ok(&tripflow(d, &json_args))).unwrap();
+    assert_eq!(again["duplicates"], 12_990);
+    assert_eq!(again["stored"], 0);
+    assert_eq!(again["rejected"]["bad_fare"], 10);
+    assert_eq!(again["store"]["completed"], 6_490);
+    assert_eq!(std::fs::read(d.join("kpi.csv")).unwrap(), expected);
+
+    // A shuffled, duplicated copy into a fresh store: the same bytes.
+    let text = std::fs::read_to_string(nyc_events()).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    let copies: Vec<&str> = lines.iter().step_by(3).copied().collect();
+    lines.extend(copies);
+    lines.reverse();
+    lines.swap(0, 5000);
+    std::fs::write(d.join("messy.ndjson"), lines.join("\n")).unwrap();
+    ok(&tripflow(
+        d,
+        &[
+            "replay",
+            "--state",
+            "fresh",
+            "--timezone",
+            "America/New_York",
+            "--kpi-out",
+            "messy.csv",
+            "messy.ndjson",
+        ],
+    ));
+    assert_eq!(std::fs::read(d.join("messy.csv")).unwrap(), expected);
+
+    // kpi recomputes the same CSV from the store, and a range cuts it.
+    ok(&tripflow(
+        d,
+        &[
+            "kpi",
+            "--timezone",
+            "America/New_York",
+            "--out",
+            "again.csv",
+        ],
+    ));
+    assert_eq!(std::fs::read(d.join("again.csv")).unwrap(), expected);
+    let table = ok(&tripflow(
+        d,
+        &[
+            "kpi",
+            "--timezone",
+            "America/New_York",
+            "--from",
+            "2019-03-10",
+            "--to",
+            "2019-03-11",
+        ],
+    ));
+    assert!(
+        table.contains("2019-03-10")
+            && table.contains("2019-03-11")
+            && !table.contains("2019-03-12"),
+        "{table}"
+    );
+    let err = failed(&tripflow(d, &["kpi", "--from", "2019-3-1"]));
+    assert!(err.contains("YYYY-MM-DD"), "{err}");
+}
+
+#[test]
+fn files_complete_each_other_and_stdin_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("starts.ndjson"),
+        "{\"trip_id\":\"a\",\"event_type\":\"trip_start\",\"timestamp\":0}\n",
+    )
+    .unwrap();
+    let first = ok(&tripflow(d, &["replay", "starts.ndjson"]));
+    assert!(first.contains("1 open"), "{first}");
+    let out = Command::new(env!("CARGO_BIN_EXE_tripflow"))
+        .args(["replay", "--json", "-"])
+        .current_dir(d)
+        .env("TRIPFLOW_CACHE_DIR", d.join("cache"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(b"{\"trip_id\":\"a\",\"event_type\":\"trip_end\",\"timestamp\":60,\"fare\":\"4.20\"}\nnot json\n")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(summary["completed"], 1);
+    assert_eq!(summary["rejected"]["malformed_json"], 1);
+    assert_eq!(summary["store"]["open"], 0);
+    let csv = ok(&tripflow(d, &["kpi", "--out", "-"]));
+    assert_eq!(
+        csv,
+        "date,trip_count,total_fare,average_fare,min_fare,max_fare\n1970-01-01,1,4.20,4.20,4.20,4.20\n"
+    );
+}
+
+#[test]
+fn sweep_lists_and_marks_orphans_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("e.ndjson"),
+        "{\"trip_id\":\"old\",\"event_type\":\"trip_start\",\"timestamp\":0}\n\
+         {\"trip_id\":\"new\",\"event_type\":\"trip_start\",\"timestamp\":86400}\n",
+    )
+    .unwrap();
+    ok(&tripflow(d, &["replay", "e.ndjson"]));
+    let report = ok(&tripflow(d, &["sweep", "--older-than", "1d"]));
+    assert!(
+        report.contains("orphaned now: 0"),
+        "exactly 1d old is not older: {report}"
+    );
+    let report = ok(&tripflow(d, &["sweep", "--older-than", "23h59m"]));
+    assert!(
+        report.contains("orphaned now: 1") && report.contains("old  has trip_start"),
+        "{report}"
+    );
+    let report = ok(&tripflow(d, &["sweep", "--older-than", "1s"]));
+    assert!(
+        report.contains("orphaned now: 0") && report.contains("orphans in the store: 1"),
+        "{report}"
+    );
+}
+
+#[test]
+fn convert_generate_and_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let csv = fixtures().join("data/nyc-tlc-trips-2019-03-sample.csv");
+    ok(&tripflow(
+        d,
+        &[
+            "convert",
+            "nyc-tlc",
+            csv.to_str().unwrap(),
+            "--out",
+            "nyc.ndjson",
+        ],
+    ));
+    assert_eq!(
+        std::fs::read(d.join("nyc.ndjson")).unwrap(),
+        std::fs::read(nyc_events()).unwrap()
+    );
+    let err = failed(&tripflow(d, &["convert", "nyc-tlc", "nyc.ndjson"]));
+    assert!(err.contains("tpep_pickup_datetime"), "{err}");
+
+    let a = ok(&tripflow(
+        d,
+        &["generate", "--trips", "50", "--seed", "9", "--shuffle"],
+    ));
+    let b = ok(&tripflow(
+        d,
+        &["generate", "--trips", "50", "--seed", "9", "--shuffle"],
+    ));
+    assert_eq!(a, b);
+    assert_eq!(a.lines().count(), 100);
+    assert!(
+        failed(&tripflow(
+            d,
+            &["generate", "--trips", "5", "--poison", "1.5"]
+        ))
+        .contains("probability")
+    );
+
+    let info = ok(&tripflow(
+        d,
+        &[
+            "component",
+            "--export-wasm",
+            "core.wasm",
+            "--precompile",
+            "core.cwasm",
+        ],
+    ));
+    assert!(
+        info.contains("tripflow:core@0.1.0") && info.contains("sha256:"),
+        "{info}"
+    );
+    // Any build of the component can be run, precompiled or not, with the same results.
+    for component in ["core.wasm", "core.cwasm"] {
+        let state = format!("state-{component}");
+        let out = ok(&tripflow(
+            d,
+            &[
+                "--component",
+                component,
+                "replay",
+                "--state",
+                &state,
+                "nyc.ndjson",
+            ],
+        ));
+        assert!(out.contains("trips closed            6490"), "{out}");
+    }
+    let native = ok(&tripflow(
+        d,
+        &["--native", "replay", "--state", "native", "nyc.ndjson"],
+    ));
+    assert!(native.contains("trips closed            6490"), "{native}");
+}
