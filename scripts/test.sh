@@ -11,6 +11,7 @@ rustup component add rustfmt clippy >/dev/null
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy -p tripflow-component --target wasm32-wasip2 --locked -- -D warnings
 cargo test --workspace --locked
 
 # The conformance runner as a user runs it: against a component file, not the embedded copy.

@@ -1,0 +1,121 @@
+//! The core's own cost, component vs native, with no store behind it: parse + resolve of
+//! generated events in 8,192-line batches (each batch a fresh store for the component, as the
+//! hosts do), and KPI accumulation of the closed trips.
+//!
+//! `cargo bench -p tripflow-runtime --bench core`
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use tripflow_core::generate::{GenerateOptions, generate};
+use tripflow_core::{ParseOutcome, Span, TripFare};
+use tripflow_runtime::{ComponentSource, CoreProvider, Limits, NativeCore, Runtime, TripCore};
+
+const LINES_PER_BATCH: usize = 8192;
+
+struct Batch {
+    buf: Vec<u8>,
+    spans: Vec<Span>,
+}
+
+fn batches(trips: u64) -> (Vec<Batch>, u64) {
+    let mut data = Vec::new();
+    let opts = GenerateOptions {
+        trips,
+        seed: 1,
+        duplicates: 0.05,
+        shuffle: true,
+        poison: 0.001,
+    };
+    generate(&opts, &mut data).unwrap();
+    let lines: Vec<&[u8]> = data
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    let total = lines.len() as u64;
+    let batches = lines
+        .chunks(LINES_PER_BATCH)
+        .map(|chunk| {
+            let mut buf = Vec::new();
+            let mut spans = Vec::new();
+            for line in chunk {
+                spans.push(Span {
+                    offset: buf.len() as u32,
+                    len: line.len() as u32,
+                });
+                buf.extend_from_slice(line);
+            }
+            Batch { buf, spans }
+        })
+        .collect();
+    (batches, total)
+}
+
+/// Parses and resolves every batch; returns the closed trips' fares.
+fn run<P: CoreProvider>(core: &P, batches: &[Batch]) -> Vec<TripFare> {
+    let mut fares = Vec::new();
+    for b in batches {
+        let mut session = core.session().unwrap();
+        let events: Vec<_> = session
+            .parse(&b.buf, &b.spans)
+            .unwrap()
+            .into_iter()
+            .filter_map(|o| match o {
+                ParseOutcome::Accepted(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        let r = session.resolve(&events, &[]).unwrap();
+        fares.extend(r.closed.into_iter().map(|c| TripFare {
+            status: c.trip.status,
+            start_ns: c.trip.start_ns,
+            fare_cents: c.trip.fare_cents,
+        }));
+    }
+    fares
+}
+
+fn bench(c: &mut Criterion) {
+    let runtime = Runtime::load(&ComponentSource::Embedded, Limits::default(), None).unwrap();
+    let (batches, lines) = batches(100_000);
+    let fares = run(&NativeCore, &batches);
+
+    let mut group = c.benchmark_group("parse+resolve");
+    group.throughput(Throughput::Elements(lines));
+    group.sample_size(10);
+    group.bench_function("native", |b| {
+        b.iter(|| black_box(run(&NativeCore, &batches)))
+    });
+    group.bench_function("component", |b| {
+        b.iter(|| black_box(run(&runtime, &batches)))
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("kpi-accumulate");
+    group.throughput(Throughput::Elements(fares.len() as u64));
+    group.sample_size(10);
+    for (name, zone) in [("utc", "UTC"), ("new-york", "America/New_York")] {
+        group.bench_function(format!("native/{name}"), |b| {
+            b.iter(|| black_box(NativeCore.accumulate(zone, &[], &fares).unwrap()))
+        });
+        group.bench_function(format!("component/{name}"), |b| {
+            b.iter(|| {
+                black_box(
+                    runtime
+                        .session()
+                        .unwrap()
+                        .accumulate(zone, &[], &fares)
+                        .unwrap(),
+                )
+            })
+        });
+    }
+    group.finish();
+
+    c.bench_function("session (fresh store + instance)", |b| {
+        b.iter(|| black_box(runtime.session().unwrap()))
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
