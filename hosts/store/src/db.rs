@@ -19,18 +19,24 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
--- First stored copy of each (trip_id, kind); kind 0 = trip_start, 1 = trip_end.
+-- First stored copy of each (trip_id, kind); kind 0 = trip_start, 1 = trip_end. Kept small
+-- (the original bytes live in event_raw) because every incoming event looks its trip up here.
 CREATE TABLE IF NOT EXISTS events (
     trip_id      TEXT NOT NULL,
     kind         INTEGER NOT NULL,
     timestamp_ns INTEGER NOT NULL,
     fare_cents   INTEGER,
     extras       TEXT NOT NULL,
-    raw          BLOB NOT NULL,
-    source       TEXT NOT NULL,
-    line         INTEGER NOT NULL,
+    raw_id       INTEGER NOT NULL,
     PRIMARY KEY (trip_id, kind)
 ) WITHOUT ROWID;
+-- Original bytes and position of each stored event, appended in arrival order.
+CREATE TABLE IF NOT EXISTS event_raw (
+    id     INTEGER PRIMARY KEY,
+    raw    BLOB NOT NULL,
+    source TEXT NOT NULL,
+    line   INTEGER NOT NULL
+);
 -- Trips with both halves; status 0 = completed, 1 = invalid, 2 = no_fare.
 CREATE TABLE IF NOT EXISTS trips (
     trip_id    TEXT PRIMARY KEY,
@@ -107,7 +113,8 @@ impl StateDir {
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
-             PRAGMA cache_size = -65536;
+             PRAGMA cache_size = -131072;
+             PRAGMA wal_autocheckpoint = 65536;
              PRAGMA temp_store = MEMORY;",
         )
         .db("configuring the database")?;
@@ -209,7 +216,8 @@ impl StateDir {
     pub(crate) fn stored_raw(&self, trip_id: &str, kind: EventKind) -> Result<Vec<u8>, Error> {
         self.conn
             .query_row(
-                "SELECT raw FROM events WHERE trip_id = ?1 AND kind = ?2",
+                "SELECT r.raw FROM events e JOIN event_raw r ON r.id = e.raw_id
+                 WHERE e.trip_id = ?1 AND e.kind = ?2",
                 params![trip_id, kind_to(kind)],
                 |r| r.get(0),
             )
