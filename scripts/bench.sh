@@ -16,6 +16,7 @@ export TRIPFLOW_CACHE_DIR="$work/cache"
 # 500,000 trips = 1,000,000 events in time order, plus 1% exact duplicates.
 [ -f "$work/1m.ndjson" ] || $bin generate --trips 500000 --seed 7 --duplicates 0.01 --out "$work/1m.ndjson"
 [ -f "$work/100k.ndjson" ] || $bin generate --trips 50000 --seed 7 --duplicates 0.01 --out "$work/100k.ndjson"
+[ -f "$work/2m.ndjson" ] || $bin generate --trips 1000000 --seed 7 --duplicates 0.01 --out "$work/2m.ndjson"
 [ -f "$work/1m-shuffled.ndjson" ] || $bin generate --trips 500000 --seed 7 --duplicates 0.01 --shuffle --out "$work/1m-shuffled.ndjson"
 $bin component >/dev/null # fills the compile cache so no run pays for compilation
 
@@ -24,7 +25,7 @@ hyperfine --runs 3 --export-markdown "$work/replay-1m.md" \
   -n "component 1m" "$bin replay --state $work/state-wasm $work/1m.ndjson" \
   -n "native 1m" "$bin --native replay --state $work/state-native $work/1m.ndjson"
 
-for input in 100k 1m 1m-shuffled; do
+for input in 100k 1m 2m 1m-shuffled; do
   rm -rf "$work/state-mem"
   /usr/bin/time -f "peak RSS $input: %M KiB, %e s" $bin replay --state "$work/state-mem" "$work/$input.ndjson" >/dev/null
 done

@@ -302,6 +302,7 @@ fn dispatch<P: CoreProvider>(cli: &Cli, core: &P) -> Result<()> {
                 to: to.clone(),
             };
             let report = tripflow_store::kpi(core, &state_dir, &opts)?;
+            eprintln!("tripflow: KPIs computed with {}", core.describe());
             match out {
                 Some(path) if path.as_os_str() == "-" => {
                     io::stdout().lock().write_all(report.csv.as_bytes())?
@@ -343,23 +344,15 @@ fn dispatch<P: CoreProvider>(cli: &Cli, core: &P) -> Result<()> {
             let mut stdout = io::stdout().lock();
             writeln!(stdout, "package  {}", tripflow_runtime::WIT_PACKAGE)?;
             writeln!(stdout, "runs     {}", core.describe())?;
+            let wasm = match &cli.component {
+                Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+                None => tripflow_runtime::EMBEDDED_COMPONENT.to_vec(),
+            };
             if let Some(path) = export_wasm {
-                let bytes = match &cli.component {
-                    Some(p) => {
-                        std::fs::read(p).with_context(|| format!("reading {}", p.display()))?
-                    }
-                    None => tripflow_runtime::EMBEDDED_COMPONENT.to_vec(),
-                };
-                write_file(path, &bytes)?;
+                write_file(path, &wasm)?;
                 writeln!(stdout, "wrote    {}", path.display())?;
             }
             if let Some(path) = precompile {
-                let wasm = match &cli.component {
-                    Some(p) => {
-                        std::fs::read(p).with_context(|| format!("reading {}", p.display()))?
-                    }
-                    None => tripflow_runtime::EMBEDDED_COMPONENT.to_vec(),
-                };
                 write_file(path, &tripflow_runtime::precompile(&wasm)?)?;
                 writeln!(
                     stdout,

@@ -149,6 +149,28 @@ impl StateDir {
         Ok(StateDir { path, conn })
     }
 
+    /// Runs `f` inside one `BEGIN IMMEDIATE` transaction: committed when `f` succeeds, rolled
+    /// back when it fails. Taking the write lock up front means the reads `f` makes cannot be
+    /// invalidated by a concurrent writer (another `tripflow` on the same state directory).
+    pub(crate) fn write_transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut StateDir) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .db("starting a transaction")?;
+        match f(self) {
+            Ok(value) => {
+                self.conn.execute_batch("COMMIT").db("committing")?;
+                Ok(value)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
     /// The directory (or `:memory:`).
     pub fn path(&self) -> &Path {
         &self.path

@@ -159,11 +159,7 @@ fn apply_batch<P: CoreProvider>(
         }
     }
 
-    state
-        .conn
-        .execute_batch("BEGIN IMMEDIATE")
-        .db("starting a transaction")?;
-    let result = (|| {
+    state.write_transaction(|state| {
         // Visit the B-tree in key order: neighbouring lookups then share pages.
         let mut ids: Vec<&str> = incoming.iter().map(|e| e.trip_id.as_str()).collect();
         ids.sort_unstable();
@@ -196,18 +192,8 @@ fn apply_batch<P: CoreProvider>(
                 .and_then(|mut s| s.execute([newest]))
                 .db("recording the newest event time")?;
         }
-        Ok::<_, Error>(())
-    })();
-    match result {
-        Ok(()) => state
-            .conn
-            .execute_batch("COMMIT")
-            .db("committing a batch")?,
-        Err(e) => {
-            let _ = state.conn.execute_batch("ROLLBACK");
-            return Err(e);
-        }
-    }
+        Ok(())
+    })?;
     for r in &rejects {
         *summary.rejected.entry(r.reason.clone()).or_default() += 1;
     }
@@ -245,7 +231,11 @@ fn write_resolution(
             Decision::Store => {
                 let e = &incoming[i];
                 let raw_id = insert_raw
-                    .insert(params![batch.raw(span), input.name, batch.lines[span] as i64])
+                    .insert(params![
+                        batch.raw(span),
+                        input.name,
+                        batch.lines[span] as i64
+                    ])
                     .db("storing an event's bytes")?;
                 insert_event
                     .execute(params![
@@ -317,7 +307,11 @@ fn write_resolution(
         )
         .db("preparing the open-trip insert")?;
     let mut opened = resolution.opened.clone();
-    opened.sort_unstable_by(|&a, &b| incoming[a as usize].trip_id.cmp(&incoming[b as usize].trip_id));
+    opened.sort_unstable_by(|&a, &b| {
+        incoming[a as usize]
+            .trip_id
+            .cmp(&incoming[b as usize].trip_id)
+    });
     for i in opened {
         let e = &incoming[i as usize];
         open.execute(params![e.trip_id, kind_to(e.kind), e.timestamp_ns])

@@ -50,11 +50,7 @@ pub fn sweep<P: CoreProvider>(
     let Some(newest) = report.newest_ns else {
         return Ok(report);
     };
-    state
-        .conn
-        .execute_batch("BEGIN IMMEDIATE")
-        .db("starting a transaction")?;
-    let result = (|| {
+    state.write_transaction(|state| {
         let mut last = String::new();
         loop {
             let mut page: Vec<(String, i64, i64)> = Vec::with_capacity(CHUNK);
@@ -97,18 +93,8 @@ pub fn sweep<P: CoreProvider>(
                 });
             }
         }
-        Ok::<_, Error>(())
-    })();
-    match result {
-        Ok(()) => state
-            .conn
-            .execute_batch("COMMIT")
-            .db("committing the sweep")?,
-        Err(e) => {
-            let _ = state.conn.execute_batch("ROLLBACK");
-            return Err(e);
-        }
-    }
+        Ok(())
+    })?;
     report.orphaned_total = state.totals()?.orphaned;
     Ok(report)
 }
