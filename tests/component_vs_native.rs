@@ -83,6 +83,10 @@ proptest! {
         let ordered = replay(&runtime, &plain_file, 8192, zone);
         prop_assert_eq!(&ordered.csv, &wasm.csv, "shuffling and duplicating changed the KPI bytes");
         prop_assert_eq!(ordered.summary.store.completed, trips);
+        // Nothing is lost: every record read is stored, a duplicate, or rejected.
+        let s = &wasm.summary;
+        prop_assert_eq!(s.records, s.stored + s.duplicates + s.rejected_total());
+        prop_assert_eq!(s.rejected_total() as usize, wasm.quarantine.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count());
         prop_assert_eq!(wasm.summary.completed, trips);
     }
 }
