@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use tripflow_runtime::{ComponentSource, CoreProvider, Limits, NativeCore, Runtime, TripCore};
-use tripflow_store::{Input, KpiOptions, ReplayOptions, StateDir};
+use tripflow_store::{Input, KpiOptions, KpiReport, ReplayOptions, StateDir};
 
 /// Replay taxi trip events through the tripflow core and compute exact daily fare KPIs.
 ///
@@ -269,13 +269,7 @@ fn dispatch<P: CoreProvider>(cli: &Cli, core: &P) -> Result<()> {
                 },
             )?;
             if let Some(path) = kpi_out {
-                write_file(path, report.csv.as_bytes())?;
-                eprintln!(
-                    "tripflow: wrote {} ({} days) with {}",
-                    path.display(),
-                    report.rows.len(),
-                    core.describe()
-                );
+                write_kpi_csv(path, &report, core)?;
             }
             let mut stdout = io::stdout().lock();
             if *json {
@@ -302,21 +296,16 @@ fn dispatch<P: CoreProvider>(cli: &Cli, core: &P) -> Result<()> {
                 to: to.clone(),
             };
             let report = tripflow_store::kpi(core, &state_dir, &opts)?;
-            eprintln!("tripflow: KPIs computed with {}", core.describe());
             match out {
-                Some(path) if path.as_os_str() == "-" => {
+                Some(path) if path.as_os_str() != "-" => write_kpi_csv(path, &report, core)?,
+                Some(_) => {
+                    eprintln!("tripflow: KPIs computed with {}", core.describe());
                     io::stdout().lock().write_all(report.csv.as_bytes())?
                 }
-                Some(path) => {
-                    write_file(path, report.csv.as_bytes())?;
-                    eprintln!(
-                        "tripflow: wrote {} ({} days) with {}",
-                        path.display(),
-                        report.rows.len(),
-                        core.describe()
-                    );
+                None => {
+                    eprintln!("tripflow: KPIs computed with {}", core.describe());
+                    output::print_kpi_table(&mut io::stdout().lock(), &report.rows, timezone)?
                 }
-                None => output::print_kpi_table(&mut io::stdout().lock(), &report.rows, timezone)?,
             }
             Ok(())
         }
@@ -366,6 +355,18 @@ fn dispatch<P: CoreProvider>(cli: &Cli, core: &P) -> Result<()> {
             unreachable!("handled before loading the core")
         }
     }
+}
+
+/// Writes the KPI CSV and logs which core produced it.
+fn write_kpi_csv<P: CoreProvider>(path: &Path, report: &KpiReport, core: &P) -> Result<()> {
+    write_file(path, report.csv.as_bytes())?;
+    eprintln!(
+        "tripflow: wrote {} ({} days) with {}",
+        path.display(),
+        report.rows.len(),
+        core.describe()
+    );
+    Ok(())
 }
 
 /// A store that must already exist (kpi and sweep read what replay wrote).
