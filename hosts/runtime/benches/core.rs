@@ -91,6 +91,77 @@ fn bench(c: &mut Criterion) {
     });
     group.finish();
 
+    // The two calls apart: where does the component lose time?
+    let parsed: Vec<Vec<tripflow_core::TripEvent>> = batches
+        .iter()
+        .map(|b| {
+            NativeCore
+                .parse(&b.buf, &b.spans)
+                .unwrap()
+                .into_iter()
+                .filter_map(|o| match o {
+                    ParseOutcome::Accepted(e) => Some(e),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect();
+    let mut group = c.benchmark_group("parse");
+    group.throughput(Throughput::Elements(lines));
+    group.sample_size(10);
+    group.bench_function("native", |b| {
+        b.iter(|| {
+            batches
+                .iter()
+                .map(|x| NativeCore.parse(&x.buf, &x.spans).unwrap().len())
+                .sum::<usize>()
+        })
+    });
+    group.bench_function("component", |b| {
+        b.iter(|| {
+            batches
+                .iter()
+                .map(|x| {
+                    runtime
+                        .session()
+                        .unwrap()
+                        .parse(&x.buf, &x.spans)
+                        .unwrap()
+                        .len()
+                })
+                .sum::<usize>()
+        })
+    });
+    group.finish();
+    let mut group = c.benchmark_group("resolve");
+    group.throughput(Throughput::Elements(lines));
+    group.sample_size(10);
+    group.bench_function("native", |b| {
+        b.iter(|| {
+            parsed
+                .iter()
+                .map(|e| NativeCore.resolve(e, &[]).unwrap().closed.len())
+                .sum::<usize>()
+        })
+    });
+    group.bench_function("component", |b| {
+        b.iter(|| {
+            parsed
+                .iter()
+                .map(|e| {
+                    runtime
+                        .session()
+                        .unwrap()
+                        .resolve(e, &[])
+                        .unwrap()
+                        .closed
+                        .len()
+                })
+                .sum::<usize>()
+        })
+    });
+    group.finish();
+
     let mut group = c.benchmark_group("kpi-accumulate");
     group.throughput(Throughput::Elements(fares.len() as u64));
     group.sample_size(10);
