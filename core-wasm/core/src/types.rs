@@ -144,6 +144,16 @@ pub enum ParseOutcome {
     Blank,
 }
 
+impl ParseOutcome {
+    /// The event, if the record was accepted.
+    pub fn into_accepted(self) -> Option<TripEvent> {
+        match self {
+            ParseOutcome::Accepted(event) => Some(event),
+            _ => None,
+        }
+    }
+}
+
 /// Where the first stored copy of a (trip_id, event_type) came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventRef {

@@ -60,10 +60,7 @@ fn run<P: CoreProvider>(core: &P, batches: &[Batch]) -> Vec<TripFare> {
             .parse(&b.buf, &b.spans)
             .unwrap()
             .into_iter()
-            .filter_map(|o| match o {
-                ParseOutcome::Accepted(e) => Some(e),
-                _ => None,
-            })
+            .filter_map(ParseOutcome::into_accepted)
             .collect();
         let r = session.resolve(&events, &[]).unwrap();
         fares.extend(r.closed.into_iter().map(|c| TripFare {
@@ -99,10 +96,7 @@ fn bench(c: &mut Criterion) {
                 .parse(&b.buf, &b.spans)
                 .unwrap()
                 .into_iter()
-                .filter_map(|o| match o {
-                    ParseOutcome::Accepted(e) => Some(e),
-                    _ => None,
-                })
+                .filter_map(ParseOutcome::into_accepted)
                 .collect()
         })
         .collect();

@@ -86,6 +86,8 @@ pub enum CoreError {
 /// A value is one *session*: with the component it is one fresh store, to be used for one
 /// batch and dropped.
 pub trait TripCore {
+    /// See `events.limits`: records longer than this are `too_large`.
+    fn max_record_bytes(&mut self) -> Result<u32, CoreError>;
     /// See `events.parse`.
     fn parse(&mut self, buffer: &[u8], spans: &[Span]) -> Result<Vec<ParseOutcome>, CoreError>;
     /// See `matching.resolve`.
@@ -386,6 +388,11 @@ impl WasmSession {
 }
 
 impl TripCore for WasmSession {
+    fn max_record_bytes(&mut self) -> Result<u32, CoreError> {
+        let limits = self.call(|c, s| c.tripflow_core_events().call_limits(s))?;
+        Ok(limits.max_record_bytes)
+    }
+
     fn parse(&mut self, buffer: &[u8], spans: &[Span]) -> Result<Vec<ParseOutcome>, CoreError> {
         let spans: Vec<_> = spans.iter().map(convert::span_out).collect();
         let out = self.call(|c, s| c.tripflow_core_events().call_parse(s, buffer, &spans))?;

@@ -22,6 +22,10 @@ impl CoreProvider for NativeCore {
 }
 
 impl TripCore for NativeCore {
+    fn max_record_bytes(&mut self) -> Result<u32, CoreError> {
+        Ok(tripflow_core::MAX_RECORD_BYTES)
+    }
+
     fn parse(&mut self, buffer: &[u8], spans: &[Span]) -> Result<Vec<ParseOutcome>, CoreError> {
         Ok(tripflow_core::parse_batch(buffer, spans))
     }

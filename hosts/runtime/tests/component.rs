@@ -39,10 +39,7 @@ fn embedded_component_agrees_with_the_library() {
     assert!(matches!(parsed[3], ParseOutcome::Blank));
     let events: Vec<_> = parsed
         .into_iter()
-        .filter_map(|o| match o {
-            ParseOutcome::Accepted(e) => Some(e),
-            _ => None,
-        })
+        .filter_map(ParseOutcome::into_accepted)
         .collect();
     assert_eq!(events.len(), 3);
     let r = wasm.resolve(&events, &[]).unwrap();

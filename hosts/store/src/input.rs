@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader};
 use std::path::PathBuf;
 
-use tripflow_runtime::core::{MAX_RECORD_BYTES, Span};
+use tripflow_runtime::core::Span;
 
 use crate::error::{Error, IoContext};
 
@@ -115,11 +115,17 @@ impl Batch {
 pub(crate) struct LineReader<R> {
     reader: R,
     line: u64,
+    /// The loaded core's record limit (`events.limits`).
+    max_record_bytes: usize,
 }
 
 impl<R: BufRead> LineReader<R> {
-    pub fn new(reader: R) -> Self {
-        LineReader { reader, line: 0 }
+    pub fn new(reader: R, max_record_bytes: u32) -> Self {
+        LineReader {
+            reader,
+            line: 0,
+            max_record_bytes: max_record_bytes as usize,
+        }
     }
 
     /// Fills `batch` (cleared first) with up to `max_lines` lines or about `max_bytes`;
@@ -131,7 +137,7 @@ impl<R: BufRead> LineReader<R> {
         max_bytes: usize,
     ) -> io::Result<bool> {
         batch.clear();
-        let limit = MAX_RECORD_BYTES as usize;
+        let limit = self.max_record_bytes;
         while batch.spans.len() < max_lines && batch.buf.len() < max_bytes {
             let start = batch.buf.len();
             let n = read_line(&mut self.reader, &mut batch.buf)?;
@@ -174,11 +180,12 @@ fn read_line<R: BufRead>(reader: &mut R, buf: &mut Vec<u8>) -> io::Result<usize>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tripflow_runtime::core::MAX_RECORD_BYTES;
 
     #[test]
     fn splits_lines_with_positions() {
         let data = b"a\r\n\nbb\nlast".to_vec();
-        let mut r = LineReader::new(&data[..]);
+        let mut r = LineReader::new(&data[..], MAX_RECORD_BYTES);
         let mut b = Batch::default();
         assert!(r.fill(&mut b, 2, 1 << 20).unwrap());
         assert_eq!(b.lines, [1, 2]);
@@ -195,7 +202,7 @@ mod tests {
     fn oversized_lines_keep_their_bytes_but_pass_a_prefix() {
         let mut data = vec![b'x'; MAX_RECORD_BYTES as usize + 10];
         data.extend_from_slice(b"\n{}\n");
-        let mut r = LineReader::new(&data[..]);
+        let mut r = LineReader::new(&data[..], MAX_RECORD_BYTES);
         let mut b = Batch::default();
         r.fill(&mut b, 10, 1 << 30).unwrap();
         assert_eq!(b.spans[0].len, MAX_RECORD_BYTES + 1);

@@ -98,8 +98,10 @@ pub fn replay<P: CoreProvider>(
         .db("setting the busy timeout")?;
     let mut summary = Summary::new();
     let mut batch = Batch::default();
+    // The core decides what is too large; the reader only needs to know how much to pass on.
+    let max_record_bytes = provider.session()?.max_record_bytes()?;
     for input in inputs {
-        let mut lines = LineReader::new(input.open()?);
+        let mut lines = LineReader::new(input.open()?, max_record_bytes);
         while lines
             .fill(&mut batch, opts.batch_lines, opts.batch_bytes)
             .io(|| format!("reading {}", input.name))?
