@@ -28,7 +28,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 pub use native::NativeCore;
 pub use tripflow_core as core;
 use tripflow_core::{
-    DayKpi, DayTotals, KpiError, ParseOutcome, Resolution, Span, TripEvent, TripFare,
+    ClosedTrip, DayKpi, DayTotals, KpiError, ParseOutcome, Resolution, Span, TripEvent, TripFare,
 };
 
 #[allow(missing_docs)]
@@ -96,6 +96,8 @@ pub trait TripCore {
         incoming: &[TripEvent],
         stored: &[TripEvent],
     ) -> Result<Resolution, CoreError>;
+    /// See `matching.pair`: the closed trip a start and an end make.
+    fn pair(&mut self, start: &TripEvent, end: &TripEvent) -> Result<ClosedTrip, CoreError>;
     /// See `matching.sweep`; `open` holds the timestamp of each open trip's stored half.
     fn sweep(
         &mut self,
@@ -105,6 +107,8 @@ pub trait TripCore {
     ) -> Result<Vec<u32>, CoreError>;
     /// See `kpi.check-time-zone`.
     fn check_time_zone(&mut self, zone: &str) -> Result<(), CoreError>;
+    /// See `kpi.day-of`: the calendar day (`YYYY-MM-DD`) of an instant in `zone`.
+    fn day_of(&mut self, zone: &str, timestamp_ns: i64) -> Result<String, CoreError>;
     /// See `kpi.accumulate`.
     fn accumulate(
         &mut self,
@@ -413,6 +417,12 @@ impl TripCore for WasmSession {
         Ok(convert::resolution_in(r))
     }
 
+    fn pair(&mut self, start: &TripEvent, end: &TripEvent) -> Result<ClosedTrip, CoreError> {
+        let (start, end) = (convert::event_out(start), convert::event_out(end));
+        let t = self.call(|c, s| c.tripflow_core_matching().call_pair(s, &start, &end))?;
+        Ok(convert::closed_in(t))
+    }
+
     fn sweep(
         &mut self,
         open: &[i64],
@@ -435,6 +445,11 @@ impl TripCore for WasmSession {
 
     fn check_time_zone(&mut self, zone: &str) -> Result<(), CoreError> {
         let r = self.call(|c, s| c.tripflow_core_kpi().call_check_time_zone(s, zone))?;
+        r.map_err(|e| CoreError::Kpi(convert::kpi_error_in(e)))
+    }
+
+    fn day_of(&mut self, zone: &str, timestamp_ns: i64) -> Result<String, CoreError> {
+        let r = self.call(|c, s| c.tripflow_core_kpi().call_day_of(s, zone, timestamp_ns))?;
         r.map_err(|e| CoreError::Kpi(convert::kpi_error_in(e)))
     }
 

@@ -1,7 +1,9 @@
 //! The core linked natively: the same library the component is built from, behind the same
 //! trait. Used to hold the component to the library in tests and benchmarks.
 
-use tripflow_core::{DayKpi, DayTotals, ParseOutcome, Resolution, Span, TripEvent, TripFare};
+use tripflow_core::{
+    ClosedTrip, DayKpi, DayTotals, ParseOutcome, Resolution, Span, TripEvent, TripFare,
+};
 
 use crate::{CoreError, CoreProvider, TripCore};
 
@@ -38,6 +40,10 @@ impl TripCore for NativeCore {
         Ok(tripflow_core::resolve(incoming, stored))
     }
 
+    fn pair(&mut self, start: &TripEvent, end: &TripEvent) -> Result<ClosedTrip, CoreError> {
+        Ok(tripflow_core::pair(start, end))
+    }
+
     fn sweep(
         &mut self,
         open: &[i64],
@@ -49,6 +55,10 @@ impl TripCore for NativeCore {
 
     fn check_time_zone(&mut self, zone: &str) -> Result<(), CoreError> {
         Ok(tripflow_core::check_time_zone(zone)?)
+    }
+
+    fn day_of(&mut self, zone: &str, timestamp_ns: i64) -> Result<String, CoreError> {
+        Ok(tripflow_core::kpi::day_of(zone, timestamp_ns)?)
     }
 
     fn accumulate(

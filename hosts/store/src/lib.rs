@@ -7,7 +7,6 @@
 //! a conformance pass is a statement about the CLI too.
 
 mod db;
-mod duration;
 mod error;
 mod input;
 mod kpi;
@@ -16,10 +15,10 @@ mod replay;
 mod sweep;
 
 pub use db::{StateDir, StoreTotals};
-pub use duration::parse_duration;
 pub use error::Error;
 pub use input::{Input, InputSource};
 pub use kpi::{KpiOptions, KpiReport, kpi};
 pub use quarantine::QuarantineRecord;
 pub use replay::{Progress, ReplayOptions, Summary, replay};
 pub use sweep::{Orphan, SweepReport, sweep};
+pub use tripflow_runtime::core::duration::parse_duration;
