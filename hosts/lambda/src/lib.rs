@@ -1,0 +1,283 @@
+//! The tripflow Lambda functions: thin I/O hosts around the core component.
+//!
+//! One bootstrap binary serves all four functions; the function's `Handler` setting (which
+//! Lambda passes as `_HANDLER`) picks one of [`Function`]. At cold start the process reads and
+//! checks its [`Config`], loads the component once (precompiled `tripflow.cwasm`, else
+//! `tripflow.wasm`, else the component built into the binary) and creates the SDK clients
+//! once. Every decision — what an event is, whether it is a duplicate, how two halves make a
+//! trip, which trips are orphans, what a day's KPIs are and their CSV bytes — is the core's;
+//! the handlers in [`ingest`], [`matcher`], [`kpi`] and [`sweeper`] only move data.
+
+pub mod config;
+pub mod ingest;
+pub mod kpi;
+pub mod matcher;
+pub mod metrics;
+pub mod retry;
+pub mod sweeper;
+pub mod table;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use aws_config::retry::RetryConfig;
+use aws_config::{BehaviorVersion, SdkConfig};
+use tripflow_runtime::{ComponentSource, CoreError, Limits, Runtime};
+
+pub use config::{Config, ConfigError, Function};
+pub use metrics::Capacity;
+
+/// What a handler failed with: the invocation fails and Lambda retries it (for stream
+/// sources: per the event source mapping's retry and bisect settings).
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Everything a function keeps between invocations.
+pub struct App {
+    /// Settings, checked at cold start.
+    pub config: Config,
+    /// The core component (shared when several functions run in one process, as locally).
+    pub core: Arc<Runtime>,
+    /// DynamoDB.
+    pub ddb: aws_sdk_dynamodb::Client,
+    /// S3 (kpi).
+    pub s3: aws_sdk_s3::Client,
+    /// SQS (ingest's dead-letter queue).
+    pub sqs: aws_sdk_sqs::Client,
+    /// DynamoDB capacity consumed by this process.
+    pub capacity: Capacity,
+}
+
+/// How the component was found and loaded, for the cold-start log line.
+#[derive(Clone, Debug)]
+pub struct ComponentReport {
+    /// The file loaded, or `embedded`.
+    pub loaded: String,
+    /// Whether it was precompiled (`.cwasm`).
+    pub precompiled: bool,
+    /// sha256 of the component's `.wasm` bytes (the identity the conformance runner and the
+    /// CLI print), when known.
+    pub wasm_sha256: Option<String>,
+    /// Time to read, deserialize or compile, and link it.
+    pub load_ms: f64,
+}
+
+/// Loads the component: `COMPONENT_PATH`, else `tripflow.cwasm` then `tripflow.wasm` next to
+/// the executable (in Lambda: `$LAMBDA_TASK_ROOT`), else the one built into this binary. A
+/// `.cwasm` that this wasmtime cannot load (built by another version) falls back to the
+/// `.wasm` with a warning instead of failing the cold start.
+pub fn load_component(config: &Config) -> Result<(Runtime, ComponentReport), CoreError> {
+    let started = Instant::now();
+    let limits = Limits::default();
+    let dir = std::env::var_os("LAMBDA_TASK_ROOT")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(Path::to_path_buf))
+        });
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(p) = &config.component_path {
+        candidates.push(PathBuf::from(p));
+    } else if let Some(dir) = &dir {
+        candidates.push(dir.join("tripflow.cwasm"));
+        candidates.push(dir.join("tripflow.wasm"));
+    }
+    let explicit = config.component_path.is_some();
+    let mut last_err = None;
+    for path in candidates.iter().filter(|p| explicit || p.exists()) {
+        match Runtime::load(&ComponentSource::File(path.clone()), limits.clone(), None) {
+            Ok(rt) => {
+                let precompiled = rt.info().precompiled;
+                let wasm_sha256 = if precompiled {
+                    std::fs::read(path.with_extension("wasm"))
+                        .ok()
+                        .map(|b| tripflow_runtime::sha256_hex(&b))
+                } else {
+                    Some(rt.info().sha256.clone())
+                };
+                let report = ComponentReport {
+                    loaded: path.display().to_string(),
+                    precompiled,
+                    wasm_sha256,
+                    load_ms: started.elapsed().as_secs_f64() * 1e3,
+                };
+                return Ok((rt, report));
+            }
+            Err(e) if !explicit => {
+                tracing::warn!(path = %path.display(), error = %e, "component not usable, trying the next one");
+                last_err = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(e) = last_err
+        && candidates.iter().all(|p| p.exists())
+    {
+        return Err(e);
+    }
+    let rt = Runtime::load(&ComponentSource::Embedded, limits, None)?;
+    let report = ComponentReport {
+        loaded: "embedded".into(),
+        precompiled: false,
+        wasm_sha256: Some(rt.info().sha256.clone()),
+        load_ms: started.elapsed().as_secs_f64() * 1e3,
+    };
+    Ok((rt, report))
+}
+
+/// The SDK configuration: the standard chain (region, credentials, `AWS_ENDPOINT_URL*`), with
+/// the SDK's own retries off — [`retry`] owns retrying, within the invocation's deadline.
+pub async fn sdk_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(RetryConfig::disabled())
+        .load()
+        .await
+}
+
+impl App {
+    /// Builds the clients once from `sdk`.
+    pub fn new(config: Config, core: Arc<Runtime>, sdk: &SdkConfig) -> App {
+        let s3 = aws_sdk_s3::config::Builder::from(sdk)
+            .force_path_style(std::env::var_os("AWS_S3_FORCE_PATH_STYLE").is_some())
+            .build();
+        App::with_clients(
+            config,
+            core,
+            aws_sdk_dynamodb::Client::new(sdk),
+            aws_sdk_s3::Client::from_conf(s3),
+            aws_sdk_sqs::Client::new(sdk),
+        )
+    }
+
+    /// Uses the given clients (e.g. pointed at local engines).
+    pub fn with_clients(
+        config: Config,
+        core: Arc<Runtime>,
+        ddb: aws_sdk_dynamodb::Client,
+        s3: aws_sdk_s3::Client,
+        sqs: aws_sdk_sqs::Client,
+    ) -> App {
+        App {
+            config,
+            core,
+            ddb,
+            s3,
+            sqs,
+            capacity: Capacity::default(),
+        }
+    }
+
+    /// Runs this process's function on one invocation's payload. `deadline_ms` is the Lambda
+    /// deadline (ms since the Unix epoch).
+    pub async fn invoke(
+        &self,
+        payload: serde_json::Value,
+        deadline_ms: u64,
+    ) -> Result<serde_json::Value, Error> {
+        let budget = retry::Budget::from_epoch_ms(deadline_ms);
+        let out = match self.config.function {
+            Function::Ingest => serde_json::to_value(
+                ingest::handle(self, serde_json::from_value(payload)?, &budget).await?,
+            )?,
+            Function::Matcher => serde_json::to_value(
+                matcher::handle(self, serde_json::from_value(payload)?, &budget).await?,
+            )?,
+            Function::Kpi => kpi::handle(self, payload, &budget).await?,
+            Function::Sweeper => sweeper::handle(self, &budget).await?,
+        };
+        Ok(out)
+    }
+}
+
+type ColdStart = (Config, Runtime, ComponentReport);
+
+fn cold_start() -> Result<ColdStart, (&'static str, Error)> {
+    let config = Config::from_env().map_err(|e| ("Runtime.ConfigError", e.into()))?;
+    let (core, report) =
+        load_component(&config).map_err(|e| ("Runtime.ComponentError", e.into()))?;
+    if config.function == Function::Kpi {
+        use tripflow_runtime::{CoreProvider, TripCore};
+        core.session()
+            .and_then(|mut s| s.check_time_zone(&config.timezone))
+            .map_err(|e| {
+                let e = ConfigError {
+                    var: "TIMEZONE",
+                    message: e.to_string(),
+                };
+                ("Runtime.ConfigError", Error::from(e))
+            })?;
+    }
+    Ok((config, core, report))
+}
+
+/// Posts a cold-start failure to `POST /2018-06-01/runtime/init/error` (best effort).
+fn report_init_error(kind: &str, message: &str) {
+    use std::io::Write;
+    let Ok(api) = std::env::var("AWS_LAMBDA_RUNTIME_API") else {
+        return;
+    };
+    let body = serde_json::json!({"errorType": kind, "errorMessage": message}).to_string();
+    let request = format!(
+        "POST /2018-06-01/runtime/init/error HTTP/1.1\r\nHost: {api}\r\nLambda-Runtime-Function-Error-Type: {kind}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if let Ok(mut s) = std::net::TcpStream::connect(&api) {
+        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+        let _ = s.write_all(request.as_bytes());
+        let _ = std::io::Read::read(&mut s, &mut [0u8; 256]);
+    }
+}
+
+/// Installs JSON logging: one object per line, with the invocation's request id (from the
+/// runtime's span) on every line. `RUST_LOG` / `AWS_LAMBDA_LOG_LEVEL` set the level.
+pub fn init_tracing() {
+    let level = std::env::var("RUST_LOG")
+        .or_else(|_| std::env::var("AWS_LAMBDA_LOG_LEVEL"))
+        .unwrap_or_else(|_| "info".into())
+        .to_lowercase();
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+        .with_current_span(true)
+        .with_span_list(false)
+        .flatten_event(true)
+        .with_target(false)
+        .without_time()
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The bootstrap's `main`: configuration, component, clients, then the runtime loop. A
+/// cold-start failure is logged and reported to the Runtime API's init-error endpoint, so
+/// Lambda shows the message (which names the bad setting) as the function's init error.
+pub async fn run() -> Result<(), Error> {
+    let started = Instant::now();
+    init_tracing();
+    let (config, core, report) = match cold_start() {
+        Ok(parts) => parts,
+        Err((kind, e)) => {
+            tracing::error!(error = %e, "cold start failed");
+            report_init_error(kind, &e.to_string());
+            return Err(e);
+        }
+    };
+    let sdk = sdk_config().await;
+    let app = Arc::new(App::new(config, Arc::new(core), &sdk));
+    tracing::info!(
+        function = app.config.function.name(),
+        component = %report.loaded,
+        precompiled = report.precompiled,
+        component_sha256 = report.wasm_sha256.as_deref().unwrap_or("unknown"),
+        component_load_ms = report.load_ms,
+        init_ms = started.elapsed().as_secs_f64() * 1e3,
+        "cold start"
+    );
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |ev: lambda_runtime::LambdaEvent<serde_json::Value>| {
+            let app = app.clone();
+            async move { app.invoke(ev.payload, ev.context.deadline).await }
+        },
+    ))
+    .await
+}
