@@ -1,0 +1,657 @@
+//! Lambda's event source mappings, played locally: poll the Kinesis shards and the table's
+//! stream shards, build the event JSON as AWS delivers it, invoke the function, and act on
+//! the answer as the documented stream-source semantics say:
+//!
+//! - shards are read in order, one batch in flight per shard (parallelization factor 1);
+//!   a DynamoDB stream child shard starts only after its parent is finished;
+//! - `batchItemFailures`: the records before the lowest reported sequence number are
+//!   checkpointed and the batch is retried from it; an empty list (or none) is success; an
+//!   identifier that is not in the batch fails the whole batch;
+//! - a function error fails the whole batch; with `bisect_on_error` the batch is split in two
+//!   and each half retried on its own;
+//! - after `max_retry_attempts` retries of a batch (or when its oldest record is older than
+//!   `max_record_age`), a description of it goes to the on-failure destination (an SQS queue,
+//!   in the shape AWS sends) and the mapping moves past it;
+//! - a filter (the same JSON patterns as the template's `FilterCriteria`) drops records before
+//!   the batch is built; dropped records are checkpointed.
+//!
+//! What it does not do: batching windows, tumbling windows, parallelization factors above 1,
+//! concurrency between shards (shards are polled one after another).
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use aws_sdk_dynamodbstreams::types::{AttributeValue as StreamValue, ShardIteratorType};
+use base64::Engine as _;
+use serde_json::{Value, json};
+use tripflow_lambda::Function;
+
+use crate::stack::REGION;
+
+/// Invokes a function with an event, as Lambda's Invoke API does.
+pub trait Invoker: Send + Sync {
+    /// The function's response, or its error message (a function error).
+    fn invoke(
+        &self,
+        function: Function,
+        payload: Value,
+    ) -> impl std::future::Future<Output = Result<Value, String>> + Send;
+}
+
+/// A mapping's settings (the names of `AWS::Lambda::EventSourceMapping`'s properties).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `BatchSize`.
+    pub batch_size: usize,
+    /// `MaximumRetryAttempts`.
+    pub max_retry_attempts: u32,
+    /// `BisectBatchOnFunctionError`.
+    pub bisect_on_error: bool,
+    /// `MaximumRecordAgeInSeconds`.
+    pub max_record_age: Duration,
+    /// `FilterCriteria` patterns (a record passes if any matches; none = all pass).
+    pub filters: Vec<Value>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            batch_size: 100,
+            max_retry_attempts: 3,
+            bisect_on_error: true,
+            max_record_age: Duration::from_secs(3600),
+            filters: Vec::new(),
+        }
+    }
+}
+
+/// What a mapping did so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Records delivered in batches (retries count again).
+    pub delivered: u64,
+    /// Invocations.
+    pub invocations: u64,
+    /// Records dropped by the filter.
+    pub filtered: u64,
+    /// Records given up on and described to the on-failure destination.
+    pub discarded: u64,
+    /// Retries (partial or whole).
+    pub retries: u64,
+}
+
+/// One record, as delivered: its sequence number, when it arrived, and its event JSON.
+#[derive(Clone, Debug)]
+struct Delivered {
+    seq: String,
+    arrived: Instant,
+    json: Value,
+}
+
+/// The outcome of invoking with a batch.
+enum Outcome {
+    Done,
+    /// Retry from this index of the batch.
+    RetryFrom(usize),
+    FunctionError(String),
+}
+
+/// Sends a batch to `function` until it is handled or given up on.
+async fn deliver<I: Invoker>(
+    invoker: &I,
+    function: Function,
+    settings: &Settings,
+    stats: &mut Stats,
+    on_failure: &OnFailure,
+    source: &SourceInfo,
+    batch: Vec<Delivered>,
+) -> anyhow::Result<()> {
+    // (records, retries so far)
+    let mut work: Vec<(Vec<Delivered>, u32)> = vec![(batch, 0)];
+    while let Some((records, attempts)) = work.pop() {
+        if records.is_empty() {
+            continue;
+        }
+        let too_old = records[0].arrived.elapsed() > settings.max_record_age;
+        if too_old || attempts > settings.max_retry_attempts {
+            stats.discarded += records.len() as u64;
+            on_failure
+                .send(
+                    source,
+                    &records,
+                    if too_old {
+                        "RecordAgeExceeded"
+                    } else {
+                        "RetryAttemptsExhausted"
+                    },
+                )
+                .await?;
+            continue;
+        }
+        stats.invocations += 1;
+        stats.delivered += records.len() as u64;
+        let payload = source.event(&records);
+        let outcome = match invoker.invoke(function, payload).await {
+            Err(e) => Outcome::FunctionError(e),
+            Ok(resp) => match failures(&resp) {
+                None => Outcome::Done,
+                Some(ids) => {
+                    let positions: Option<Vec<usize>> = ids
+                        .iter()
+                        .map(|id| records.iter().position(|r| &r.seq == id))
+                        .collect();
+                    match positions.and_then(|p| p.into_iter().min()) {
+                        Some(i) => Outcome::RetryFrom(i),
+                        None => Outcome::FunctionError(format!(
+                            "batchItemFailures names records not in the batch: {ids:?}"
+                        )),
+                    }
+                }
+            },
+        };
+        match outcome {
+            Outcome::Done => {}
+            Outcome::RetryFrom(i) => {
+                stats.retries += 1;
+                work.push((records[i..].to_vec(), attempts + 1));
+            }
+            Outcome::FunctionError(e) => {
+                stats.retries += 1;
+                tracing::warn!(function = function.name(), error = %e, records = records.len(), "function error");
+                if settings.bisect_on_error && records.len() > 1 {
+                    let mid = records.len() / 2;
+                    let (a, b) = records.split_at(mid);
+                    // Second half after the first: order within the shard is kept.
+                    work.push((b.to_vec(), attempts + 1));
+                    work.push((a.to_vec(), attempts + 1));
+                } else {
+                    work.push((records, attempts + 1));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The sequence numbers in a response's `batchItemFailures`, or `None` when it reports none.
+fn failures(resp: &Value) -> Option<Vec<String>> {
+    let list = resp.get("batchItemFailures")?.as_array()?;
+    if list.is_empty() {
+        return None;
+    }
+    Some(
+        list.iter()
+            .map(|f| {
+                f.get("itemIdentifier")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned()
+            })
+            .collect(),
+    )
+}
+
+/// Whether `record` matches a Lambda filter `pattern`: every key of the pattern must be
+/// present; an array leaf lists accepted values (strings, numbers, `{"prefix": "…"}`,
+/// `{"exists": bool}`).
+pub fn matches(pattern: &Value, record: &Value) -> bool {
+    let Some(p) = pattern.as_object() else {
+        return false;
+    };
+    p.iter().all(|(k, want)| {
+        let got = record.get(k);
+        match want {
+            Value::Object(_) => got.is_some_and(|g| matches(want, g)),
+            Value::Array(options) => options.iter().any(|o| match (o, got) {
+                (Value::Object(rule), got) => {
+                    if let Some(prefix) = rule.get("prefix").and_then(Value::as_str) {
+                        got.and_then(Value::as_str)
+                            .is_some_and(|s| s.starts_with(prefix))
+                    } else if let Some(exists) = rule.get("exists").and_then(Value::as_bool) {
+                        got.is_some() == exists
+                    } else {
+                        false
+                    }
+                }
+                (value, Some(g)) => value == g,
+                (_, None) => false,
+            }),
+            _ => false,
+        }
+    })
+}
+
+/// Where given-up batches are described.
+pub struct OnFailure {
+    /// SQS client.
+    pub sqs: aws_sdk_sqs::Client,
+    /// Queue URL.
+    pub url: String,
+}
+
+impl OnFailure {
+    async fn send(
+        &self,
+        source: &SourceInfo,
+        records: &[Delivered],
+        condition: &str,
+    ) -> anyhow::Result<()> {
+        let key = match source.kind {
+            SourceKind::Kinesis => "KinesisBatchInfo",
+            SourceKind::DynamoDb => "DDBStreamBatchInfo",
+        };
+        let body = json!({
+            "requestContext": {"condition": condition, "functionArn": format!("arn:aws:lambda:{REGION}:000000000000:function:tripflow-{}", source.function.name())},
+            key: {
+                "shardId": source.shard_id,
+                "startSequenceNumber": records.first().map(|r| r.seq.clone()),
+                "endSequenceNumber": records.last().map(|r| r.seq.clone()),
+                "batchSize": records.len(),
+                "streamArn": source.arn,
+            },
+        });
+        self.sqs
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(body.to_string())
+            .send()
+            .await
+            .context("sending to the on-failure destination")?;
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum SourceKind {
+    Kinesis,
+    DynamoDb,
+}
+
+struct SourceInfo {
+    kind: SourceKind,
+    function: Function,
+    arn: String,
+    shard_id: String,
+}
+
+impl SourceInfo {
+    fn event(&self, records: &[Delivered]) -> Value {
+        json!({"Records": records.iter().map(|r| r.json.clone()).collect::<Vec<_>>()})
+    }
+}
+
+/// A Kinesis stream → function mapping.
+pub struct KinesisMapping {
+    client: aws_sdk_kinesis::Client,
+    stream: String,
+    arn: String,
+    function: Function,
+    settings: Settings,
+    iterators: HashMap<String, Option<String>>,
+    /// What it did.
+    pub stats: Stats,
+}
+
+impl KinesisMapping {
+    /// A mapping from the start of every shard of `stream` (`TRIM_HORIZON`).
+    pub fn new(
+        client: aws_sdk_kinesis::Client,
+        stream: &str,
+        arn: &str,
+        function: Function,
+        settings: Settings,
+    ) -> Self {
+        KinesisMapping {
+            client,
+            stream: stream.into(),
+            arn: arn.into(),
+            function,
+            settings,
+            iterators: HashMap::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// One pass over the shards: at most one batch per shard. Returns the records read.
+    pub async fn poll<I: Invoker>(
+        &mut self,
+        invoker: &I,
+        on_failure: &OnFailure,
+    ) -> anyhow::Result<usize> {
+        let shards = self
+            .client
+            .list_shards()
+            .stream_name(&self.stream)
+            .send()
+            .await
+            .context("ListShards")?;
+        let mut read = 0;
+        for shard in shards.shards() {
+            let id = shard.shard_id().to_owned();
+            if !self.iterators.contains_key(&id) {
+                let it = self
+                    .client
+                    .get_shard_iterator()
+                    .stream_name(&self.stream)
+                    .shard_id(&id)
+                    .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+                    .send()
+                    .await
+                    .context("GetShardIterator")?;
+                self.iterators
+                    .insert(id.clone(), it.shard_iterator().map(str::to_owned));
+            }
+            let Some(Some(iterator)) = self.iterators.get(&id).cloned() else {
+                continue;
+            };
+            let out = self
+                .client
+                .get_records()
+                .shard_iterator(iterator)
+                .limit(self.settings.batch_size as i32)
+                .send()
+                .await
+                .context("GetRecords")?;
+            self.iterators
+                .insert(id.clone(), out.next_shard_iterator().map(str::to_owned));
+            let mut batch = Vec::new();
+            for r in out.records() {
+                let arrival = r
+                    .approximate_arrival_timestamp()
+                    .map(|t| t.as_secs_f64())
+                    .unwrap_or(0.0);
+                let event = json!({
+                    "kinesis": {
+                        "kinesisSchemaVersion": "1.0",
+                        "partitionKey": r.partition_key(),
+                        "sequenceNumber": r.sequence_number(),
+                        "data": base64::engine::general_purpose::STANDARD.encode(r.data().as_ref()),
+                        "approximateArrivalTimestamp": arrival,
+                    },
+                    "eventSource": "aws:kinesis",
+                    "eventVersion": "1.0",
+                    "eventID": format!("{id}:{}", r.sequence_number()),
+                    "eventName": "aws:kinesis:record",
+                    "invokeIdentityArn": format!("arn:aws:iam::000000000000:role/tripflow-{}", self.function.name()),
+                    "awsRegion": REGION,
+                    "eventSourceARN": self.arn,
+                });
+                if self.settings.filters.is_empty()
+                    || self.settings.filters.iter().any(|f| matches(f, &event))
+                {
+                    batch.push(Delivered {
+                        seq: r.sequence_number().to_owned(),
+                        arrived: Instant::now(),
+                        json: event,
+                    });
+                } else {
+                    self.stats.filtered += 1;
+                }
+            }
+            read += out.records().len();
+            let info = SourceInfo {
+                kind: SourceKind::Kinesis,
+                function: self.function,
+                arn: self.arn.clone(),
+                shard_id: id.clone(),
+            };
+            if !batch.is_empty() {
+                deliver(
+                    invoker,
+                    self.function,
+                    &self.settings,
+                    &mut self.stats,
+                    on_failure,
+                    &info,
+                    batch,
+                )
+                .await?;
+            }
+        }
+        Ok(read)
+    }
+}
+
+/// A DynamoDB stream → function mapping.
+pub struct DynamoDbMapping {
+    client: aws_sdk_dynamodbstreams::Client,
+    arn: String,
+    function: Function,
+    settings: Settings,
+    iterators: HashMap<String, Option<String>>,
+    finished: HashSet<String>,
+    /// What it did.
+    pub stats: Stats,
+}
+
+impl DynamoDbMapping {
+    /// A mapping from the start of the stream `arn` (`TRIM_HORIZON`).
+    pub fn new(
+        client: aws_sdk_dynamodbstreams::Client,
+        arn: &str,
+        function: Function,
+        settings: Settings,
+    ) -> Self {
+        DynamoDbMapping {
+            client,
+            arn: arn.into(),
+            function,
+            settings,
+            iterators: HashMap::new(),
+            finished: HashSet::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// One pass over the shards whose parents are finished: at most one batch per shard.
+    pub async fn poll<I: Invoker>(
+        &mut self,
+        invoker: &I,
+        on_failure: &OnFailure,
+    ) -> anyhow::Result<usize> {
+        let desc = self
+            .client
+            .describe_stream()
+            .stream_arn(&self.arn)
+            .send()
+            .await
+            .context("DescribeStream")?;
+        let shards: Vec<(String, Option<String>)> = desc
+            .stream_description()
+            .map(|d| {
+                d.shards()
+                    .iter()
+                    .filter_map(|s| {
+                        Some((
+                            s.shard_id()?.to_owned(),
+                            s.parent_shard_id().map(str::to_owned),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let known: HashSet<&String> = shards.iter().map(|(id, _)| id).collect();
+        let mut read = 0;
+        for (id, parent) in &shards {
+            if self.finished.contains(id) {
+                continue;
+            }
+            if let Some(p) = parent
+                && known.contains(p)
+                && !self.finished.contains(p)
+            {
+                continue;
+            }
+            if !self.iterators.contains_key(id) {
+                let it = self
+                    .client
+                    .get_shard_iterator()
+                    .stream_arn(&self.arn)
+                    .shard_id(id)
+                    .shard_iterator_type(ShardIteratorType::TrimHorizon)
+                    .send()
+                    .await
+                    .context("GetShardIterator")?;
+                self.iterators
+                    .insert(id.clone(), it.shard_iterator().map(str::to_owned));
+            }
+            let Some(Some(iterator)) = self.iterators.get(id).cloned() else {
+                self.finished.insert(id.clone());
+                continue;
+            };
+            let out = self
+                .client
+                .get_records()
+                .shard_iterator(iterator)
+                .limit(self.settings.batch_size as i32)
+                .send()
+                .await
+                .context("GetRecords")?;
+            let next = out.next_shard_iterator().map(str::to_owned);
+            if next.is_none() {
+                self.finished.insert(id.clone());
+            }
+            self.iterators.insert(id.clone(), next);
+            let mut batch = Vec::new();
+            for r in out.records() {
+                let event = stream_record_json(r, &self.arn);
+                if self.settings.filters.is_empty()
+                    || self.settings.filters.iter().any(|f| matches(f, &event))
+                {
+                    batch.push(Delivered {
+                        seq: event["dynamodb"]["SequenceNumber"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                        arrived: Instant::now(),
+                        json: event,
+                    });
+                } else {
+                    self.stats.filtered += 1;
+                }
+            }
+            read += out.records().len();
+            let info = SourceInfo {
+                kind: SourceKind::DynamoDb,
+                function: self.function,
+                arn: self.arn.clone(),
+                shard_id: id.clone(),
+            };
+            if !batch.is_empty() {
+                deliver(
+                    invoker,
+                    self.function,
+                    &self.settings,
+                    &mut self.stats,
+                    on_failure,
+                    &info,
+                    batch,
+                )
+                .await?;
+            }
+        }
+        Ok(read)
+    }
+}
+
+/// A DynamoDB Streams record as Lambda delivers it.
+fn stream_record_json(r: &aws_sdk_dynamodbstreams::types::Record, arn: &str) -> Value {
+    let mut dynamodb = serde_json::Map::new();
+    if let Some(s) = r.dynamodb() {
+        if let Some(t) = s.approximate_creation_date_time() {
+            dynamodb.insert("ApproximateCreationDateTime".into(), json!(t.secs()));
+        }
+        if let Some(k) = s.keys() {
+            dynamodb.insert("Keys".into(), image_json(k));
+        }
+        if let Some(i) = s.new_image() {
+            dynamodb.insert("NewImage".into(), image_json(i));
+        }
+        if let Some(i) = s.old_image() {
+            dynamodb.insert("OldImage".into(), image_json(i));
+        }
+        if let Some(n) = s.sequence_number() {
+            dynamodb.insert("SequenceNumber".into(), json!(n));
+        }
+        if let Some(n) = s.size_bytes() {
+            dynamodb.insert("SizeBytes".into(), json!(n));
+        }
+        if let Some(v) = s.stream_view_type() {
+            dynamodb.insert("StreamViewType".into(), json!(v.as_str()));
+        }
+    }
+    let mut event = json!({
+        "eventID": r.event_id(),
+        "eventName": r.event_name().map(|n| n.as_str()),
+        "eventVersion": r.event_version().unwrap_or("1.1"),
+        "eventSource": "aws:dynamodb",
+        "awsRegion": REGION,
+        "dynamodb": dynamodb,
+        "eventSourceARN": arn,
+    });
+    if let Some(u) = r.user_identity() {
+        event["userIdentity"] = json!({"type": u.r#type(), "principalId": u.principal_id()});
+    }
+    event
+}
+
+fn image_json(item: &HashMap<String, StreamValue>) -> Value {
+    Value::Object(
+        item.iter()
+            .map(|(k, v)| (k.clone(), value_json(v)))
+            .collect(),
+    )
+}
+
+fn value_json(v: &StreamValue) -> Value {
+    let b64 = |b: &aws_sdk_dynamodbstreams::primitives::Blob| {
+        base64::engine::general_purpose::STANDARD.encode(b.as_ref())
+    };
+    match v {
+        StreamValue::S(s) => json!({"S": s}),
+        StreamValue::N(n) => json!({"N": n}),
+        StreamValue::B(b) => json!({"B": b64(b)}),
+        StreamValue::Bool(b) => json!({"BOOL": b}),
+        StreamValue::Null(_) => json!({"NULL": true}),
+        StreamValue::Ss(l) => json!({"SS": l}),
+        StreamValue::Ns(l) => json!({"NS": l}),
+        StreamValue::Bs(l) => json!({"BS": l.iter().map(b64).collect::<Vec<_>>()}),
+        StreamValue::L(l) => json!({"L": l.iter().map(value_json).collect::<Vec<_>>()}),
+        StreamValue::M(m) => json!({"M": image_json(m)}),
+        _ => json!({"NULL": true}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_patterns_follow_lambda_semantics() {
+        let insert_of_event = json!({"eventName": ["INSERT"], "dynamodb": {"Keys": {"sk": {"S": [{"prefix": "EVENT#"}]}}}});
+        let rec = |name: &str, sk: &str| json!({"eventName": name, "dynamodb": {"Keys": {"pk": {"S": "TRIP#1"}, "sk": {"S": sk}}}});
+        assert!(matches(&insert_of_event, &rec("INSERT", "EVENT#start")));
+        assert!(!matches(&insert_of_event, &rec("MODIFY", "EVENT#start")));
+        assert!(!matches(&insert_of_event, &rec("REMOVE", "EVENT#end")));
+        assert!(!matches(&insert_of_event, &rec("INSERT", "WATERMARK")));
+        let exists = json!({"userIdentity": [{"exists": false}]});
+        assert!(matches(&exists, &rec("REMOVE", "x")));
+        assert!(!matches(
+            &exists,
+            &json!({"userIdentity": {"type": "Service"}})
+        ));
+    }
+
+    #[test]
+    fn failures_are_read_as_lambda_reads_them() {
+        assert_eq!(failures(&json!({"batchItemFailures": []})), None);
+        assert_eq!(failures(&json!({})), None);
+        assert_eq!(
+            failures(
+                &json!({"batchItemFailures": [{"itemIdentifier": "7"}, {"itemIdentifier": "5"}]})
+            ),
+            Some(vec!["7".into(), "5".into()])
+        );
+    }
+}

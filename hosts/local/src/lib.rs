@@ -1,0 +1,310 @@
+//! The tripflow pipeline on real local AWS engines.
+//!
+//! [`LocalStack`] starts DynamoDB Local, kinesis-mock and moto; [`resources::create`] makes the
+//! stream, table, bucket and queues; [`esm`] plays Lambda's event source mappings;
+//! [`Pipeline`] wires them to the four functions — in this process ([`InProcess`]) or as real
+//! bootstrap processes behind a local Runtime API ([`runtime_api::BootstrapInvoker`]).
+
+pub mod capacity;
+pub mod esm;
+pub mod resources;
+pub mod runtime_api;
+pub mod stack;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use serde_json::{Value, json};
+use tripflow_lambda::{App, Config, Function};
+use tripflow_runtime::Runtime;
+
+use crate::esm::{DynamoDbMapping, Invoker, KinesisMapping, OnFailure, Settings};
+pub use crate::resources::Resources;
+pub use crate::stack::LocalStack;
+
+/// The matcher's filter: INSERTs of event items only (the template's `FilterCriteria`).
+pub fn matcher_filter() -> Value {
+    json!({"eventName": ["INSERT"], "dynamodb": {"Keys": {"sk": {"S": [{"prefix": "EVENT#"}]}}}})
+}
+
+/// The four functions' configuration for these resources.
+pub fn function_env(r: &Resources, timezone: &str, orphan_after: &str) -> Vec<(String, String)> {
+    [
+        ("TABLE_NAME", r.table.as_str()),
+        ("DLQ_URL", &r.dlq_url),
+        ("BUCKET", &r.bucket),
+        ("TIMEZONE", timezone),
+        ("ORPHAN_AFTER", orphan_after),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// The functions running in this process, sharing one loaded component.
+pub struct InProcess {
+    apps: HashMap<&'static str, Arc<App>>,
+}
+
+impl InProcess {
+    /// One [`App`] per function, configured from `env`, with clients for `stack`.
+    pub async fn new(
+        stack: &LocalStack,
+        core: Arc<Runtime>,
+        env: &[(String, String)],
+    ) -> anyhow::Result<InProcess> {
+        let sdk = stack.sdk_config().await;
+        let mut apps = HashMap::new();
+        for f in Function::ALL {
+            let mut map: HashMap<String, String> = env.iter().cloned().collect();
+            map.insert("_HANDLER".into(), f.name().into());
+            let config = Config::from_map(&map)?;
+            let app = App::with_clients(
+                config,
+                core.clone(),
+                stack.dynamodb_client(&sdk),
+                stack.s3_client(&sdk),
+                stack.sqs_client(&sdk),
+            );
+            apps.insert(f.name(), Arc::new(app));
+        }
+        Ok(InProcess { apps })
+    }
+
+    /// The app of `function`.
+    pub fn app(&self, function: Function) -> &App {
+        &self.apps[function.name()]
+    }
+}
+
+impl Invoker for InProcess {
+    async fn invoke(&self, function: Function, payload: Value) -> Result<Value, String> {
+        let deadline = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+            + 60_000;
+        self.apps[function.name()]
+            .invoke(payload, deadline)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The stream → ingest and table stream → matcher mappings, driven by an [`Invoker`].
+pub struct Pipeline<I: Invoker> {
+    /// The functions.
+    pub invoker: I,
+    /// Kinesis → ingest.
+    pub ingest: KinesisMapping,
+    /// Table stream → matcher.
+    pub matcher: DynamoDbMapping,
+    on_failure: OnFailure,
+}
+
+impl<I: Invoker> Pipeline<I> {
+    /// Mappings as `deploy/template.yaml` configures them.
+    pub async fn new(stack: &LocalStack, r: &Resources, invoker: I) -> Pipeline<I> {
+        let sdk = stack.sdk_config().await;
+        let ingest = KinesisMapping::new(
+            stack.kinesis_client(&sdk),
+            &r.stream,
+            &r.stream_arn,
+            Function::Ingest,
+            Settings::default(),
+        );
+        let matcher = DynamoDbMapping::new(
+            stack.streams_client(&sdk),
+            &r.table_stream_arn,
+            Function::Matcher,
+            Settings {
+                filters: vec![matcher_filter()],
+                ..Settings::default()
+            },
+        );
+        Pipeline {
+            invoker,
+            ingest,
+            matcher,
+            on_failure: OnFailure {
+                sqs: stack.sqs_client(&sdk),
+                url: r.on_failure_url.clone(),
+            },
+        }
+    }
+
+    /// One poll of every shard of both sources; the records read.
+    pub async fn poll(&mut self) -> anyhow::Result<usize> {
+        let a = self.ingest.poll(&self.invoker, &self.on_failure).await?;
+        let b = self.matcher.poll(&self.invoker, &self.on_failure).await?;
+        Ok(a + b)
+    }
+
+    /// Polls until two passes in a row read nothing: every record sent so far is handled.
+    pub async fn drain(&mut self) -> anyhow::Result<()> {
+        let mut quiet = 0;
+        while quiet < 2 {
+            if self.poll().await? == 0 {
+                quiet += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            } else {
+                quiet = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Invokes a scheduled function (kpi, sweeper) with `payload`.
+    pub async fn invoke(&self, f: Function, payload: Value) -> anyhow::Result<Value> {
+        self.invoker
+            .invoke(f, payload)
+            .await
+            .map_err(|e| anyhow::anyhow!("{} failed: {e}", f.name()))
+    }
+}
+
+/// Puts `records` on `stream`, partitioned by trip id (a record without one — it will be
+/// rejected — by its own bytes), in `PutRecords` calls of up to 500, resending what Kinesis
+/// did not take. Order within a partition key is kept.
+pub async fn send(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    records: &[Vec<u8>],
+) -> anyhow::Result<()> {
+    for chunk in records.chunks(500) {
+        let mut pending: Vec<&Vec<u8>> = chunk.iter().collect();
+        let mut attempt = 0;
+        while !pending.is_empty() {
+            let entries = pending
+                .iter()
+                .map(|r| {
+                    PutRecordsRequestEntry::builder()
+                        .data(Blob::new(r.as_slice()))
+                        .partition_key(partition_key(r))
+                        .build()
+                        .expect("data and key are set")
+                })
+                .collect();
+            let out = client
+                .put_records()
+                .stream_name(stream)
+                .set_records(Some(entries))
+                .send()
+                .await
+                .context("PutRecords")?;
+            let failed: Vec<&Vec<u8>> = out
+                .records()
+                .iter()
+                .zip(&pending)
+                .filter(|(r, _)| r.error_code().is_some())
+                .map(|(_, p)| *p)
+                .collect();
+            if failed.len() == pending.len() && attempt > 8 {
+                anyhow::bail!("Kinesis refused {} records 8 times in a row", failed.len());
+            }
+            pending = failed;
+            attempt += 1;
+            if !pending.is_empty() {
+                tokio::time::sleep(tripflow_lambda::retry::backoff(attempt)).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The trip id, or for a record without one a hash of its bytes.
+pub fn partition_key(record: &[u8]) -> String {
+    serde_json::from_slice::<Value>(record)
+        .ok()
+        .and_then(|v| v.get("trip_id").and_then(Value::as_str).map(str::to_owned))
+        .filter(|k| !k.is_empty() && k.len() <= 256)
+        .unwrap_or_else(|| format!("unparsable-{:016x}", fnv(record)))
+}
+
+fn fnv(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325, |h, x| {
+        (h ^ u64::from(*x)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The non-blank lines of an NDJSON file, each as a record.
+pub fn records_of(text: &[u8]) -> Vec<Vec<u8>> {
+    text.split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+/// `records` with every `every`-th record sent twice (0 = none), shuffled when `seed` is given.
+pub fn shuffle_with_duplicates(
+    records: &[Vec<u8>],
+    seed: Option<u64>,
+    every: usize,
+) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = Vec::with_capacity(records.len() + records.len() / every.max(1));
+    for (i, r) in records.iter().enumerate() {
+        out.push(r.clone());
+        if every > 0 && i % every == 0 {
+            out.push(r.clone());
+        }
+    }
+    if let Some(seed) = seed {
+        fastrand::Rng::with_seed(seed).shuffle(&mut out);
+    }
+    out
+}
+
+/// Every message on `queue`, received until it is empty and deleted.
+pub async fn drain_queue(sqs: &aws_sdk_sqs::Client, queue: &str) -> anyhow::Result<Vec<String>> {
+    let mut bodies = Vec::new();
+    let mut empty = 0;
+    while empty < 2 {
+        let out = sqs
+            .receive_message()
+            .queue_url(queue)
+            .max_number_of_messages(10)
+            .wait_time_seconds(0)
+            .send()
+            .await
+            .context("ReceiveMessage")?;
+        let msgs = out.messages();
+        if msgs.is_empty() {
+            empty += 1;
+            continue;
+        }
+        empty = 0;
+        for m in msgs {
+            bodies.push(m.body().unwrap_or_default().to_owned());
+            if let Some(h) = m.receipt_handle() {
+                sqs.delete_message()
+                    .queue_url(queue)
+                    .receipt_handle(h)
+                    .send()
+                    .await
+                    .context("DeleteMessage")?;
+            }
+        }
+    }
+    Ok(bodies)
+}
+
+/// An object's bytes.
+pub async fn get_object(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+) -> anyhow::Result<Vec<u8>> {
+    let out = s3
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .with_context(|| format!("GetObject s3://{bucket}/{key}"))?;
+    Ok(out.body.collect().await?.into_bytes().to_vec())
+}

@@ -1,0 +1,287 @@
+//! `tripflow-local`: the tripflow pipeline on local AWS engines (DynamoDB Local, kinesis-mock,
+//! moto), with Lambda's event source mappings played by a small poller.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use tripflow_lambda::Function;
+use tripflow_local::esm::Invoker;
+use tripflow_local::runtime_api::BootstrapInvoker;
+use tripflow_local::{InProcess, LocalStack, Pipeline, resources, stack};
+use tripflow_runtime::{ComponentSource, Limits, Runtime};
+
+#[derive(Parser)]
+#[command(name = "tripflow-local", version, about, long_about = None)]
+struct Cli {
+    /// Where scripts/install-local-aws.sh installed the engines (default: $TRIPFLOW_LOCAL_AWS,
+    /// else tools/local-aws in this checkout).
+    #[arg(long, global = true, value_name = "DIR")]
+    tools: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the local stack, create the resources and run the pipeline until Ctrl-C.
+    ///
+    /// Prints the environment to export in another shell; then `tripflow-local send` puts
+    /// events on the stream and the KPI job can be invoked with `tripflow-local kpi`.
+    Up {
+        /// KPI time zone (IANA).
+        #[arg(long, default_value = "UTC")]
+        timezone: String,
+    },
+    /// Put NDJSON events on a Kinesis stream (endpoint and credentials from the standard AWS
+    /// environment, e.g. what `up` prints).
+    Send {
+        /// Stream name.
+        #[arg(long, default_value = "tripflow-events")]
+        stream: String,
+        /// Shuffle the records with this seed.
+        #[arg(long)]
+        shuffle_seed: Option<u64>,
+        /// Send every N-th record twice (0 = never).
+        #[arg(long, default_value_t = 0)]
+        duplicate_every: usize,
+        /// NDJSON files (one event per line).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// One run end to end: start the stack, send FILE, run the pipeline to quiescence, run
+    /// the KPI job over the data's days, print the combined CSV from S3, and stop.
+    Run {
+        /// KPI time zone (IANA).
+        #[arg(long, default_value = "UTC")]
+        timezone: String,
+        /// First KPI day (YYYY-MM-DD).
+        #[arg(long)]
+        from: String,
+        /// Last KPI day (YYYY-MM-DD).
+        #[arg(long)]
+        to: String,
+        /// Shuffle the records with this seed.
+        #[arg(long)]
+        shuffle_seed: Option<u64>,
+        /// Send every N-th record twice.
+        #[arg(long, default_value_t = 0)]
+        duplicate_every: usize,
+        /// Run the functions as this bootstrap binary behind a local Runtime API instead of
+        /// in this process.
+        #[arg(long, value_name = "PATH")]
+        bootstrap: Option<PathBuf>,
+        /// NDJSON events.
+        file: PathBuf,
+    },
+    /// Measure the ingest bootstrap's cold start: process start → first batch answered.
+    ColdStart {
+        /// The bootstrap binary.
+        #[arg(long)]
+        bootstrap: PathBuf,
+        /// Component to load (.cwasm or .wasm); default: the one built into the binary.
+        #[arg(long)]
+        component: Option<PathBuf>,
+        /// Runs.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+    /// Measure DynamoDB capacity per completed trip for tripflow's table design and the seed's.
+    Capacity {
+        /// Trips to run through each design.
+        #[arg(long, default_value_t = 500)]
+        trips: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run(Cli::parse()).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let tools = cli.tools.unwrap_or_else(stack::tools_dir);
+    match cli.command {
+        Command::Up { timezone } => {
+            let stack = LocalStack::start(&tools).await?;
+            let sdk = stack.sdk_config().await;
+            let r = resources::create(&sdk, &stack, 2).await?;
+            let core = Arc::new(Runtime::load(
+                &ComponentSource::Embedded,
+                Limits::default(),
+                None,
+            )?);
+            let env = tripflow_local::function_env(&r, &timezone, "24h");
+            let mut pipeline =
+                Pipeline::new(&stack, &r, InProcess::new(&stack, core, &env).await?).await;
+            println!("# local AWS stack is up; in another shell:");
+            for (k, v) in stack.env() {
+                println!("export {k}={v}");
+            }
+            println!(
+                "# stream {} table {} bucket {} dlq {}",
+                r.stream, r.table, r.bucket, r.dlq_url
+            );
+            println!("# then: tripflow-local send FILE.ndjson   (Ctrl-C here stops everything)");
+            let ctrl_c = tokio::signal::ctrl_c();
+            tokio::pin!(ctrl_c);
+            loop {
+                tokio::select! {
+                    _ = &mut ctrl_c => break,
+                    polled = pipeline.poll() => {
+                        if polled? == 0 {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Send {
+            stream,
+            shuffle_seed,
+            duplicate_every,
+            files,
+        } => {
+            let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .load()
+                .await;
+            let client = aws_sdk_kinesis::Client::new(&sdk);
+            let mut records = Vec::new();
+            for f in &files {
+                let text = std::fs::read(f)
+                    .with_context(|| format!("cannot read {}: check the path", f.display()))?;
+                records.extend(tripflow_local::records_of(&text));
+            }
+            let records =
+                tripflow_local::shuffle_with_duplicates(&records, shuffle_seed, duplicate_every);
+            tripflow_local::send(&client, &stream, &records).await?;
+            eprintln!("sent {} records to {stream}", records.len());
+            Ok(())
+        }
+        Command::Run {
+            timezone,
+            from,
+            to,
+            shuffle_seed,
+            duplicate_every,
+            bootstrap,
+            file,
+        } => {
+            let text = std::fs::read(&file)
+                .with_context(|| format!("cannot read {}: check the path", file.display()))?;
+            let records = tripflow_local::shuffle_with_duplicates(
+                &tripflow_local::records_of(&text),
+                shuffle_seed,
+                duplicate_every,
+            );
+            let stack = LocalStack::start(&tools).await?;
+            let sdk = stack.sdk_config().await;
+            let r = resources::create(&sdk, &stack, 2).await?;
+            let env = tripflow_local::function_env(&r, &timezone, "24h");
+            tripflow_local::send(&stack.kinesis_client(&sdk), &r.stream, &records).await?;
+            let csv = match bootstrap {
+                Some(b) => {
+                    let mut env = env;
+                    env.extend(stack.env());
+                    let inv = BootstrapInvoker::start(&b, &Function::ALL, &env).await?;
+                    run_pipeline(&stack, &r, inv, &from, &to).await?
+                }
+                None => {
+                    let core = Arc::new(Runtime::load(
+                        &ComponentSource::Embedded,
+                        Limits::default(),
+                        None,
+                    )?);
+                    let inv = InProcess::new(&stack, core, &env).await?;
+                    run_pipeline(&stack, &r, inv, &from, &to).await?
+                }
+            };
+            let rejected = tripflow_local::drain_queue(&stack.sqs_client(&sdk), &r.dlq_url).await?;
+            print!("{csv}");
+            eprintln!(
+                "{} records sent, {} rejected records on the DLQ",
+                records.len(),
+                rejected.len()
+            );
+            Ok(())
+        }
+        Command::ColdStart {
+            bootstrap,
+            component,
+            runs,
+        } => {
+            let stack = LocalStack::start(&tools).await?;
+            let sdk = stack.sdk_config().await;
+            let r = resources::create(&sdk, &stack, 1).await?;
+            let mut env = tripflow_local::function_env(&r, "UTC", "24h");
+            env.extend(stack.env());
+            if let Some(c) = &component {
+                env.push((
+                    "COMPONENT_PATH".into(),
+                    c.canonicalize()?.display().to_string(),
+                ));
+            }
+            let event = json!({"Records": [{
+                "kinesis": {"kinesisSchemaVersion": "1.0", "partitionKey": "t1", "sequenceNumber": "1",
+                    "data": "eyJ0cmlwX2lkIjoidDEiLCJldmVudF90eXBlIjoidHJpcF9zdGFydCIsInRpbWVzdGFtcCI6IjIwMTktMDMtMDFUMDA6MDA6MDBaIn0=",
+                    "approximateArrivalTimestamp": 1551398400.0},
+                "eventSource": "aws:kinesis", "eventVersion": "1.0", "eventID": "shardId-000000000000:1",
+                "eventName": "aws:kinesis:record", "awsRegion": "us-east-1",
+                "eventSourceARN": r.stream_arn}]});
+            let mut times = Vec::new();
+            for _ in 0..runs {
+                let started = Instant::now();
+                let inv = BootstrapInvoker::start(&bootstrap, &[Function::Ingest], &env).await?;
+                inv.invoke(Function::Ingest, event.clone())
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                times.push(started.elapsed().as_secs_f64() * 1e3);
+                inv.stop().await;
+            }
+            times.sort_by(f64::total_cmp);
+            let mean = times.iter().sum::<f64>() / times.len() as f64;
+            println!(
+                "cold start to first batch answered: mean {mean:.1} ms, min {:.1} ms, max {:.1} ms over {runs} runs ({})",
+                times[0],
+                times[times.len() - 1],
+                component.map_or("embedded component".into(), |c| c.display().to_string())
+            );
+            Ok(())
+        }
+        Command::Capacity { trips } => {
+            let stack = LocalStack::start(&tools).await?;
+            let report = tripflow_local::capacity::measure(&stack, trips).await?;
+            print!("{report}");
+            Ok(())
+        }
+    }
+}
+
+async fn run_pipeline<I: Invoker>(
+    stack: &LocalStack,
+    r: &tripflow_local::Resources,
+    invoker: I,
+    from: &str,
+    to: &str,
+) -> anyhow::Result<String> {
+    let mut pipeline = Pipeline::new(stack, r, invoker).await;
+    pipeline.drain().await?;
+    pipeline
+        .invoke(Function::Kpi, json!({"from": from, "to": to}))
+        .await?;
+    let sdk = stack.sdk_config().await;
+    let body = tripflow_local::get_object(
+        &stack.s3_client(&sdk),
+        &r.bucket,
+        "kpi_results/daily_trip_kpis.csv",
+    )
+    .await?;
+    Ok(String::from_utf8(body)?)
+}

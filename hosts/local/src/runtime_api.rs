@@ -1,0 +1,241 @@
+//! A minimal Lambda Runtime API, so the real bootstrap binary runs locally exactly as it does
+//! in Lambda: it polls `GET /2018-06-01/runtime/invocation/next`, and answers on
+//! `…/invocation/{id}/response` or `…/invocation/{id}/error`; a failed cold start posts to
+//! `…/runtime/init/error`.
+//!
+//! [`BootstrapInvoker`] starts one bootstrap process per function against its own endpoint
+//! and implements [`Invoker`], so the event source mappings can drive real processes.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::sync::{Mutex, Notify, oneshot};
+use tripflow_lambda::Function;
+
+use crate::esm::Invoker;
+
+type Reply = Result<Value, String>;
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<(String, Value)>,
+    pending: HashMap<String, oneshot::Sender<Reply>>,
+    init_error: Option<String>,
+    next_id: u64,
+}
+
+/// One function's Runtime API endpoint.
+#[derive(Clone)]
+pub struct RuntimeApi {
+    state: Arc<Mutex<State>>,
+    ready: Arc<Notify>,
+    /// `host:port`, the value of `AWS_LAMBDA_RUNTIME_API`.
+    pub address: String,
+    /// Seconds each invocation may take (the deadline header).
+    pub timeout: Duration,
+}
+
+impl RuntimeApi {
+    /// Serves on a free loopback port until the process ends.
+    pub async fn start(timeout: Duration) -> anyhow::Result<RuntimeApi> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr: SocketAddr = listener.local_addr()?;
+        let api = RuntimeApi {
+            state: Arc::new(Mutex::new(State::default())),
+            ready: Arc::new(Notify::new()),
+            address: addr.to_string(),
+            timeout,
+        };
+        let served = api.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    break;
+                };
+                let api = served.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let api = api.clone();
+                        async move { Ok::<_, Infallible>(api.route(req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(api)
+    }
+
+    /// Queues an invocation and waits for the function's answer.
+    pub async fn invoke(&self, payload: Value) -> Reply {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut s = self.state.lock().await;
+            if let Some(e) = &s.init_error {
+                return Err(format!("init error: {e}"));
+            }
+            s.next_id += 1;
+            let id = format!("local-{:08}", s.next_id);
+            s.pending.insert(id.clone(), tx);
+            s.queue.push_back((id, payload));
+        }
+        self.ready.notify_waiters();
+        self.ready.notify_one();
+        match tokio::time::timeout(self.timeout + Duration::from_secs(5), rx).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Err("the runtime API dropped the invocation".into()),
+            Err(_) => Err(format!("no answer within {:?} (timed out)", self.timeout)),
+        }
+    }
+
+    /// The cold-start error the bootstrap reported, if any.
+    pub async fn init_error(&self) -> Option<String> {
+        self.state.lock().await.init_error.clone()
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = req.uri().path().to_owned();
+        let method = req.method().clone();
+        let body = match req.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return reply(StatusCode::BAD_REQUEST, "unreadable body"),
+        };
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match (method, parts.as_slice()) {
+            (Method::GET, ["2018-06-01", "runtime", "invocation", "next"]) => loop {
+                let notified = self.ready.notified();
+                if let Some((id, payload)) = self.state.lock().await.queue.pop_front() {
+                    let deadline = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(0)
+                        + self.timeout.as_millis() as u64;
+                    return Response::builder()
+                        .status(StatusCode::OK)
+                        .header("Lambda-Runtime-Aws-Request-Id", &id)
+                        .header("Lambda-Runtime-Deadline-Ms", deadline.to_string())
+                        .header(
+                            "Lambda-Runtime-Invoked-Function-Arn",
+                            "arn:aws:lambda:us-east-1:000000000000:function:tripflow-local",
+                        )
+                        .header("Lambda-Runtime-Trace-Id", format!("Root=1-00000000-{id}"))
+                        .header("Content-Type", "application/json")
+                        .body(Full::new(Bytes::from(payload.to_string())))
+                        .expect("valid response");
+                }
+                notified.await;
+            },
+            (
+                Method::POST,
+                [
+                    "2018-06-01",
+                    "runtime",
+                    "invocation",
+                    id,
+                    kind @ ("response" | "error"),
+                ],
+            ) => {
+                let tx = self.state.lock().await.pending.remove(*id);
+                let Some(tx) = tx else {
+                    return reply(StatusCode::BAD_REQUEST, "unknown request id");
+                };
+                let text = String::from_utf8_lossy(&body).into_owned();
+                let answer = if *kind == "response" {
+                    serde_json::from_str(&text).map_err(|e| format!("response is not JSON: {e}"))
+                } else {
+                    Err(text)
+                };
+                let _ = tx.send(answer);
+                reply(StatusCode::ACCEPTED, "{\"status\":\"OK\"}")
+            }
+            (Method::POST, ["2018-06-01", "runtime", "init", "error"]) => {
+                let mut s = self.state.lock().await;
+                s.init_error = Some(String::from_utf8_lossy(&body).into_owned());
+                for (_, tx) in s.pending.drain() {
+                    let _ = tx.send(Err("init error".into()));
+                }
+                reply(StatusCode::ACCEPTED, "{\"status\":\"OK\"}")
+            }
+            _ => reply(StatusCode::NOT_FOUND, "not a Runtime API path"),
+        }
+    }
+}
+
+fn reply(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .expect("valid response")
+}
+
+/// Bootstrap processes, one per function, each on its own [`RuntimeApi`].
+pub struct BootstrapInvoker {
+    apis: HashMap<&'static str, RuntimeApi>,
+    children: Vec<tokio::process::Child>,
+}
+
+impl BootstrapInvoker {
+    /// Starts `bootstrap` once per function in `functions`, with `env` (configuration and the
+    /// local endpoints) plus `_HANDLER` and `AWS_LAMBDA_RUNTIME_API`.
+    pub async fn start(
+        bootstrap: &Path,
+        functions: &[Function],
+        env: &[(String, String)],
+    ) -> anyhow::Result<BootstrapInvoker> {
+        let mut apis = HashMap::new();
+        let mut children = Vec::new();
+        for f in functions {
+            let api = RuntimeApi::start(Duration::from_secs(60)).await?;
+            let child = tokio::process::Command::new(bootstrap)
+                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .env("_HANDLER", f.name())
+                .env("AWS_LAMBDA_RUNTIME_API", &api.address)
+                .env("AWS_LAMBDA_FUNCTION_NAME", format!("tripflow-{}", f.name()))
+                .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
+                .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+                .env("AWS_LAMBDA_LOG_STREAM_NAME", "local")
+                .env("AWS_LAMBDA_LOG_GROUP_NAME", "local")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("starting {}", bootstrap.display()))?;
+            apis.insert(f.name(), api);
+            children.push(child);
+        }
+        Ok(BootstrapInvoker { apis, children })
+    }
+
+    /// The endpoint serving `function`.
+    pub fn api(&self, function: Function) -> Option<&RuntimeApi> {
+        self.apis.get(function.name())
+    }
+
+    /// Stops the processes.
+    pub async fn stop(mut self) {
+        for c in &mut self.children {
+            let _ = c.kill().await;
+        }
+    }
+}
+
+impl Invoker for BootstrapInvoker {
+    async fn invoke(&self, function: Function, payload: Value) -> Result<Value, String> {
+        match self.apis.get(function.name()) {
+            Some(api) => api.invoke(payload).await,
+            None => Err(format!("no bootstrap runs {}", function.name())),
+        }
+    }
+}

