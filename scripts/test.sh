@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Every check of the project, as CI runs it: formatting, lints, and all tests (unit, property,
-# component-vs-native, CLI, and the conformance runner over the freshly built component).
+# Every check of the project, as CI runs it: formatting, lints, the CloudFormation linter on
+# the SAM template, and all tests (unit, property, component-vs-native, CLI, the conformance
+# runner over the freshly built component, and the AWS pipeline end to end on DynamoDB Local,
+# kinesis-mock and moto, which scripts/install-local-aws.sh installs first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,7 +11,11 @@ cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2 >/dev/null
 rustup component add rustfmt clippy >/dev/null
 
+# The local AWS engines and cfn-lint (pinned, into tools/local-aws; a no-op when present).
+scripts/install-local-aws.sh
+
 cargo fmt --all -- --check
+tools/local-aws/venv/bin/cfn-lint deploy/template.yaml
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy -p tripflow-component --target wasm32-wasip2 --locked -- -D warnings
 # Includes the conformance runner binary against an exported component file
