@@ -280,7 +280,7 @@ pub async fn handle(
         failed = counters.get("Failed"),
         "ingest batch"
     );
-    counters.emit("ingest");
+    app.emit(&counters);
     Ok(response)
 }
 

@@ -160,7 +160,7 @@ pub async fn handle(app: &App, payload: Value, budget: &Budget) -> Result<Value,
     counters.add("KpiDays", rows.len() as f64);
     counters.add("KpiTripsRead", trips_read as f64);
     counters.add("ConsumedReadUnits", app.capacity.read_units() - rcu_before);
-    counters.emit("kpi");
+    app.emit(&counters);
     tracing::info!(from = %from, to = %to, days = rows.len(), trips_read, "kpi run");
     Ok(json!({
         "from": from,

@@ -46,6 +46,9 @@ pub struct App {
     pub sqs: aws_sdk_sqs::Client,
     /// DynamoDB capacity consumed by this process.
     pub capacity: Capacity,
+    /// Whether metrics go to stdout as EMF lines (Lambda's log pipeline); off when several
+    /// functions share a process and its stdout, as locally.
+    pub emit_metrics: bool,
 }
 
 /// How the component was found and loaded, for the cold-start log line.
@@ -165,6 +168,14 @@ impl App {
             s3,
             sqs,
             capacity: Capacity::default(),
+            emit_metrics: true,
+        }
+    }
+
+    /// Publishes an invocation's counters (EMF on stdout), unless turned off.
+    pub fn emit(&self, counters: &metrics::Counters) {
+        if self.emit_metrics {
+            counters.emit(self.config.function.name());
         }
     }
 

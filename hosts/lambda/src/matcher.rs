@@ -133,7 +133,7 @@ pub async fn handle(
         already_complete = counters.get("AlreadyComplete"),
         "matcher batch"
     );
-    counters.emit("matcher");
+    app.emit(&counters);
     Ok(response)
 }
 

@@ -84,7 +84,7 @@ pub async fn handle(app: &App, budget: &Budget) -> Result<Value, Error> {
             }
         }
     }
-    counters.emit("sweeper");
+    app.emit(&counters);
     tracing::info!(
         candidates = candidates.len(),
         orphaned = counters.get("Orphaned"),

@@ -63,13 +63,14 @@ impl InProcess {
             let mut map: HashMap<String, String> = env.iter().cloned().collect();
             map.insert("_HANDLER".into(), f.name().into());
             let config = Config::from_map(&map)?;
-            let app = App::with_clients(
+            let mut app = App::with_clients(
                 config,
                 core.clone(),
                 stack.dynamodb_client(&sdk),
                 stack.s3_client(&sdk),
                 stack.sqs_client(&sdk),
             );
+            app.emit_metrics = false;
             apps.insert(f.name(), Arc::new(app));
         }
         Ok(InProcess { apps })

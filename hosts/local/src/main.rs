@@ -109,6 +109,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let tools = cli.tools.unwrap_or_else(stack::tools_dir);
     match cli.command {
         Command::Up { timezone } => {
+            // The functions' JSON logs (one line per batch) on stderr.
+            tripflow_lambda::init_tracing();
             let stack = LocalStack::start(&tools).await?;
             let sdk = stack.sdk_config().await;
             let r = resources::create(&sdk, &stack, 2).await?;
@@ -248,7 +250,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             times.sort_by(f64::total_cmp);
             let mean = times.iter().sum::<f64>() / times.len() as f64;
             println!(
-                "cold start to first batch answered: mean {mean:.1} ms, min {:.1} ms, max {:.1} ms over {runs} runs ({})",
+                "cold start to first batch answered: median {:.1} ms, mean {mean:.1} ms, min {:.1} ms, max {:.1} ms over {runs} runs ({})",
+                times[times.len() / 2],
                 times[0],
                 times[times.len() - 1],
                 component.map_or("embedded component".into(), |c| c.display().to_string())

@@ -180,6 +180,14 @@ fn reply(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
         .expect("valid response")
 }
 
+fn logs() -> Stdio {
+    if std::env::var_os("TRIPFLOW_FUNCTION_LOGS").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    }
+}
+
 /// Bootstrap processes, one per function, each on its own [`RuntimeApi`].
 pub struct BootstrapInvoker {
     apis: HashMap<&'static str, RuntimeApi>,
@@ -207,8 +215,9 @@ impl BootstrapInvoker {
                 .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
                 .env("AWS_LAMBDA_LOG_STREAM_NAME", "local")
                 .env("AWS_LAMBDA_LOG_GROUP_NAME", "local")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                // The functions' logs and EMF lines: shown with TRIPFLOW_FUNCTION_LOGS=1.
+                .stdout(logs())
+                .stderr(logs())
                 .kill_on_drop(true)
                 .spawn()
                 .with_context(|| format!("starting {}", bootstrap.display()))?;
