@@ -30,11 +30,18 @@ enum Command {
     /// Start the local stack, create the resources and run the pipeline until Ctrl-C.
     ///
     /// Prints the environment to export in another shell; then `tripflow-local send` puts
-    /// events on the stream and the KPI job can be invoked with `tripflow-local kpi`.
+    /// events on the stream. With --from/--to, the KPI job runs over that range each time the
+    /// pipeline goes quiet after new events (in AWS it runs on a schedule).
     Up {
         /// KPI time zone (IANA).
         #[arg(long, default_value = "UTC")]
         timezone: String,
+        /// First KPI day (YYYY-MM-DD) for the runs after each burst of events.
+        #[arg(long, requires = "to")]
+        from: Option<String>,
+        /// Last KPI day (YYYY-MM-DD).
+        #[arg(long, requires = "from")]
+        to: Option<String>,
     },
     /// Put NDJSON events on a Kinesis stream (endpoint and credentials from the standard AWS
     /// environment, e.g. what `up` prints).
@@ -53,7 +60,7 @@ enum Command {
         files: Vec<PathBuf>,
     },
     /// One run end to end: start the stack, send FILE, run the pipeline to quiescence, run
-    /// the KPI job over the data's days, print the combined CSV from S3, and stop.
+    /// the KPI job over --from..--to, print the combined CSV from S3, and stop.
     Run {
         /// KPI time zone (IANA).
         #[arg(long, default_value = "UTC")]
@@ -108,7 +115,7 @@ async fn main() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let tools = cli.tools.unwrap_or_else(stack::tools_dir);
     match cli.command {
-        Command::Up { timezone } => {
+        Command::Up { timezone, from, to } => {
             // The functions' JSON logs (one line per batch) on stderr.
             tripflow_lambda::init_tracing();
             let stack = LocalStack::start(&tools).await?;
@@ -133,13 +140,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("# then: tripflow-local send FILE.ndjson   (Ctrl-C here stops everything)");
             let ctrl_c = tokio::signal::ctrl_c();
             tokio::pin!(ctrl_c);
+            let mut busy = false;
             loop {
                 tokio::select! {
                     _ = &mut ctrl_c => break,
                     polled = pipeline.poll() => {
-                        if polled? == 0 {
-                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        if polled? > 0 {
+                            busy = true;
+                            continue;
                         }
+                        if busy && let (Some(from), Some(to)) = (&from, &to) {
+                            let out = pipeline.invoke(Function::Kpi, json!({"from": from, "to": to})).await?;
+                            eprintln!("KPIs written: s3://{}/{} ({} days)", r.bucket, out["combined_key"].as_str().unwrap_or("?"), out["days"]);
+                        }
+                        busy = false;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 }
             }
