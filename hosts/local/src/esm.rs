@@ -97,16 +97,20 @@ enum Outcome {
     FunctionError(String),
 }
 
-/// Sends a batch to `function` until it is handled or given up on.
+/// A stretch of records the mapping gave up on, and why.
+type GivenUp = (Vec<Delivered>, &'static str);
+
+/// Sends a batch to `function` until it is handled or given up on; returns what was given
+/// up on, for the on-failure destination.
 async fn deliver<I: Invoker>(
     invoker: &I,
     function: Function,
     settings: &Settings,
     stats: &mut Stats,
-    on_failure: &OnFailure,
     source: &SourceInfo,
     batch: Vec<Delivered>,
-) -> anyhow::Result<()> {
+) -> Vec<GivenUp> {
+    let mut given_up = Vec::new();
     // (records, retries so far)
     let mut work: Vec<(Vec<Delivered>, u32)> = vec![(batch, 0)];
     while let Some((records, attempts)) = work.pop() {
@@ -116,17 +120,12 @@ async fn deliver<I: Invoker>(
         let too_old = records[0].arrived.elapsed() > settings.max_record_age;
         if too_old || attempts > settings.max_retry_attempts {
             stats.discarded += records.len() as u64;
-            on_failure
-                .send(
-                    source,
-                    &records,
-                    if too_old {
-                        "RecordAgeExceeded"
-                    } else {
-                        "RetryAttemptsExhausted"
-                    },
-                )
-                .await?;
+            let why = if too_old {
+                "RecordAgeExceeded"
+            } else {
+                "RetryAttemptsExhausted"
+            };
+            given_up.push((records, why));
             continue;
         }
         stats.invocations += 1;
@@ -171,7 +170,7 @@ async fn deliver<I: Invoker>(
             }
         }
     }
-    Ok(())
+    given_up
 }
 
 /// The sequence numbers in a response's `batchItemFailures`, or `None` when it reports none.
@@ -397,16 +396,18 @@ impl KinesisMapping {
                 shard_id: id.clone(),
             };
             if !batch.is_empty() {
-                deliver(
+                let given_up = deliver(
                     invoker,
                     self.function,
                     &self.settings,
                     &mut self.stats,
-                    on_failure,
                     &info,
                     batch,
                 )
-                .await?;
+                .await;
+                for (records, why) in given_up {
+                    on_failure.send(&info, &records, why).await?;
+                }
             }
         }
         Ok(read)
@@ -539,16 +540,18 @@ impl DynamoDbMapping {
                 shard_id: id.clone(),
             };
             if !batch.is_empty() {
-                deliver(
+                let given_up = deliver(
                     invoker,
                     self.function,
                     &self.settings,
                     &mut self.stats,
-                    on_failure,
                     &info,
                     batch,
                 )
-                .await?;
+                .await;
+                for (records, why) in given_up {
+                    on_failure.send(&info, &records, why).await?;
+                }
             }
         }
         Ok(read)
@@ -641,6 +644,156 @@ mod tests {
             &exists,
             &json!({"userIdentity": {"type": "Service"}})
         ));
+    }
+
+    /// Records every batch it is invoked with and answers by a rule.
+    struct Scripted<F: Fn(&[String], usize) -> Result<Value, String> + Send + Sync> {
+        answer: F,
+        calls: std::sync::Mutex<Vec<Vec<String>>>,
+    }
+
+    impl<F: Fn(&[String], usize) -> Result<Value, String> + Send + Sync> Invoker for Scripted<F> {
+        async fn invoke(&self, _: Function, payload: Value) -> Result<Value, String> {
+            let seqs: Vec<String> = payload["Records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["seq"].as_str().unwrap().to_owned())
+                .collect();
+            let n = {
+                let mut calls = self.calls.lock().unwrap();
+                calls.push(seqs.clone());
+                calls.len()
+            };
+            (self.answer)(&seqs, n)
+        }
+    }
+
+    fn batch(n: usize) -> Vec<Delivered> {
+        (1..=n)
+            .map(|i| Delivered {
+                seq: i.to_string(),
+                arrived: Instant::now(),
+                json: json!({"seq": i.to_string()}),
+            })
+            .collect()
+    }
+
+    fn info() -> SourceInfo {
+        SourceInfo {
+            kind: SourceKind::Kinesis,
+            function: Function::Ingest,
+            arn: "arn:aws:kinesis:us-east-1:000000000000:stream/s".into(),
+            shard_id: "shardId-000000000000".into(),
+        }
+    }
+
+    async fn run<F: Fn(&[String], usize) -> Result<Value, String> + Send + Sync>(
+        settings: Settings,
+        records: usize,
+        answer: F,
+    ) -> (Vec<Vec<String>>, Vec<GivenUp>, Stats) {
+        let inv = Scripted {
+            answer,
+            calls: std::sync::Mutex::new(Vec::new()),
+        };
+        let mut stats = Stats::default();
+        let given_up = deliver(
+            &inv,
+            Function::Ingest,
+            &settings,
+            &mut stats,
+            &info(),
+            batch(records),
+        )
+        .await;
+        (inv.calls.into_inner().unwrap(), given_up, stats)
+    }
+
+    fn seqs(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn partial_failure_retries_from_the_lowest_reported_record() {
+        let (calls, given_up, _) = run(Settings::default(), 5, |seqs, n| {
+            Ok(if n == 1 {
+                json!({"batchItemFailures": [{"itemIdentifier": "4"}, {"itemIdentifier": "3"}]})
+            } else {
+                assert_eq!(seqs, ["3", "4", "5"]);
+                json!({"batchItemFailures": []})
+            })
+        })
+        .await;
+        assert_eq!(
+            calls,
+            [seqs(&["1", "2", "3", "4", "5"]), seqs(&["3", "4", "5"])]
+        );
+        assert!(given_up.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_unknown_identifier_fails_the_whole_batch() {
+        let (calls, _, _) = run(Settings::default(), 2, |_, n| {
+            Ok(if n == 1 {
+                json!({"batchItemFailures": [{"itemIdentifier": "999"}]})
+            } else {
+                json!({})
+            })
+        })
+        .await;
+        // Bisected, like any function error: each half on its own.
+        assert_eq!(calls, [seqs(&["1", "2"]), seqs(&["1"]), seqs(&["2"])]);
+    }
+
+    #[tokio::test]
+    async fn bisect_isolates_a_poison_record_and_gives_up_on_it_alone() {
+        let settings = Settings {
+            max_retry_attempts: 3,
+            ..Settings::default()
+        };
+        let (calls, given_up, stats) = run(settings, 8, |seqs, _| {
+            if seqs.iter().any(|s| s == "6") {
+                Err("boom".into())
+            } else {
+                Ok(json!({}))
+            }
+        })
+        .await;
+        assert_eq!(given_up.len(), 1);
+        assert_eq!(
+            given_up[0]
+                .0
+                .iter()
+                .map(|r| r.seq.as_str())
+                .collect::<Vec<_>>(),
+            ["6"]
+        );
+        assert_eq!(given_up[0].1, "RetryAttemptsExhausted");
+        assert_eq!(stats.discarded, 1);
+        // Every other record was handled, in order within the shard.
+        let handled: Vec<String> = calls
+            .iter()
+            .filter(|c| !c.contains(&"6".to_owned()))
+            .flatten()
+            .cloned()
+            .collect();
+        assert_eq!(handled, seqs(&["1", "2", "3", "4", "5", "7", "8"]));
+        // 8 → 4+4 → 2+2 → 1+1: three bisections reach the poison record, then retries end.
+        assert_eq!(calls.iter().filter(|c| c.as_slice() == ["6"]).count(), 1);
+    }
+
+    #[tokio::test]
+    async fn without_bisect_the_batch_is_retried_whole_then_given_up() {
+        let settings = Settings {
+            max_retry_attempts: 2,
+            bisect_on_error: false,
+            ..Settings::default()
+        };
+        let (calls, given_up, _) = run(settings, 3, |_, _| Err("down".into())).await;
+        assert_eq!(calls.len(), 3, "the first attempt and two retries");
+        assert_eq!(given_up.len(), 1);
+        assert_eq!(given_up[0].0.len(), 3);
     }
 
     #[test]
