@@ -149,6 +149,8 @@ pub async fn handle(
         }
     }
     let mut already: Vec<(usize, TripEvent, TripEvent)> = Vec::new();
+    // Newest event time actually stored (not of duplicates or conflicts), for the watermark.
+    let mut newest_stored: Option<i64> = None;
     for chunk in to_store.chunks(PUT_CONCURRENCY) {
         let mut tasks = tokio::task::JoinSet::new();
         for (i, e) in chunk.iter().cloned() {
@@ -184,6 +186,7 @@ pub async fn handle(
                         out.consumed_capacity().and_then(|c| c.capacity_units()),
                     );
                     fates[i] = Fate::Stored;
+                    newest_stored = newest_stored.max(Some(e.timestamp_ns));
                 }
                 Err(SdkError::ServiceError(s))
                     if matches!(s.err(), PutItemError::ConditionalCheckFailedException(_)) =>
@@ -237,7 +240,7 @@ pub async fn handle(
     }
 
     // The watermark: the newest event time stored, for the sweeper.
-    if let Some(newest) = resolution.newest_ns {
+    if let Some(newest) = newest_stored {
         advance_watermark(app, newest, budget).await;
     }
 
