@@ -173,6 +173,38 @@ async fn deliver<I: Invoker>(
     given_up
 }
 
+/// One shard's read, the same for both sources: drops what the filter rejects (checkpointed
+/// like delivered records), delivers the rest, and describes what was given up to the
+/// on-failure destination.
+async fn handle<I: Invoker>(
+    invoker: &I,
+    settings: &Settings,
+    stats: &mut Stats,
+    on_failure: &OnFailure,
+    info: &SourceInfo,
+    events: Vec<(String, Value)>,
+) -> anyhow::Result<()> {
+    let mut batch = Vec::with_capacity(events.len());
+    for (seq, json) in events {
+        if settings.filters.is_empty() || settings.filters.iter().any(|f| matches(f, &json)) {
+            batch.push(Delivered {
+                seq,
+                arrived: Instant::now(),
+                json,
+            });
+        } else {
+            stats.filtered += 1;
+        }
+    }
+    if batch.is_empty() {
+        return Ok(());
+    }
+    for (records, why) in deliver(invoker, info.function, settings, stats, info, batch).await {
+        on_failure.send(info, &records, why).await?;
+    }
+    Ok(())
+}
+
 /// The sequence numbers in a response's `batchItemFailures`, or `None` when it reports none.
 fn failures(resp: &Value) -> Option<Vec<String>> {
     let list = resp.get("batchItemFailures")?.as_array()?;
@@ -354,40 +386,33 @@ impl KinesisMapping {
                 .context("GetRecords")?;
             self.iterators
                 .insert(id.clone(), out.next_shard_iterator().map(str::to_owned));
-            let mut batch = Vec::new();
-            for r in out.records() {
-                let arrival = r
-                    .approximate_arrival_timestamp()
-                    .map(|t| t.as_secs_f64())
-                    .unwrap_or(0.0);
-                let event = json!({
-                    "kinesis": {
-                        "kinesisSchemaVersion": "1.0",
-                        "partitionKey": r.partition_key(),
-                        "sequenceNumber": r.sequence_number(),
-                        "data": base64::engine::general_purpose::STANDARD.encode(r.data().as_ref()),
-                        "approximateArrivalTimestamp": arrival,
-                    },
-                    "eventSource": "aws:kinesis",
-                    "eventVersion": "1.0",
-                    "eventID": format!("{id}:{}", r.sequence_number()),
-                    "eventName": "aws:kinesis:record",
-                    "invokeIdentityArn": format!("arn:aws:iam::000000000000:role/tripflow-{}", self.function.name()),
-                    "awsRegion": REGION,
-                    "eventSourceARN": self.arn,
-                });
-                if self.settings.filters.is_empty()
-                    || self.settings.filters.iter().any(|f| matches(f, &event))
-                {
-                    batch.push(Delivered {
-                        seq: r.sequence_number().to_owned(),
-                        arrived: Instant::now(),
-                        json: event,
+            let events = out
+                .records()
+                .iter()
+                .map(|r| {
+                    let arrival = r
+                        .approximate_arrival_timestamp()
+                        .map(|t| t.as_secs_f64())
+                        .unwrap_or(0.0);
+                    let event = json!({
+                        "kinesis": {
+                            "kinesisSchemaVersion": "1.0",
+                            "partitionKey": r.partition_key(),
+                            "sequenceNumber": r.sequence_number(),
+                            "data": base64::engine::general_purpose::STANDARD.encode(r.data().as_ref()),
+                            "approximateArrivalTimestamp": arrival,
+                        },
+                        "eventSource": "aws:kinesis",
+                        "eventVersion": "1.0",
+                        "eventID": format!("{id}:{}", r.sequence_number()),
+                        "eventName": "aws:kinesis:record",
+                        "invokeIdentityArn": format!("arn:aws:iam::000000000000:role/tripflow-{}", self.function.name()),
+                        "awsRegion": REGION,
+                        "eventSourceARN": self.arn,
                     });
-                } else {
-                    self.stats.filtered += 1;
-                }
-            }
+                    (r.sequence_number().to_owned(), event)
+                })
+                .collect();
             read += out.records().len();
             let info = SourceInfo {
                 kind: SourceKind::Kinesis,
@@ -395,20 +420,15 @@ impl KinesisMapping {
                 arn: self.arn.clone(),
                 shard_id: id.clone(),
             };
-            if !batch.is_empty() {
-                let given_up = deliver(
-                    invoker,
-                    self.function,
-                    &self.settings,
-                    &mut self.stats,
-                    &info,
-                    batch,
-                )
-                .await;
-                for (records, why) in given_up {
-                    on_failure.send(&info, &records, why).await?;
-                }
-            }
+            handle(
+                invoker,
+                &self.settings,
+                &mut self.stats,
+                on_failure,
+                &info,
+                events,
+            )
+            .await?;
         }
         Ok(read)
     }
@@ -514,24 +534,18 @@ impl DynamoDbMapping {
                 self.finished.insert(id.clone());
             }
             self.iterators.insert(id.clone(), next);
-            let mut batch = Vec::new();
-            for r in out.records() {
-                let event = stream_record_json(r, &self.arn);
-                if self.settings.filters.is_empty()
-                    || self.settings.filters.iter().any(|f| matches(f, &event))
-                {
-                    batch.push(Delivered {
-                        seq: event["dynamodb"]["SequenceNumber"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_owned(),
-                        arrived: Instant::now(),
-                        json: event,
-                    });
-                } else {
-                    self.stats.filtered += 1;
-                }
-            }
+            let events = out
+                .records()
+                .iter()
+                .map(|r| {
+                    let event = stream_record_json(r, &self.arn);
+                    let seq = event["dynamodb"]["SequenceNumber"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    (seq, event)
+                })
+                .collect();
             read += out.records().len();
             let info = SourceInfo {
                 kind: SourceKind::DynamoDb,
@@ -539,20 +553,15 @@ impl DynamoDbMapping {
                 arn: self.arn.clone(),
                 shard_id: id.clone(),
             };
-            if !batch.is_empty() {
-                let given_up = deliver(
-                    invoker,
-                    self.function,
-                    &self.settings,
-                    &mut self.stats,
-                    &info,
-                    batch,
-                )
-                .await;
-                for (records, why) in given_up {
-                    on_failure.send(&info, &records, why).await?;
-                }
-            }
+            handle(
+                invoker,
+                &self.settings,
+                &mut self.stats,
+                on_failure,
+                &info,
+                events,
+            )
+            .await?;
         }
         Ok(read)
     }
