@@ -27,7 +27,7 @@ use serde::Serialize;
 use tripflow_runtime::core::{Decision, EventRef, ParseOutcome, Span, TripEvent};
 use tripflow_runtime::{CoreProvider, TripCore};
 
-use crate::metrics::Counters;
+use crate::metrics::{Counters, units};
 use crate::retry::{Budget, describe, retry};
 use crate::{App, Error, table};
 
@@ -181,10 +181,8 @@ pub async fn handle(
             let (i, e, r) = joined?;
             match r {
                 Ok(out) => {
-                    app.capacity.write(
-                        "ingest.put",
-                        out.consumed_capacity().and_then(|c| c.capacity_units()),
-                    );
+                    app.capacity
+                        .write("ingest.put", units(out.consumed_capacity()));
                     fates[i] = Fate::Stored;
                     newest_stored = newest_stored.max(Some(e.timestamp_ns));
                 }
@@ -397,10 +395,9 @@ async fn advance_watermark(app: &App, newest: i64, budget: &Budget) {
     })
     .await;
     match r {
-        Ok(out) => app.capacity.write(
-            "ingest.watermark",
-            out.consumed_capacity().and_then(|c| c.capacity_units()),
-        ),
+        Ok(out) => app
+            .capacity
+            .write("ingest.watermark", units(out.consumed_capacity())),
         Err(e) if is_condition_failed(&e) => app.capacity.failed_condition("ingest.watermark"),
         // Only the sweeper's timing depends on it; the next batch moves it again.
         Err(e) => tracing::warn!(error = %describe(&e), "watermark not advanced"),

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tripflow_runtime::core::{DayKpi, DayTotals, TripFare};
 use tripflow_runtime::{CoreProvider, TripCore};
 
-use crate::metrics::Counters;
+use crate::metrics::{Counters, units};
 use crate::retry::{Budget, describe, retry};
 use crate::{App, Error, table};
 
@@ -98,10 +98,8 @@ pub async fn handle(app: &App, payload: Value, budget: &Budget) -> Result<Value,
             })
             .await
             .map_err(|e| format!("Query(kpi) {day}: {}", describe(&e)))?;
-            app.capacity.read(
-                "kpi.query",
-                page.consumed_capacity().and_then(|c| c.capacity_units()),
-            );
+            app.capacity
+                .read("kpi.query", units(page.consumed_capacity()));
             let mut core = app.core.session()?;
             for item in page.items() {
                 let start = table::start_from_kpi_item(item)?;

@@ -33,7 +33,7 @@ use tripflow_runtime::core::{EventKind, TripEvent, TripStatus};
 use tripflow_runtime::{CoreProvider, TripCore};
 
 use crate::ingest::is_condition_failed;
-use crate::metrics::Counters;
+use crate::metrics::{Counters, units};
 use crate::retry::{Budget, describe, retry};
 use crate::table::{self, Item};
 use crate::{App, Error};
@@ -247,10 +247,8 @@ pub async fn complete(app: &App, end: &TripEvent, budget: &Budget) -> Result<Com
     .await;
     match r {
         Ok(out) => {
-            app.capacity.write(
-                "matcher.complete",
-                out.consumed_capacity().and_then(|c| c.capacity_units()),
-            );
+            app.capacity
+                .write("matcher.complete", units(out.consumed_capacity()));
             let start = out
                 .attributes()
                 .ok_or("the update returned no item")
@@ -298,10 +296,8 @@ async fn read_end(
     })
     .await
     .map_err(|e| format!("GetItem(end): {}", describe(&e)))?;
-    app.capacity.read(
-        "matcher.read_end",
-        out.consumed_capacity().and_then(|c| c.capacity_units()),
-    );
+    app.capacity
+        .read("matcher.read_end", units(out.consumed_capacity()));
     match out.item() {
         None => Ok(None),
         Some(item) => {
@@ -330,10 +326,8 @@ async fn mark_open(app: &App, end: &TripEvent, budget: &Budget) -> Result<(), St
     .await;
     match r {
         Ok(out) => {
-            app.capacity.write(
-                "matcher.mark_open",
-                out.consumed_capacity().and_then(|c| c.capacity_units()),
-            );
+            app.capacity
+                .write("matcher.mark_open", units(out.consumed_capacity()));
             Ok(())
         }
         Err(e) if is_condition_failed(&e) => {
@@ -359,10 +353,9 @@ pub async fn clear_open(app: &App, half: &TripEvent, budget: &Budget) {
     })
     .await;
     match r {
-        Ok(out) => app.capacity.write(
-            "matcher.clear_open",
-            out.consumed_capacity().and_then(|c| c.capacity_units()),
-        ),
+        Ok(out) => app
+            .capacity
+            .write("matcher.clear_open", units(out.consumed_capacity())),
         Err(e) => {
             tracing::warn!(trip_id = %half.trip_id, error = %describe(&e), "open mark not cleared")
         }

@@ -111,6 +111,11 @@ fn emf(
     root.to_string()
 }
 
+/// The units a response's `ConsumedCapacity` reports (none when it reports nothing).
+pub fn units(c: Option<&aws_sdk_dynamodb::types::ConsumedCapacity>) -> Option<f64> {
+    c.and_then(|c| c.capacity_units())
+}
+
 /// DynamoDB capacity consumed, as reported by `ReturnConsumedCapacity`, summed over a
 /// process's lifetime (used by the capacity benchmark and reported in the metrics).
 ///

@@ -18,7 +18,7 @@ use tripflow_runtime::{CoreProvider, TripCore};
 
 use crate::ingest::is_condition_failed;
 use crate::matcher::{Completion, clear_open, complete};
-use crate::metrics::Counters;
+use crate::metrics::{Counters, units};
 use crate::retry::{Budget, describe, retry};
 use crate::{App, Error, table};
 
@@ -51,10 +51,8 @@ pub async fn handle(app: &App, budget: &Budget) -> Result<Value, Error> {
             })
             .await
             .map_err(|e| format!("Query(open): {}", describe(&e)))?;
-            app.capacity.read(
-                "sweeper.query",
-                page.consumed_capacity().and_then(|c| c.capacity_units()),
-            );
+            app.capacity
+                .read("sweeper.query", units(page.consumed_capacity()));
             for item in page.items() {
                 let (trip_id, kind) = table::parse_key(item)?;
                 let ts = match item.get(table::TS) {
@@ -125,10 +123,8 @@ async fn settle(
     })
     .await
     .map_err(|e| format!("Query(trip): {}", describe(&e)))?;
-    app.capacity.read(
-        "sweeper.settle",
-        out.consumed_capacity().and_then(|c| c.capacity_units()),
-    );
+    app.capacity
+        .read("sweeper.settle", units(out.consumed_capacity()));
     let (mut start, mut end): (Option<(TripEvent, bool)>, Option<TripEvent>) = (None, None);
     for item in out.items() {
         let e = table::event_from_item(item)?;
@@ -183,10 +179,8 @@ async fn orphan(app: &App, trip_id: &str, kind: EventKind, budget: &Budget) -> R
     .await;
     match r {
         Ok(out) => {
-            app.capacity.write(
-                "sweeper.orphan",
-                out.consumed_capacity().and_then(|c| c.capacity_units()),
-            );
+            app.capacity
+                .write("sweeper.orphan", units(out.consumed_capacity()));
             Ok(())
         }
         // Completed or orphaned meanwhile.
@@ -211,10 +205,8 @@ async fn watermark(app: &App, budget: &Budget) -> Result<Option<i64>, Error> {
     })
     .await
     .map_err(|e| format!("GetItem(watermark): {}", describe(&e)))?;
-    app.capacity.read(
-        "sweeper.watermark",
-        out.consumed_capacity().and_then(|c| c.capacity_units()),
-    );
+    app.capacity
+        .read("sweeper.watermark", units(out.consumed_capacity()));
     Ok(match out.item().and_then(|i| i.get(table::NEWEST_NS)) {
         Some(AttributeValue::N(n)) => Some(n.parse()?),
         _ => None,
