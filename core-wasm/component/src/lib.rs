@@ -1,4 +1,4 @@
-//! The tripflow core as a WASI component: only the `tripflow:core@0.1.0` export glue.
+//! The tripflow core as a WASI component: only the `tripflow:core@0.2.0` export glue.
 //!
 //! Every function converts the WIT types to `tripflow_core`'s, calls the library and converts
 //! the answer back; there is no logic here to test on its own.
@@ -14,7 +14,8 @@ mod bindings {
 use bindings::exports::tripflow::core::events::{self, ParseOutcome};
 use bindings::exports::tripflow::core::kpi::{self, DayKpi, DayTotals, KpiError, TripFare};
 use bindings::exports::tripflow::core::matching::{
-    self, ClosedTrip, Closing, Conflict, Decision, EventRef, OpenTrip, Resolution, TripStatus,
+    self, Clock, ClosedTrip, Closing, Conflict, Decision, EventRef, OpenTrip, Resolution,
+    TripStatus,
 };
 use bindings::exports::tripflow::core::types::{
     ContractLimits, EventKind, RejectReason, Span, TripEvent,
@@ -58,10 +59,14 @@ impl events::Guest for Component {
 }
 
 impl matching::Guest for Component {
-    fn resolve(incoming: Vec<TripEvent>, stored: Vec<TripEvent>) -> Resolution {
+    fn resolve(incoming: Vec<TripEvent>, stored: Vec<TripEvent>, clock: Clock) -> Resolution {
         let incoming: Vec<core::TripEvent> = incoming.into_iter().map(event_in).collect();
         let stored: Vec<core::TripEvent> = stored.into_iter().map(event_in).collect();
-        let r = core::resolve(&incoming, &stored);
+        let clock = core::Clock {
+            arrival_ns: clock.arrival_ns,
+            max_skew_ns: clock.max_skew_ns,
+        };
+        let r = core::resolve(&incoming, &stored, clock);
         Resolution {
             decisions: r.decisions.into_iter().map(decision_out).collect(),
             closed: r
@@ -74,6 +79,7 @@ impl matching::Guest for Component {
                 .collect(),
             opened: r.opened,
             newest_ns: r.newest_ns,
+            skewed: r.skewed,
         }
     }
 
@@ -102,14 +108,7 @@ impl kpi::Guest for Component {
         trips: Vec<TripFare>,
     ) -> Result<Vec<DayTotals>, KpiError> {
         let totals: Vec<core::DayTotals> = totals.into_iter().map(totals_in).collect();
-        let trips: Vec<core::TripFare> = trips
-            .into_iter()
-            .map(|t| core::TripFare {
-                status: status_in(t.status),
-                start_ns: t.start_ns,
-                fare_cents: t.fare_cents,
-            })
-            .collect();
+        let trips: Vec<core::TripFare> = trips.into_iter().map(trip_fare_in).collect();
         core::accumulate(&zone, &totals, &trips)
             .map(|v| v.into_iter().map(totals_out).collect())
             .map_err(kpi_error_out)
@@ -124,6 +123,15 @@ impl kpi::Guest for Component {
         core::finish(&totals, from.as_deref(), to.as_deref())
             .map(|rows| rows.into_iter().map(kpi_out).collect())
             .map_err(kpi_error_out)
+    }
+
+    fn utc_days_touched(trips: Vec<TripFare>) -> Vec<String> {
+        let trips: Vec<core::TripFare> = trips.into_iter().map(trip_fare_in).collect();
+        core::utc_days_touched(&trips)
+    }
+
+    fn local_days(zone: String, utc_days: Vec<String>) -> Result<Vec<String>, KpiError> {
+        core::local_days(&zone, &utc_days).map_err(kpi_error_out)
     }
 
     fn render_csv(rows: Vec<DayKpi>) -> String {
@@ -221,6 +229,14 @@ fn closed_out(t: core::ClosedTrip) -> ClosedTrip {
         status: status_out(t.status),
         start_ns: t.start_ns,
         end_ns: t.end_ns,
+        fare_cents: t.fare_cents,
+    }
+}
+
+fn trip_fare_in(t: TripFare) -> core::TripFare {
+    core::TripFare {
+        status: status_in(t.status),
+        start_ns: t.start_ns,
         fare_cents: t.fare_cents,
     }
 }

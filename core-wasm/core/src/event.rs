@@ -40,7 +40,7 @@ pub fn parse_batch(buffer: &[u8], spans: &[Span]) -> Vec<ParseOutcome> {
 pub fn parse_record(record: &[u8]) -> ParseOutcome {
     if record.len() > MAX_RECORD_BYTES as usize {
         return ParseOutcome::Rejected(Reject::TooLarge(format!(
-            "record is over {MAX_RECORD_BYTES} bytes (1 MiB), the largest accepted"
+            "record is over {MAX_RECORD_BYTES} bytes (192 KiB), the largest accepted"
         )));
     }
     let record = record.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(record);

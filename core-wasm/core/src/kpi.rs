@@ -54,6 +54,45 @@ pub fn day_of(zone: &str, timestamp_ns: i64) -> Result<String, KpiError> {
     Ok(format_date(Zone::new(zone)?.day_of(timestamp_ns)))
 }
 
+/// The UTC dates (`YYYY-MM-DD`, sorted, distinct) of the starts of the trips among `trips` that
+/// count in the KPIs: the days whose KPIs a newly completed trip changes, recorded so that the
+/// next KPI run republishes them however late the trip completed. UTC, so that the record does
+/// not depend on the KPI time zone, which may change.
+pub fn utc_days_touched(trips: &[TripFare]) -> Vec<String> {
+    let mut days: Vec<i64> = trips
+        .iter()
+        .filter(|t| t.status == TripStatus::Completed && t.fare_cents.is_some())
+        .map(|t| t.start_ns.div_euclid(NANOS_PER_DAY))
+        .collect();
+    days.sort_unstable();
+    days.dedup();
+    days.into_iter().map(format_date).collect()
+}
+
+/// The local dates in `zone` (sorted, distinct) that overlap the given UTC dates: the KPI days a
+/// run must recompute when trips that start on those UTC dates changed. One UTC date overlaps
+/// one or two local dates.
+pub fn local_days(zone: &str, utc_days: &[String]) -> Result<Vec<String>, KpiError> {
+    let zone = Zone::new(zone)?;
+    let mut days = Vec::with_capacity(utc_days.len() * 2);
+    for d in utc_days {
+        let day = parse_date(d).ok_or_else(|| bad_date(d))?;
+        let first = day.checked_mul(NANOS_PER_DAY).ok_or_else(|| bad_date(d))?;
+        let last = first
+            .checked_add(NANOS_PER_DAY - 1)
+            .ok_or_else(|| bad_date(d))?;
+        // Local offsets are within ±1 day, so local dates between the two ends are contiguous.
+        for local in zone.day_of(first)..=zone.day_of(last) {
+            days.push(local);
+        }
+    }
+    days.sort_unstable();
+    days.dedup();
+    Ok(days.into_iter().map(format_date).collect())
+}
+
+const NANOS_PER_DAY: i64 = 86_400 * NANOS_PER_SEC;
+
 /// Running totals of one day, keyed by day number while the core works on them.
 #[derive(Clone, Copy, Debug)]
 struct Totals {
@@ -210,6 +249,42 @@ mod tests {
             start_ns: parse_rfc3339(start).unwrap(),
             fare_cents: Some(cents),
         }
+    }
+
+    #[test]
+    fn touched_days_are_utc_start_dates_of_counted_trips() {
+        let mut invalid = fare("2019-03-05T12:00:00Z", 100);
+        invalid.status = TripStatus::Invalid;
+        let trips = [
+            fare("2019-03-02T23:30:00-05:00", 100), // 2019-03-03 in UTC
+            fare("2019-03-01T00:00:00Z", 100),
+            fare("2019-03-03T01:00:00Z", 100),
+            invalid,
+        ];
+        assert_eq!(utc_days_touched(&trips), ["2019-03-01", "2019-03-03"]);
+        assert!(utc_days_touched(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_utc_day_overlaps_one_or_two_local_days() {
+        let days = |zone: &str, utc: &[&str]| {
+            let utc: Vec<String> = utc.iter().map(|d| (*d).to_owned()).collect();
+            local_days(zone, &utc).unwrap()
+        };
+        assert_eq!(
+            days("UTC", &["2019-03-03", "2019-03-01"]),
+            ["2019-03-01", "2019-03-03"]
+        );
+        assert_eq!(
+            days("America/New_York", &["2019-03-03"]),
+            ["2019-03-02", "2019-03-03"]
+        );
+        assert_eq!(
+            days("Asia/Tokyo", &["2019-03-03", "2019-03-04"]),
+            ["2019-03-03", "2019-03-04", "2019-03-05"]
+        );
+        assert!(local_days("Mars/Olympus", &[]).is_err());
+        assert!(local_days("UTC", &["2019-3-1".to_owned()]).is_err());
     }
 
     #[test]

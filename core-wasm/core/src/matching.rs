@@ -5,7 +5,9 @@
 //!   duplicate, a different one a conflicting duplicate;
 //! - a trip closes when its second half is stored, whatever the arrival order, and since each
 //!   half is stored once, it closes exactly once;
-//! - resolving a batch gives the same result as resolving its events one at a time.
+//! - resolving a batch gives the same result as resolving its events one at a time;
+//! - only events dated no later than the batch's arrival plus the allowed clock skew move the
+//!   event-time watermark, so one device with a broken clock cannot orphan every open trip.
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -13,7 +15,8 @@ use std::fmt::Write;
 use crate::money::format_cents;
 use crate::time::format_rfc3339_utc;
 use crate::types::{
-    ClosedTrip, Closing, Conflict, Decision, EventKind, EventRef, Resolution, TripEvent, TripStatus,
+    Clock, ClosedTrip, Closing, Conflict, Decision, EventKind, EventRef, Resolution, TripEvent,
+    TripStatus,
 };
 
 /// Both halves of a trip as known while a batch is resolved.
@@ -34,8 +37,12 @@ impl<'a> Slot<'a> {
 
 /// Decides a batch of valid incoming events against the stored events of the same trips.
 ///
-/// `stored` must hold every stored event of every trip id in `incoming` (it may hold more).
-pub fn resolve(incoming: &[TripEvent], stored: &[TripEvent]) -> Resolution {
+/// `stored` must hold every stored event of every trip id in `incoming` (it may hold more);
+/// when it holds two copies of one (trip_id, event_type), the first is the stored one.
+/// It does not matter how the host learnt them: read before the batch, or handed back by the
+/// conditional writes of the batch's first copies.
+pub fn resolve(incoming: &[TripEvent], stored: &[TripEvent], clock: Clock) -> Resolution {
+    let horizon = clock.horizon_ns();
     let mut slots: HashMap<&str, Slot<'_>> = HashMap::with_capacity(incoming.len());
     for (i, event) in stored.iter().enumerate() {
         let half = slots.entry(&event.trip_id).or_default().half(event.kind);
@@ -59,7 +66,11 @@ pub fn resolve(incoming: &[TripEvent], stored: &[TripEvent]) -> Resolution {
             }),
             half @ None => {
                 *half = Some((EventRef::Incoming(i as u32), event));
-                resolution.newest_ns = resolution.newest_ns.max(Some(event.timestamp_ns));
+                if event.timestamp_ns > horizon {
+                    resolution.skewed.push(i as u32);
+                } else {
+                    resolution.newest_ns = resolution.newest_ns.max(Some(event.timestamp_ns));
+                }
                 newly_stored.push(i);
                 if let (Some((_, start)), Some((_, end))) = (slot.start, slot.end) {
                     resolution.closed.push(Closing {
@@ -174,10 +185,15 @@ mod tests {
     }
     use EventKind::{End, Start};
 
+    const CLOCK: Clock = Clock {
+        arrival_ns: 1_000_000_000_000,
+        max_skew_ns: 0,
+    };
+
     #[test]
     fn end_before_start_in_one_batch_closes_once() {
         let incoming = [ev("a", End, 20, Some(500)), ev("a", Start, 10, None)];
-        let r = resolve(&incoming, &[]);
+        let r = resolve(&incoming, &[], CLOCK);
         assert_eq!(r.decisions, [Decision::Store, Decision::Store]);
         assert_eq!(r.closed.len(), 1);
         assert_eq!(r.closed[0].closed_by, 1);
@@ -190,12 +206,13 @@ mod tests {
     #[test]
     fn closes_against_the_store_and_never_twice() {
         let stored = [ev("a", Start, 10, Some(100))];
-        let r = resolve(&[ev("a", End, 30, None)], &stored);
+        let r = resolve(&[ev("a", End, 30, None)], &stored, CLOCK);
         assert_eq!(r.closed[0].trip.fare_cents, Some(100));
         let both = [ev("a", Start, 10, Some(100)), ev("a", End, 30, None)];
         let again = resolve(
             &[ev("a", End, 30, None), ev("a", Start, 10, Some(100))],
             &both,
+            CLOCK,
         );
         assert_eq!(
             again.decisions,
@@ -211,7 +228,7 @@ mod tests {
     #[test]
     fn conflicts_name_the_difference_and_the_first_copy() {
         let incoming = [ev("a", End, 30, Some(100)), ev("a", End, 30, Some(200))];
-        let r = resolve(&incoming, &[]);
+        let r = resolve(&incoming, &[], CLOCK);
         let Decision::ConflictingDuplicate(c) = &r.decisions[1] else {
             panic!("{:?}", r.decisions)
         };
@@ -222,6 +239,25 @@ mod tests {
             c.detail
         );
         assert_eq!(r.opened, [0]);
+    }
+
+    #[test]
+    fn a_clock_far_ahead_stores_and_matches_but_does_not_move_the_watermark() {
+        let clock = Clock {
+            arrival_ns: 100_000_000_000,
+            max_skew_ns: 10_000_000_000,
+        };
+        let incoming = [
+            ev("a", Start, 50, Some(100)),
+            ev("b", Start, 7_258_118_400, Some(100)), // 2200-01-01
+            ev("b", End, 7_258_118_500, None),
+            ev("c", Start, 110, None), // exactly at the horizon: moves it
+        ];
+        let r = resolve(&incoming, &[], clock);
+        assert!(r.decisions.iter().all(|d| *d == Decision::Store));
+        assert_eq!(r.skewed, [1, 2]);
+        assert_eq!(r.closed.len(), 1, "a skewed trip still completes");
+        assert_eq!(r.newest_ns, Some(110_000_000_000));
     }
 
     #[test]

@@ -5,8 +5,16 @@
 
 use std::fmt;
 
-/// Records longer than this many bytes are rejected as [`Reject::TooLarge`] (1 MiB).
-pub const MAX_RECORD_BYTES: u32 = 1024 * 1024;
+/// Records longer than this many bytes are rejected as [`Reject::TooLarge`] (192 KiB).
+///
+/// It is the largest record every host can keep whole: the AWS pipeline stores a trip as one
+/// DynamoDB item (at most 400 KB) that carries both halves' other fields, so two records of
+/// this size plus the item's keys and numbers (under 2 KiB) fit one item. A record that the
+/// replay accepts is therefore one the production pipeline can store, and vice versa.
+pub const MAX_RECORD_BYTES: u32 = 192 * 1024;
+
+/// The default of [`Clock::max_skew_ns`]: one hour.
+pub const DEFAULT_MAX_SKEW_NS: i64 = 3_600 * 1_000_000_000;
 
 /// Which half of a trip an event describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -244,8 +252,30 @@ pub struct Resolution {
     pub closed: Vec<Closing>,
     /// Incoming events stored whose trip is still open.
     pub opened: Vec<u32>,
-    /// Newest timestamp among the events to store.
+    /// Newest timestamp among the events to store that the clock rule lets move the
+    /// event-time watermark (events dated after `arrival + max skew` do not).
     pub newest_ns: Option<i64>,
+    /// Incoming events to store whose timestamp is later than the batch's arrival plus the
+    /// allowed skew: stored and matched, but kept out of the watermark.
+    pub skewed: Vec<u32>,
+}
+
+/// When a batch arrived, by the host's clock, and how far an event's own clock may run ahead
+/// of it before the event no longer moves the event-time watermark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Clock {
+    /// Arrival time of the batch, ns since the epoch (Kinesis: the latest approximate arrival
+    /// timestamp of its records; the replay: the wall clock when the batch is read).
+    pub arrival_ns: i64,
+    /// The allowed clock skew, ns.
+    pub max_skew_ns: i64,
+}
+
+impl Clock {
+    /// The latest event time that may move the watermark.
+    pub fn horizon_ns(self) -> i64 {
+        self.arrival_ns.saturating_add(self.max_skew_ns)
+    }
 }
 
 /// What the KPIs need of a closed trip.

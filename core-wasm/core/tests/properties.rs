@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use proptest::prelude::*;
 use tripflow_core::{
-    ClosedTrip, Decision, EventKind, TripEvent, TripFare, TripStatus, accumulate, finish,
+    Clock, ClosedTrip, Decision, EventKind, TripEvent, TripFare, TripStatus, accumulate, finish,
     render_csv, resolve,
 };
 
@@ -100,7 +100,11 @@ fn run(stream: &[TripEvent], batch_sizes: &[usize]) -> Vec<ClosedTrip> {
             .filter(|e| batch.iter().any(|b| b.trip_id == e.trip_id))
             .cloned()
             .collect();
-        let r = resolve(batch, &stored);
+        let clock = Clock {
+            arrival_ns: i64::MAX,
+            max_skew_ns: 0,
+        };
+        let r = resolve(batch, &stored, clock);
         for (e, d) in batch.iter().zip(&r.decisions) {
             match d {
                 Decision::Store => {

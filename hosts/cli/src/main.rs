@@ -61,6 +61,12 @@ enum Command {
         /// Lines handed to the core per call.
         #[arg(long, default_value_t = 8192, value_name = "N", hide = true)]
         batch_lines: usize,
+        /// Events dated more than this after the moment they are read (e.g. 15m, 1h, 2d) are
+        /// stored and matched but do not move the event-time clock that `sweep` measures
+        /// from, so one device with a broken clock cannot orphan every open trip. The AWS
+        /// ingest applies the same rule to each record's Kinesis arrival time.
+        #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = tripflow_store::parse_duration)]
+        max_clock_skew: i64,
     },
     /// Recompute the KPIs from the store.
     Kpi {
@@ -231,6 +237,7 @@ fn dispatch<P: CoreProvider>(cli: &Cli, core: &P) -> Result<()> {
             quarantine,
             json,
             batch_lines,
+            max_clock_skew,
         } => {
             core.session()?.check_time_zone(timezone)?;
             let inputs: Vec<Input> = files.iter().map(|f| Input::from_arg(f)).collect();
@@ -249,6 +256,7 @@ fn dispatch<P: CoreProvider>(cli: &Cli, core: &P) -> Result<()> {
             let progress = output::ProgressBar::for_inputs(&inputs);
             let opts = ReplayOptions {
                 batch_lines: *batch_lines,
+                max_skew_ns: *max_clock_skew,
                 ..ReplayOptions::default()
             };
             let summary = tripflow_store::replay(

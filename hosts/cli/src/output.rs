@@ -67,6 +67,13 @@ pub fn print_summary(
     )?;
     writeln!(out, "  stored            {:>10}", s.stored)?;
     writeln!(out, "  duplicates        {:>10}", s.duplicates)?;
+    if s.skewed > 0 {
+        writeln!(
+            out,
+            "  clock ahead       {:>10}  (stored; dated past arrival + max clock skew, so not used as the sweep's clock)",
+            s.skewed
+        )?;
+    }
     writeln!(out, "  rejected          {:>10}", s.rejected_total())?;
     for (code, n) in s.rejected.iter().filter(|(_, n)| **n > 0) {
         writeln!(out, "    {code:<20}{n:>8}")?;

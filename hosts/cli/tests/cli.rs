@@ -133,6 +133,11 @@ fn nyc_replay_is_exact_idempotent_and_order_free() {
     assert_eq!(again["stored"], 0);
     assert_eq!(again["rejected"]["bad_fare"], 10);
     assert_eq!(again["store"]["completed"], 6_490);
+    assert_eq!(
+        again["store"]["quarantined"], 10,
+        "a replayed file's rejects are kept once"
+    );
+    assert_eq!(again["skewed"], 0);
     assert_eq!(std::fs::read(d.join("kpi.csv")).unwrap(), expected);
 
     // A shuffled, duplicated copy into a fresh store: the same bytes.
@@ -311,7 +316,7 @@ fn convert_generate_and_component() {
         ],
     ));
     assert!(
-        info.contains("tripflow:core@0.1.0") && info.contains("sha256:"),
+        info.contains("tripflow:core@0.2.0") && info.contains("sha256:"),
         "{info}"
     );
     // Any build of the component can be run, precompiled or not, with the same results.

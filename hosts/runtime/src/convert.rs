@@ -114,6 +114,14 @@ pub(crate) fn resolution_in(r: wm::Resolution) -> c::Resolution {
             .collect(),
         opened: r.opened,
         newest_ns: r.newest_ns,
+        skewed: r.skewed,
+    }
+}
+
+pub(crate) fn clock_out(c: c::Clock) -> wm::Clock {
+    wm::Clock {
+        arrival_ns: c.arrival_ns,
+        max_skew_ns: c.max_skew_ns,
     }
 }
 

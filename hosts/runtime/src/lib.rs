@@ -1,6 +1,6 @@
 //! The one crate that owns wasmtime.
 //!
-//! It runs `bindgen!` once for `tripflow:core@0.1.0`, defines the single engine configuration
+//! It runs `bindgen!` once for `tripflow:core@0.2.0`, defines the single engine configuration
 //! used by every host and by the precompiler, loads a component (`.wasm`, or a precompiled
 //! `.cwasm`), builds the [`InstancePre`](wasmtime::component::InstancePre) once, and gives every
 //! batch a fresh, bounded [`Store`]: a memory cap and an epoch deadline stop a runaway guest
@@ -28,7 +28,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 pub use native::NativeCore;
 pub use tripflow_core as core;
 use tripflow_core::{
-    ClosedTrip, DayKpi, DayTotals, KpiError, ParseOutcome, Resolution, Span, TripEvent, TripFare,
+    Clock, ClosedTrip, DayKpi, DayTotals, KpiError, ParseOutcome, Resolution, Span, TripEvent,
+    TripFare,
 };
 
 #[allow(missing_docs)]
@@ -95,6 +96,7 @@ pub trait TripCore {
         &mut self,
         incoming: &[TripEvent],
         stored: &[TripEvent],
+        clock: Clock,
     ) -> Result<Resolution, CoreError>;
     /// See `matching.pair`: the closed trip a start and an end make.
     fn pair(&mut self, start: &TripEvent, end: &TripEvent) -> Result<ClosedTrip, CoreError>;
@@ -125,6 +127,10 @@ pub trait TripCore {
     ) -> Result<Vec<DayKpi>, CoreError>;
     /// See `kpi.render-csv`.
     fn render_csv(&mut self, rows: &[DayKpi]) -> Result<String, CoreError>;
+    /// See `kpi.utc-days-touched`: the UTC dates whose KPIs these trips change.
+    fn utc_days_touched(&mut self, trips: &[TripFare]) -> Result<Vec<String>, CoreError>;
+    /// See `kpi.local-days`: the local dates in `zone` that overlap these UTC dates.
+    fn local_days(&mut self, zone: &str, utc_days: &[String]) -> Result<Vec<String>, CoreError>;
 }
 
 /// Something that opens [`TripCore`] sessions: the component ([`Runtime`]) or the library
@@ -349,6 +355,92 @@ impl CoreProvider for Runtime {
     }
 }
 
+impl Runtime {
+    /// This runtime with every call of its sessions limited to at most `deadline` (and never
+    /// longer than the runtime's own limit): a Lambda handler passes the time its invocation
+    /// has left, so a runaway call is stopped with an error the handler can still report
+    /// before Lambda kills the process.
+    pub fn bounded(&self, deadline: Duration) -> Bounded<'_> {
+        Bounded {
+            runtime: self,
+            deadline: deadline.max(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// A [`Runtime`] whose sessions have a shorter call deadline; see [`Runtime::bounded`].
+pub struct Bounded<'a> {
+    runtime: &'a Runtime,
+    deadline: Duration,
+}
+
+impl CoreProvider for Bounded<'_> {
+    type Session = WasmSession;
+
+    fn session(&self) -> Result<WasmSession, CoreError> {
+        let mut s = self.runtime.session()?;
+        s.limits.call_deadline = s.limits.call_deadline.min(self.deadline);
+        Ok(s)
+    }
+
+    fn describe(&self) -> String {
+        self.runtime.describe()
+    }
+}
+
+/// The reason code under which every host keeps a record the core itself failed on (a trap,
+/// or its memory or time limit), with the error as the detail.
+pub const CORE_FAILURE: &str = "core_failure";
+
+/// What became of one record when a batch was parsed with [`parse_isolating`].
+pub type Parsed = Result<ParseOutcome, CoreError>;
+
+/// Parses a batch in one call; if the core fails on the batch as a whole (a trap, its memory
+/// cap or its deadline), parses it again record by record in fresh sessions, so that only the
+/// records the core itself fails on come back as errors and every other record gets its
+/// outcome. The hosts keep each failed record, with the error, like a rejected one.
+pub fn parse_isolating<P: CoreProvider>(
+    provider: &P,
+    buffer: &[u8],
+    spans: &[Span],
+) -> Result<Vec<Parsed>, CoreError> {
+    let whole = match provider.session()?.parse(buffer, spans) {
+        Ok(outcomes) => return Ok(outcomes.into_iter().map(Ok).collect()),
+        Err(e) => e,
+    };
+    if spans.len() == 1 {
+        return Ok(vec![Err(whole)]);
+    }
+    let mut out = Vec::with_capacity(spans.len());
+    for span in spans {
+        // Hand over only the record's bytes, so a record is judged in as little memory as it
+        // needs (a span outside the buffer is passed as it is, for the core to report).
+        let (start, end) = (
+            span.offset as usize,
+            span.offset as usize + span.len as usize,
+        );
+        let one = match buffer.get(start..end) {
+            Some(record) => provider.session()?.parse(
+                record,
+                &[Span {
+                    offset: 0,
+                    len: span.len,
+                }],
+            ),
+            None => provider
+                .session()?
+                .parse(buffer, std::slice::from_ref(span)),
+        };
+        out.push(one.and_then(|mut v| {
+            v.pop().ok_or_else(|| CoreError::Trapped {
+                message: "the core returned no outcome for the record".to_owned(),
+                stderr: String::new(),
+            })
+        }));
+    }
+    Ok(out)
+}
+
 fn deadline_ticks(d: Duration) -> u64 {
     (d.as_millis() as u64 * TICKS_PER_SEC).div_ceil(1000).max(1)
 }
@@ -407,12 +499,14 @@ impl TripCore for WasmSession {
         &mut self,
         incoming: &[TripEvent],
         stored: &[TripEvent],
+        clock: Clock,
     ) -> Result<Resolution, CoreError> {
         let incoming: Vec<_> = incoming.iter().map(convert::event_out).collect();
         let stored: Vec<_> = stored.iter().map(convert::event_out).collect();
+        let clock = convert::clock_out(clock);
         let r = self.call(|c, s| {
             c.tripflow_core_matching()
-                .call_resolve(s, &incoming, &stored)
+                .call_resolve(s, &incoming, &stored, clock)
         })?;
         Ok(convert::resolution_in(r))
     }
@@ -484,6 +578,16 @@ impl TripCore for WasmSession {
     fn render_csv(&mut self, rows: &[DayKpi]) -> Result<String, CoreError> {
         let rows: Vec<_> = rows.iter().map(convert::kpi_out).collect();
         self.call(|c, s| c.tripflow_core_kpi().call_render_csv(s, &rows))
+    }
+
+    fn utc_days_touched(&mut self, trips: &[TripFare]) -> Result<Vec<String>, CoreError> {
+        let trips: Vec<_> = trips.iter().map(convert::trip_fare_out).collect();
+        self.call(|c, s| c.tripflow_core_kpi().call_utc_days_touched(s, &trips))
+    }
+
+    fn local_days(&mut self, zone: &str, utc_days: &[String]) -> Result<Vec<String>, CoreError> {
+        let r = self.call(|c, s| c.tripflow_core_kpi().call_local_days(s, zone, utc_days))?;
+        r.map_err(|e| CoreError::Kpi(convert::kpi_error_in(e)))
     }
 }
 

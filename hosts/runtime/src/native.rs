@@ -2,7 +2,7 @@
 //! trait. Used to hold the component to the library in tests and benchmarks.
 
 use tripflow_core::{
-    ClosedTrip, DayKpi, DayTotals, ParseOutcome, Resolution, Span, TripEvent, TripFare,
+    Clock, ClosedTrip, DayKpi, DayTotals, ParseOutcome, Resolution, Span, TripEvent, TripFare,
 };
 
 use crate::{CoreError, CoreProvider, TripCore};
@@ -36,8 +36,9 @@ impl TripCore for NativeCore {
         &mut self,
         incoming: &[TripEvent],
         stored: &[TripEvent],
+        clock: Clock,
     ) -> Result<Resolution, CoreError> {
-        Ok(tripflow_core::resolve(incoming, stored))
+        Ok(tripflow_core::resolve(incoming, stored, clock))
     }
 
     fn pair(&mut self, start: &TripEvent, end: &TripEvent) -> Result<ClosedTrip, CoreError> {
@@ -81,5 +82,13 @@ impl TripCore for NativeCore {
 
     fn render_csv(&mut self, rows: &[DayKpi]) -> Result<String, CoreError> {
         Ok(tripflow_core::render_csv(rows))
+    }
+
+    fn utc_days_touched(&mut self, trips: &[TripFare]) -> Result<Vec<String>, CoreError> {
+        Ok(tripflow_core::utc_days_touched(trips))
+    }
+
+    fn local_days(&mut self, zone: &str, utc_days: &[String]) -> Result<Vec<String>, CoreError> {
+        Ok(tripflow_core::local_days(zone, utc_days)?)
     }
 }

@@ -2,9 +2,15 @@
 
 use std::time::Duration;
 
-use tripflow_runtime::core::{ParseOutcome, Span};
+use tripflow_runtime::core::{Clock, ParseOutcome, Span, TripFare};
 use tripflow_runtime::{
     ComponentSource, CoreError, CoreProvider, Limits, NativeCore, Runtime, TripCore,
+};
+
+/// Every generated event is far in the past of this arrival time: none is skewed.
+const CLOCK: Clock = Clock {
+    arrival_ns: i64::MAX,
+    max_skew_ns: 0,
 };
 
 fn spans(lines: &[&[u8]]) -> (Vec<u8>, Vec<Span>) {
@@ -42,9 +48,35 @@ fn embedded_component_agrees_with_the_library() {
         .filter_map(ParseOutcome::into_accepted)
         .collect();
     assert_eq!(events.len(), 3);
-    let r = wasm.resolve(&events, &[]).unwrap();
-    assert_eq!(r, native.resolve(&events, &[]).unwrap());
+    let r = wasm.resolve(&events, &[], CLOCK).unwrap();
+    assert_eq!(r, native.resolve(&events, &[], CLOCK).unwrap());
     assert_eq!(r.closed.len(), 1);
+    // A clock an hour behind the events: all stored, none moves the watermark.
+    let behind = Clock {
+        arrival_ns: 0,
+        max_skew_ns: 3_600_000_000_000,
+    };
+    let r = wasm.resolve(&events, &[], behind).unwrap();
+    assert_eq!(r, native.resolve(&events, &[], behind).unwrap());
+    assert_eq!((r.newest_ns, r.skewed.as_slice()), (None, &[0u32, 1][..]));
+    let fares: Vec<TripFare> = r
+        .closed
+        .iter()
+        .map(|c| TripFare {
+            status: c.trip.status,
+            start_ns: c.trip.start_ns,
+            fare_cents: c.trip.fare_cents,
+        })
+        .collect();
+    let touched = wasm.utc_days_touched(&fares).unwrap();
+    assert_eq!(touched, native.utc_days_touched(&fares).unwrap());
+    assert_eq!(touched, ["2019-03-10"]);
+    let local = wasm.local_days("America/New_York", &touched).unwrap();
+    assert_eq!(
+        local,
+        native.local_days("America/New_York", &touched).unwrap()
+    );
+    assert_eq!(local, ["2019-03-09", "2019-03-10"]);
     let zone_err = wasm.check_time_zone("Mars/Base").unwrap_err();
     assert!(matches!(zone_err, CoreError::Kpi(_)), "{zone_err}");
 }
@@ -64,6 +96,30 @@ fn a_guest_over_its_memory_cap_is_stopped() {
     );
     // The runtime is still usable: the next batch gets a fresh store.
     assert!(rt.session().unwrap().parse(b"{}", &[]).unwrap().is_empty());
+}
+
+#[test]
+fn a_record_the_core_fails_on_costs_that_record_only() {
+    let limits = Limits {
+        memory_bytes: 16 << 20,
+        ..Limits::default()
+    };
+    let rt = Runtime::load(&ComponentSource::Embedded, limits, None).unwrap();
+    let good = br#"{"trip_id":"a","event_type":"trip_start","timestamp":0,"fare":1}"#;
+    let huge = vec![b' '; 24 << 20];
+    let (buf, sp) = spans(&[good, &huge, b"{", good]);
+    assert!(rt.session().unwrap().parse(&buf, &sp).is_err());
+    let parsed = tripflow_runtime::parse_isolating(&rt, &buf, &sp).unwrap();
+    let native = NativeCore.session().unwrap().parse(&buf, &sp).unwrap();
+    assert_eq!(parsed.len(), 4);
+    for i in [0, 2, 3] {
+        assert_eq!(parsed[i].as_ref().unwrap(), &native[i], "record {i}");
+    }
+    assert!(
+        matches!(parsed[1], Err(CoreError::OutOfMemory { limit_mib: 16 })),
+        "{:?}",
+        parsed[1]
+    );
 }
 
 #[test]

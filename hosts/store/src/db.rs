@@ -12,7 +12,7 @@ use tripflow_runtime::core::{EventKind, TripEvent, TripStatus};
 use crate::error::{DbContext, Error, IoContext};
 
 /// The schema version this build reads and writes.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -62,6 +62,15 @@ CREATE TABLE IF NOT EXISTS quarantine (
     raw       BLOB NOT NULL,
     first_raw BLOB
 );
+-- A record is quarantined once: replaying the same file again does not add its rejects again.
+CREATE UNIQUE INDEX IF NOT EXISTS quarantine_once ON quarantine (source, line, raw);
+";
+
+/// Version 1 stores lack `quarantine_once`; re-replays may have left exact repeats, which
+/// the index would refuse.
+const MIGRATE_FROM_1: &str = "
+DELETE FROM quarantine WHERE id NOT IN (SELECT min(id) FROM quarantine GROUP BY source, line, raw);
+UPDATE meta SET value = 2 WHERE key = 'schema_version';
 ";
 
 /// An open state directory.
@@ -118,6 +127,25 @@ impl StateDir {
              PRAGMA temp_store = MEMORY;",
         )
         .db("configuring the database")?;
+        let old: Option<i64> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .or_else(|e| match e {
+                // A new store: no meta table yet.
+                rusqlite::Error::SqliteFailure(_, Some(ref m)) if m.contains("no such table") => {
+                    Ok(None)
+                }
+                e => Err(e),
+            })
+            .db("reading the schema version")?;
+        if old == Some(1) {
+            conn.execute_batch(MIGRATE_FROM_1)
+                .db("migrating the store from schema version 1")?;
+        }
         conn.execute_batch(SCHEMA).db("creating the schema")?;
         let version: Option<i64> = conn
             .query_row(
@@ -232,6 +260,29 @@ impl StateDir {
             out.push(row.db("reading a stored event")?);
         }
         Ok(())
+    }
+
+    /// Every stored event (the first copy of each trip id and half), ordered by trip id and
+    /// half: what a check of the store against another host compares.
+    pub fn events(&self) -> Result<Vec<TripEvent>, Error> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT trip_id, kind, timestamp_ns, fare_cents, extras FROM events ORDER BY trip_id, kind",
+            )
+            .db("preparing the event listing")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(TripEvent {
+                    trip_id: r.get(0)?,
+                    kind: kind_from(r.get(1)?),
+                    timestamp_ns: r.get(2)?,
+                    fare_cents: r.get(3)?,
+                    extras: r.get(4)?,
+                })
+            })
+            .db("listing stored events")?;
+        rows.map(|r| r.db("reading a stored event")).collect()
     }
 
     /// The original bytes of a stored event.

@@ -10,8 +10,10 @@ use std::io::Write;
 
 use rusqlite::params;
 use serde::Serialize;
-use tripflow_runtime::core::{Decision, EventRef, ParseOutcome, Reject, TripEvent, TripStatus};
-use tripflow_runtime::{CoreProvider, TripCore};
+use tripflow_runtime::core::{
+    Clock, DEFAULT_MAX_SKEW_NS, Decision, EventRef, ParseOutcome, Reject, TripEvent, TripStatus,
+};
+use tripflow_runtime::{CORE_FAILURE, CoreProvider, TripCore, parse_isolating};
 
 use crate::db::{StateDir, StoreTotals, kind_to, status_to};
 use crate::error::{DbContext, Error, IoContext};
@@ -25,6 +27,12 @@ pub struct ReplayOptions {
     pub batch_lines: usize,
     /// About the most bytes handed to the core in one call.
     pub batch_bytes: usize,
+    /// How far an event's clock may run ahead of the batch's arrival before the event stops
+    /// moving the event-time watermark (see `matching.resolve`).
+    pub max_skew_ns: i64,
+    /// The arrival time of every batch; `None`: the wall clock when the batch is read, the
+    /// replay's equivalent of a Kinesis record's arrival time.
+    pub arrival_ns: Option<i64>,
 }
 
 impl Default for ReplayOptions {
@@ -32,8 +40,17 @@ impl Default for ReplayOptions {
         ReplayOptions {
             batch_lines: 8192,
             batch_bytes: 8 << 20,
+            max_skew_ns: DEFAULT_MAX_SKEW_NS,
+            arrival_ns: None,
         }
     }
+}
+
+/// The wall clock, ns since the epoch.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 /// Told how far a replay has got.
@@ -57,6 +74,9 @@ pub struct Summary {
     pub stored: u64,
     /// Exact duplicates (counted, harmless).
     pub duplicates: u64,
+    /// Stored events dated later than their batch's arrival plus the allowed clock skew: kept
+    /// and matched, but they do not move the event-time watermark.
+    pub skewed: u64,
     /// Rejected records by reason code; every code is listed, zeros included.
     pub rejected: BTreeMap<String, u64>,
     /// Trips this replay completed.
@@ -106,7 +126,11 @@ pub fn replay<P: CoreProvider>(
             .fill(&mut batch, opts.batch_lines, opts.batch_bytes)
             .io(|| format!("reading {}", input.name))?
         {
-            let rejects = apply_batch(provider, state, input, &batch, &mut summary)?;
+            let clock = Clock {
+                arrival_ns: opts.arrival_ns.unwrap_or_else(now_ns),
+                max_skew_ns: opts.max_skew_ns,
+            };
+            let rejects = apply_batch(provider, state, input, &batch, clock, &mut summary)?;
             if let Some(out) = quarantine.as_deref_mut() {
                 for r in &rejects {
                     out.write_all(r.to_line().as_bytes())
@@ -131,23 +155,24 @@ fn apply_batch<P: CoreProvider>(
     state: &mut StateDir,
     input: &Input,
     batch: &Batch,
+    clock: Clock,
     summary: &mut Summary,
 ) -> Result<Vec<QuarantineRecord>, Error> {
+    let outcomes = parse_isolating(provider, &batch.buf, &batch.spans)?;
     let mut core = provider.session()?;
-    let outcomes = core.parse(&batch.buf, &batch.spans)?;
 
     let mut incoming: Vec<TripEvent> = Vec::with_capacity(outcomes.len());
     let mut incoming_span: Vec<usize> = Vec::with_capacity(outcomes.len());
     let mut rejects = Vec::new();
     for (i, outcome) in outcomes.into_iter().enumerate() {
         match outcome {
-            ParseOutcome::Blank => summary.blank_lines += 1,
-            ParseOutcome::Accepted(event) => {
+            Ok(ParseOutcome::Blank) => summary.blank_lines += 1,
+            Ok(ParseOutcome::Accepted(event)) => {
                 summary.records += 1;
                 incoming.push(event);
                 incoming_span.push(i);
             }
-            ParseOutcome::Rejected(reject) => {
+            Ok(ParseOutcome::Rejected(reject)) => {
                 summary.records += 1;
                 rejects.push(quarantine_record(
                     input,
@@ -155,6 +180,17 @@ fn apply_batch<P: CoreProvider>(
                     i,
                     reject.code(),
                     reject.detail(),
+                    None,
+                ));
+            }
+            Err(failure) => {
+                summary.records += 1;
+                rejects.push(quarantine_record(
+                    input,
+                    batch,
+                    i,
+                    CORE_FAILURE,
+                    &failure.to_string(),
                     None,
                 ));
             }
@@ -170,7 +206,8 @@ fn apply_batch<P: CoreProvider>(
         for id in ids {
             state.stored_events(id, &mut stored)?;
         }
-        let resolution = core.resolve(&incoming, &stored)?;
+        let resolution = core.resolve(&incoming, &stored, clock)?;
+        summary.skewed += resolution.skewed.len() as u64;
         write_resolution(
             state,
             input,
@@ -326,7 +363,7 @@ fn write_quarantine(state: &StateDir, rejects: &[QuarantineRecord]) -> Result<()
     let mut insert = state
         .conn
         .prepare_cached(
-            "INSERT INTO quarantine (source, line, reason, detail, raw, first_raw) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT OR IGNORE INTO quarantine (source, line, reason, detail, raw, first_raw) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )
         .db("preparing the quarantine insert")?;
     for r in rejects {
