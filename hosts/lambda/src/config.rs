@@ -77,6 +77,16 @@ pub struct Config {
     /// Days after which raw events and trip records expire through the table's TTL
     /// (`RETENTION_DAYS`; unset = kept forever).
     pub retention_days: Option<u32>,
+    /// How far an event's clock may run ahead of its Kinesis arrival time before it stops
+    /// moving the sweeper's event-time clock (`MAX_CLOCK_SKEW`, default `1h`), ingest.
+    pub max_clock_skew_ns: i64,
+    /// Largest DLQ message body (`DLQ_MAX_MESSAGE_BYTES`, default 262144, the queue's
+    /// `MaximumMessageSize`); a rejected record whose message would be larger has its bytes
+    /// spilled to S3 under [`Config::rejected_prefix`], ingest.
+    pub dlq_max_message_bytes: usize,
+    /// Prefix in `BUCKET` for spilled rejected records (`REJECTED_PREFIX`, default
+    /// `rejected/`), ingest.
+    pub rejected_prefix: String,
     /// Where the component is (`COMPONENT_PATH`; default: `tripflow.cwasm`, then
     /// `tripflow.wasm` next to the bootstrap, then the component built into the binary).
     pub component_path: Option<String>,
@@ -121,6 +131,10 @@ impl Config {
         };
         let bucket = match function {
             Function::Kpi => Some(required("BUCKET", "the S3 bucket for the KPI CSVs")?),
+            Function::Ingest => Some(required(
+                "BUCKET",
+                "the S3 bucket that keeps rejected records too large for an SQS message",
+            )?),
             _ => get("BUCKET"),
         };
         let kpi_key = get("KPI_KEY").unwrap_or_else(|| "kpi_results/daily_trip_kpis.csv".into());
@@ -156,8 +170,35 @@ impl Config {
                     })
             })
             .transpose()?;
+        let max_clock_skew_ns = tripflow_runtime::core::duration::parse_duration(
+            &get("MAX_CLOCK_SKEW").unwrap_or_else(|| "1h".into()),
+        )
+        .map_err(|message| ConfigError {
+            var: "MAX_CLOCK_SKEW",
+            message,
+        })?;
+        let dlq_max_message_bytes = match get("DLQ_MAX_MESSAGE_BYTES") {
+            None => 262_144,
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1024..=1_048_576).contains(n))
+                .ok_or_else(|| ConfigError {
+                    var: "DLQ_MAX_MESSAGE_BYTES",
+                    message: format!(
+                        "{v:?} is not a byte count from 1024 to 1048576: set the queue's MaximumMessageSize"
+                    ),
+                })?,
+        };
+        let mut rejected_prefix = get("REJECTED_PREFIX").unwrap_or_else(|| "rejected/".into());
+        if !rejected_prefix.ends_with('/') {
+            rejected_prefix.push('/');
+        }
         Ok(Config {
             function,
+            max_clock_skew_ns,
+            dlq_max_message_bytes,
+            rejected_prefix,
             table,
             dlq_url,
             bucket,
@@ -187,6 +228,13 @@ mod tests {
         let e = Config::from_map(&env(&[("_HANDLER", "ingest"), ("TABLE_NAME", "t")])).unwrap_err();
         assert_eq!(e.var, "DLQ_URL");
         assert!(e.to_string().contains("ingest function needs"), "{e}");
+        let e = Config::from_map(&env(&[
+            ("_HANDLER", "ingest"),
+            ("TABLE_NAME", "t"),
+            ("DLQ_URL", "q"),
+        ]))
+        .unwrap_err();
+        assert_eq!(e.var, "BUCKET");
         let e = Config::from_map(&env(&[("_HANDLER", "kpi"), ("TABLE_NAME", "t")])).unwrap_err();
         assert_eq!(e.var, "BUCKET");
         let e = Config::from_map(&env(&[("_HANDLER", "resize")])).unwrap_err();
@@ -204,6 +252,11 @@ mod tests {
         assert_eq!(e.var, "RETENTION_DAYS");
         let e = Config::from_map(&env(&[base[0], base[1], ("KPI_KEY", "out/")])).unwrap_err();
         assert_eq!(e.var, "KPI_KEY");
+        let e = Config::from_map(&env(&[base[0], base[1], ("MAX_CLOCK_SKEW", "-1h")])).unwrap_err();
+        assert_eq!(e.var, "MAX_CLOCK_SKEW");
+        let e = Config::from_map(&env(&[base[0], base[1], ("DLQ_MAX_MESSAGE_BYTES", "2MiB")]))
+            .unwrap_err();
+        assert_eq!(e.var, "DLQ_MAX_MESSAGE_BYTES");
         let c = Config::from_map(&env(&base)).unwrap();
         assert_eq!(c.function, Function::Sweeper);
         assert_eq!(c.orphan_after_ns, 24 * 3_600_000_000_000);
@@ -211,5 +264,8 @@ mod tests {
         assert_eq!(c.kpi_daily_prefix, "kpi_daily/");
         assert_eq!(c.timezone, "UTC");
         assert_eq!(c.retention_days, None);
+        assert_eq!(c.max_clock_skew_ns, 3_600_000_000_000);
+        assert_eq!(c.dlq_max_message_bytes, 262_144);
+        assert_eq!(c.rejected_prefix, "rejected/");
     }
 }

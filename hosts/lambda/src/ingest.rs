@@ -1,11 +1,20 @@
 //! ingest: a Kinesis batch → one event item per accepted event; rejects → the SQS DLQ.
 //!
-//! The whole batch goes to the core in one `events.parse` call, then one `matching.resolve`
-//! call sorts out duplicates inside the batch. Each first copy is stored with a conditional
-//! put (`attribute_not_exists(pk)`), so a redelivered batch or a producer's duplicate writes
-//! nothing; when the condition fails, the stored item comes back with the error and the core
-//! decides whether it is the same event (a duplicate) or a different one under the same key
-//! (a conflicting duplicate, sent to the DLQ — never overwritten).
+//! The protocol is the replay's, with the store read through conditional writes ([`Plan`]):
+//! 1. the whole batch goes to the core in one `events.parse` call (if the core fails on the
+//!    batch, record by record, so a record that traps is dead-lettered alone);
+//! 2. `matching.resolve` against nothing names each key's first copy in the batch;
+//! 3. each first copy is written with a conditional put (`attribute_not_exists(pk)`); when the
+//!    key is taken the stored copy comes back with the failed condition
+//!    (`ReturnValuesOnConditionCheckFailure`), so no read is needed;
+//! 4. one `matching.resolve` of the *whole* batch against the stored copies handed back decides
+//!    every record — stored, duplicate or conflicting duplicate — exactly as the replay decides
+//!    the same batch against its store, whatever the arrival order.
+//!
+//! Rejected records go to the DLQ with their bytes, in `SendMessageBatch` calls sized by bytes;
+//! a record whose message would not fit `DLQ_MAX_MESSAGE_BYTES` has its bytes spilled to S3
+//! and the message points at them. DynamoDB refusing one item (a 4xx) is that record's
+//! outcome (`store_refused` on the DLQ), not the batch's.
 //!
 //! Failure semantics follow Kinesis checkpointing: if any record cannot be handled within
 //! the retry budget, the lowest such record is reported in `batchItemFailures`; Lambda
@@ -24,11 +33,11 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use base64::Engine as _;
 use serde::Serialize;
-use tripflow_runtime::core::{Decision, EventRef, ParseOutcome, Span, TripEvent};
-use tripflow_runtime::{CoreProvider, TripCore};
+use tripflow_runtime::core::{Clock, Decision, EventRef, ParseOutcome, Span, TripEvent};
+use tripflow_runtime::{CoreError, CoreProvider, TripCore, parse_isolating};
 
 use crate::metrics::{Counters, units};
-use crate::retry::{Budget, describe, retry};
+use crate::retry::{Budget, describe, is_transient, retry};
 use crate::{App, Error, table};
 
 /// Concurrent conditional puts per invocation.
@@ -41,8 +50,15 @@ pub struct DlqMessage {
     pub reason: String,
     /// What exactly is wrong.
     pub detail: String,
-    /// The record's original bytes, base64.
+    /// The record's original bytes, base64; empty when they were spilled to S3.
     pub raw_base64: String,
+    /// Where the record's bytes are when its message would have been larger than
+    /// `DLQ_MAX_MESSAGE_BYTES`: `s3://<bucket>/<key>`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub raw_s3: Option<String>,
+    /// The record's length in bytes.
+    #[serde(default)]
+    pub raw_len: u64,
     /// The Kinesis shard.
     pub shard_id: String,
     /// The record's sequence number in its shard.
@@ -56,17 +72,206 @@ pub struct DlqMessage {
 
 /// What happened to each record.
 #[derive(Clone, Debug, PartialEq)]
-enum Fate {
+pub enum Fate {
+    /// Not decided yet (only ever seen after the first failure).
     Pending,
+    /// Stored: the first copy of its key.
     Stored,
+    /// An exact copy of a stored event.
     Duplicate,
+    /// Only white space.
     Blank,
+    /// Kept on the DLQ with its bytes.
     Rejected {
+        /// Reason code, as in the replay's quarantine.
         reason: String,
+        /// What exactly is wrong.
         detail: String,
+        /// For a conflicting duplicate of an event earlier in this batch: that record.
         first: Option<usize>,
     },
+    /// Could not be handled within the invocation: Kinesis redelivers from here.
     Failed(String),
+}
+
+/// How the conditional write of one first copy ended.
+#[derive(Clone, Debug)]
+pub enum PutOutcome {
+    /// Written: this is the stored copy now.
+    Stored,
+    /// The key holds this very record (same shard and sequence number), written by an earlier
+    /// delivery of the batch that was not checkpointed (a killed or timed-out invocation):
+    /// counted as stored, as the replay counts the record once.
+    StoredBefore,
+    /// The key was taken; the stored copy came back with the failed condition.
+    Taken(TripEvent),
+    /// DynamoDB refused the item itself (a 4xx other than the condition); a per-record
+    /// outcome, kept on the DLQ with the service's message. With the contract's record limit
+    /// every valid event fits an item, so this is a last line of defence, not a code path.
+    Refused(String),
+    /// Not written within the retry budget (throttling, 5xx, time-outs).
+    Failed(String),
+}
+
+/// The reason code of a record DynamoDB refused to store.
+pub const STORE_REFUSED: &str = "store_refused";
+
+/// The ingest protocol's decisions, with the I/O left to the caller: parse, pick first copies,
+/// and after the writes, one resolution of the whole batch against the stored copies the
+/// writes handed back. Everything here is a call into the core; [`handle`] only moves bytes.
+pub struct Plan {
+    /// One fate per record (decided for parse rejects and blanks; pending for the rest).
+    pub fates: Vec<Fate>,
+    /// `(record index, event)` of every accepted record, in batch order.
+    pub accepted: Vec<(usize, TripEvent)>,
+    /// Indices into `accepted` of the first copies to write.
+    pub first_copies: Vec<usize>,
+}
+
+impl Plan {
+    /// Parses the batch (a record the core fails on is isolated and rejected alone) and asks
+    /// the core which copies come first.
+    pub fn new<P: CoreProvider>(
+        core: &P,
+        records: &[&[u8]],
+        clock: Clock,
+    ) -> Result<Plan, CoreError> {
+        let mut buffer = Vec::with_capacity(records.iter().map(|r| r.len()).sum());
+        let mut spans = Vec::with_capacity(records.len());
+        for r in records {
+            spans.push(Span {
+                offset: buffer.len() as u32,
+                len: r.len() as u32,
+            });
+            buffer.extend_from_slice(r);
+        }
+        let mut fates = vec![Fate::Pending; records.len()];
+        let mut accepted = Vec::new();
+        for (i, o) in parse_isolating(core, &buffer, &spans)?
+            .into_iter()
+            .enumerate()
+        {
+            match o {
+                Ok(ParseOutcome::Accepted(e)) => accepted.push((i, e)),
+                Ok(ParseOutcome::Rejected(r)) => {
+                    fates[i] = Fate::Rejected {
+                        reason: r.code().to_owned(),
+                        detail: r.detail().to_owned(),
+                        first: None,
+                    }
+                }
+                Ok(ParseOutcome::Blank) => fates[i] = Fate::Blank,
+                Err(e) => {
+                    fates[i] = Fate::Rejected {
+                        reason: tripflow_runtime::CORE_FAILURE.to_owned(),
+                        detail: e.to_string(),
+                        first: None,
+                    }
+                }
+            }
+        }
+        let events: Vec<TripEvent> = accepted.iter().map(|(_, e)| e.clone()).collect();
+        let first = core.session()?.resolve(&events, &[], clock)?;
+        let first_copies = first
+            .decisions
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| matches!(d, Decision::Store))
+            .map(|(i, _)| i)
+            .collect();
+        Ok(Plan {
+            fates,
+            accepted,
+            first_copies,
+        })
+    }
+
+    /// Decides every accepted record from how the writes of the first copies ended (`puts`,
+    /// one per `first_copies` entry): one `matching.resolve` of the whole batch against the
+    /// stored copies the failed conditions handed back, exactly as the replay resolves a batch
+    /// against what its store holds. Returns the resolution's watermark candidate and the
+    /// number of events whose clock ran ahead.
+    pub fn settle<P: CoreProvider>(
+        &mut self,
+        core: &P,
+        puts: &[PutOutcome],
+        clock: Clock,
+    ) -> Result<Settled, CoreError> {
+        assert_eq!(puts.len(), self.first_copies.len(), "one outcome per write");
+        let mut stored = Vec::new();
+        let mut written = vec![false; self.accepted.len()];
+        for (&a, put) in self.first_copies.iter().zip(puts) {
+            let i = self.accepted[a].0;
+            match put {
+                PutOutcome::Stored | PutOutcome::StoredBefore => written[a] = true,
+                PutOutcome::Taken(copy) => stored.push(copy.clone()),
+                PutOutcome::Refused(why) => {
+                    self.fates[i] = Fate::Rejected {
+                        reason: STORE_REFUSED.to_owned(),
+                        detail: why.clone(),
+                        first: None,
+                    }
+                }
+                PutOutcome::Failed(why) => self.fates[i] = Fate::Failed(why.clone()),
+            }
+        }
+        let events: Vec<TripEvent> = self.accepted.iter().map(|(_, e)| e.clone()).collect();
+        let r = core.session()?.resolve(&events, &stored, clock)?;
+        for (a, d) in r.decisions.iter().enumerate() {
+            let i = self.accepted[a].0;
+            if !matches!(self.fates[i], Fate::Pending) {
+                continue; // refused or failed above
+            }
+            self.fates[i] = match d {
+                Decision::Store if written[a] => Fate::Stored,
+                Decision::Store => Fate::Failed(
+                    "the core would store an event that was not written; redelivering".into(),
+                ),
+                Decision::Duplicate(_) => Fate::Duplicate,
+                Decision::ConflictingDuplicate(c) => Fate::Rejected {
+                    reason: "conflicting_duplicate".into(),
+                    detail: c.detail.clone(),
+                    first: match c.first {
+                        EventRef::Incoming(j) => Some(self.accepted[j as usize].0),
+                        EventRef::Stored(_) => None,
+                    },
+                },
+            };
+        }
+        Ok(Settled {
+            newest_ns: r.newest_ns,
+            skewed: r.skewed.len(),
+        })
+    }
+}
+
+/// What a settled batch says beyond the fates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settled {
+    /// The newest event time that may move the watermark (the core's rule).
+    pub newest_ns: Option<i64>,
+    /// Stored events whose clock ran ahead of their arrival by more than the allowed skew.
+    pub skewed: usize,
+}
+
+/// The batch's arrival time: the latest approximate arrival timestamp of its records.
+pub fn arrival_ns(records: &[KinesisEventRecord]) -> i64 {
+    records
+        .iter()
+        .filter_map(|r| {
+            r.kinesis
+                .approximate_arrival_timestamp
+                .0
+                .timestamp_nanos_opt()
+        })
+        .max()
+        .unwrap_or_else(now_ns)
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 /// Handles one Kinesis batch.
@@ -80,58 +285,18 @@ pub async fn handle(
     let mut counters = Counters::default();
     counters.add("EventsIn", records.len() as f64);
 
-    // One buffer, one parse call.
-    let mut buffer = Vec::with_capacity(records.iter().map(|r| r.kinesis.data.0.len()).sum());
-    let mut spans = Vec::with_capacity(records.len());
-    for r in records {
-        spans.push(Span {
-            offset: buffer.len() as u32,
-            len: r.kinesis.data.0.len() as u32,
-        });
-        buffer.extend_from_slice(&r.kinesis.data.0);
-    }
-    let mut core = app.core.session()?;
-    let outcomes = core.parse(&buffer, &spans)?;
-    drop(core);
+    let clock = Clock {
+        arrival_ns: arrival_ns(records),
+        max_skew_ns: app.config.max_clock_skew_ns,
+    };
+    let core = app.core.bounded(budget.remaining());
+    let bytes: Vec<&[u8]> = records
+        .iter()
+        .map(|r| r.kinesis.data.0.as_slice())
+        .collect();
+    let mut plan = Plan::new(&core, &bytes, clock)?;
 
-    let mut fates = vec![Fate::Pending; records.len()];
-    let mut accepted: Vec<(usize, TripEvent)> = Vec::new();
-    for (i, o) in outcomes.into_iter().enumerate() {
-        match o {
-            ParseOutcome::Accepted(e) => accepted.push((i, e)),
-            ParseOutcome::Rejected(r) => {
-                fates[i] = Fate::Rejected {
-                    reason: r.code().to_owned(),
-                    detail: r.detail().to_owned(),
-                    first: None,
-                }
-            }
-            ParseOutcome::Blank => fates[i] = Fate::Blank,
-        }
-    }
-
-    // Duplicates inside the batch.
-    let events: Vec<TripEvent> = accepted.iter().map(|(_, e)| e.clone()).collect();
-    let resolution = app.core.session()?.resolve(&events, &[])?;
-    let mut to_store = Vec::new();
-    for ((i, e), d) in accepted.iter().zip(&resolution.decisions) {
-        match d {
-            Decision::Store => to_store.push((*i, e.clone())),
-            Decision::Duplicate(_) => fates[*i] = Fate::Duplicate,
-            Decision::ConflictingDuplicate(c) => {
-                let first = match c.first {
-                    EventRef::Incoming(j) | EventRef::Stored(j) => accepted[j as usize].0,
-                };
-                fates[*i] = Fate::Rejected {
-                    reason: "conflicting_duplicate".into(),
-                    detail: c.detail.clone(),
-                    first: Some(first),
-                };
-            }
-        }
-    }
-
-    // Conditional puts; a failed condition hands back what is stored.
+    // Conditional puts of the first copies; a failed condition hands back what is stored.
     let expires_at = app.config.retention_days.map(|d| {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -141,19 +306,24 @@ pub async fn handle(
     });
     let mut utc_days = BTreeMap::new();
     {
-        let mut core = app.core.session()?;
-        for (i, e) in &to_store {
+        let mut session = core.session()?;
+        for &a in &plan.first_copies {
+            let (i, e) = &plan.accepted[a];
             if e.kind == tripflow_runtime::core::EventKind::Start {
-                utc_days.insert(*i, core.day_of("UTC", e.timestamp_ns)?);
+                utc_days.insert(*i, session.day_of("UTC", e.timestamp_ns)?);
             }
         }
     }
-    let mut already: Vec<(usize, TripEvent, TripEvent)> = Vec::new();
-    // Newest event time actually stored (not of duplicates or conflicts), for the watermark.
-    let mut newest_stored: Option<i64> = None;
-    for chunk in to_store.chunks(PUT_CONCURRENCY) {
+    let mut puts: Vec<Option<PutOutcome>> = vec![None; plan.first_copies.len()];
+    let writes: Vec<(usize, usize, TripEvent)> = plan
+        .first_copies
+        .iter()
+        .enumerate()
+        .map(|(k, &a)| (k, plan.accepted[a].0, plan.accepted[a].1.clone()))
+        .collect();
+    for chunk in writes.chunks(PUT_CONCURRENCY) {
         let mut tasks = tokio::task::JoinSet::new();
-        for (i, e) in chunk.iter().cloned() {
+        for (k, i, e) in chunk.iter().cloned() {
             let item = table::event_item(
                 &e,
                 utc_days.get(&i).map(String::as_str),
@@ -174,17 +344,16 @@ pub async fn handle(
                         .send()
                 })
                 .await;
-                (i, e, r)
+                (k, i, r)
             });
         }
         while let Some(joined) = tasks.join_next().await {
-            let (i, e, r) = joined?;
-            match r {
+            let (k, i, r) = joined?;
+            puts[k] = Some(match r {
                 Ok(out) => {
                     app.capacity
                         .write("ingest.put", units(out.consumed_capacity()));
-                    fates[i] = Fate::Stored;
-                    newest_stored = newest_stored.max(Some(e.timestamp_ns));
+                    PutOutcome::Stored
                 }
                 Err(SdkError::ServiceError(s))
                     if matches!(s.err(), PutItemError::ConditionalCheckFailedException(_)) =>
@@ -193,39 +362,30 @@ pub async fn handle(
                     let PutItemError::ConditionalCheckFailedException(c) = s.err() else {
                         unreachable!()
                     };
+                    let mine = c.item().and_then(|item| item.get(table::SOURCE))
+                        == Some(&AttributeValue::S(source(&records[i])));
                     match c.item().map(table::event_from_item) {
-                        Some(Ok(stored)) => already.push((i, e, stored)),
-                        Some(Err(bad)) => fates[i] = Fate::Failed(bad.to_string()),
+                        Some(Ok(_)) if mine => PutOutcome::StoredBefore,
+                        Some(Ok(stored)) => PutOutcome::Taken(stored),
+                        Some(Err(bad)) => PutOutcome::Failed(bad.to_string()),
                         None => {
-                            fates[i] =
-                                Fate::Failed("condition failed without the stored item".into())
+                            PutOutcome::Failed("condition failed without the stored item".into())
                         }
                     }
                 }
-                Err(err) => fates[i] = Fate::Failed(format!("PutItem: {}", describe(&err))),
-            }
+                Err(err) if !is_transient(&err) && matches!(err, SdkError::ServiceError(_)) => {
+                    PutOutcome::Refused(format!("DynamoDB refused the item: {}", describe(&err)))
+                }
+                Err(err) => PutOutcome::Failed(format!("PutItem: {}", describe(&err))),
+            });
         }
     }
-
-    // Same key already stored: same event, or a different one?
-    if !already.is_empty() {
-        let incoming: Vec<TripEvent> = already.iter().map(|(_, e, _)| e.clone()).collect();
-        let stored: Vec<TripEvent> = already.iter().map(|(_, _, s)| s.clone()).collect();
-        let r = app.core.session()?.resolve(&incoming, &stored)?;
-        for ((i, _, _), d) in already.iter().zip(&r.decisions) {
-            fates[*i] = match d {
-                Decision::Duplicate(_) => Fate::Duplicate,
-                Decision::ConflictingDuplicate(c) => Fate::Rejected {
-                    reason: "conflicting_duplicate".into(),
-                    detail: c.detail.clone(),
-                    first: None,
-                },
-                Decision::Store => Fate::Failed(
-                    "the core would store an event whose key is taken; not overwriting".into(),
-                ),
-            };
-        }
-    }
+    let puts: Vec<PutOutcome> = puts
+        .into_iter()
+        .map(|p| p.expect("every write reports"))
+        .collect();
+    let settled = plan.settle(&core, &puts, clock)?;
+    let fates = plan.fates;
 
     // Rejections to the DLQ, in order, up to the first failure.
     let mut first_failure = fates.iter().position(|f| matches!(f, Fate::Failed(_)));
@@ -237,9 +397,17 @@ pub async fn handle(
         first_failure = Some(first_failure.map_or(failed_at, |f| f.min(failed_at)));
     }
 
-    // The watermark: the newest event time stored, for the sweeper.
-    if let Some(newest) = newest_stored {
+    // The watermark: the newest event time the core lets move it, for the sweeper.
+    if let Some(newest) = settled.newest_ns {
         advance_watermark(app, newest, budget).await;
+    }
+    if settled.skewed > 0 {
+        counters.add("ClockAhead", settled.skewed as f64);
+        tracing::warn!(
+            events = settled.skewed,
+            arrival_ns = clock.arrival_ns,
+            "events dated past their arrival plus MAX_CLOCK_SKEW: stored, but not used as the sweeper's clock"
+        );
     }
 
     let limit = first_failure.unwrap_or(records.len());
@@ -298,8 +466,63 @@ pub fn shard_id(r: &KinesisEventRecord) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// Sends the rejections at `indices` to the DLQ; returns the first index that could not be
-/// sent within the budget (nothing after it is sent).
+/// The DLQ message of rejected record `i`; `spilled` is where its bytes went when they are too
+/// large for a message.
+fn dlq_message(
+    records: &[KinesisEventRecord],
+    fates: &[Fate],
+    i: usize,
+    spilled: Option<String>,
+) -> DlqMessage {
+    let Fate::Rejected {
+        reason,
+        detail,
+        first,
+    } = &fates[i]
+    else {
+        unreachable!("only rejected records are dead-lettered")
+    };
+    let r = &records[i];
+    DlqMessage {
+        reason: reason.clone(),
+        detail: detail.clone(),
+        raw_base64: match spilled {
+            Some(_) => String::new(),
+            None => base64::engine::general_purpose::STANDARD.encode(&r.kinesis.data.0),
+        },
+        raw_s3: spilled,
+        raw_len: r.kinesis.data.0.len() as u64,
+        shard_id: shard_id(r),
+        sequence_number: r.kinesis.sequence_number.clone(),
+        partition_key: r.kinesis.partition_key.clone(),
+        first_sequence_number: first.map(|f| records[f].kinesis.sequence_number.clone()),
+    }
+}
+
+/// Groups messages, in order, into `SendMessageBatch` calls of at most 10 entries and
+/// `max_bytes` of bodies (SQS limits a batch's total payload like one message's).
+pub fn dlq_batches(bodies: &[(usize, String)], max_bytes: usize) -> Vec<&[(usize, String)]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut size = 0;
+    for (k, (_, body)) in bodies.iter().enumerate() {
+        if k > start && (k - start == 10 || size + body.len() > max_bytes) {
+            out.push(&bodies[start..k]);
+            start = k;
+            size = 0;
+        }
+        size += body.len();
+    }
+    if start < bodies.len() {
+        out.push(&bodies[start..]);
+    }
+    out
+}
+
+/// Sends the rejections at `indices` to the DLQ, spilling the bytes of a record whose message
+/// would exceed `DLQ_MAX_MESSAGE_BYTES` to S3 (`s3://BUCKET/REJECTED_PREFIX<shard>/<sequence>`,
+/// named by the record so a redelivery rewrites the same object). Returns the first index that
+/// could not be kept within the budget (nothing after it is sent).
 async fn send_to_dlq(
     app: &App,
     records: &[KinesisEventRecord],
@@ -308,36 +531,53 @@ async fn send_to_dlq(
     budget: &Budget,
 ) -> Option<usize> {
     let url = app.config.dlq_url.as_deref()?;
-    for chunk in indices.chunks(10) {
-        let mut pending: Vec<usize> = chunk.to_vec();
+    let max = app.config.dlq_max_message_bytes;
+    let mut bodies: Vec<(usize, String)> = Vec::with_capacity(indices.len());
+    for &i in indices {
+        let msg = dlq_message(records, fates, i, None);
+        let mut body = serde_json::to_string(&msg).expect("DLQ messages serialise");
+        if body.len() > max {
+            let r = &records[i];
+            let Some(bucket) = app.config.bucket.as_deref() else {
+                tracing::error!("a rejected record needs spilling to S3 but BUCKET is not set");
+                return Some(i);
+            };
+            let key = format!(
+                "{}{}/{}",
+                app.config.rejected_prefix,
+                shard_id(r),
+                r.kinesis.sequence_number
+            );
+            let put = retry(budget, "PutObject(rejected)", || {
+                app.s3
+                    .put_object()
+                    .bucket(bucket)
+                    .key(&key)
+                    .content_type("application/octet-stream")
+                    .body(r.kinesis.data.0.clone().into())
+                    .send()
+            })
+            .await;
+            if let Err(e) = put {
+                tracing::error!(error = %describe(&e), key = %key, "rejected record not spilled to S3");
+                return Some(i);
+            }
+            let uri = format!("s3://{bucket}/{key}");
+            body = serde_json::to_string(&dlq_message(records, fates, i, Some(uri)))
+                .expect("DLQ messages serialise");
+        }
+        bodies.push((i, body));
+    }
+    for batch in dlq_batches(&bodies, max) {
+        let mut pending: Vec<usize> = (0..batch.len()).collect();
         let mut attempt = 0;
         while !pending.is_empty() {
             let entries: Vec<SendMessageBatchRequestEntry> = pending
                 .iter()
-                .map(|&i| {
-                    let Fate::Rejected {
-                        reason,
-                        detail,
-                        first,
-                    } = &fates[i]
-                    else {
-                        unreachable!()
-                    };
-                    let r = &records[i];
-                    let msg = DlqMessage {
-                        reason: reason.clone(),
-                        detail: detail.clone(),
-                        raw_base64: base64::engine::general_purpose::STANDARD
-                            .encode(&r.kinesis.data.0),
-                        shard_id: shard_id(r),
-                        sequence_number: r.kinesis.sequence_number.clone(),
-                        partition_key: r.kinesis.partition_key.clone(),
-                        first_sequence_number: first
-                            .map(|f| records[f].kinesis.sequence_number.clone()),
-                    };
+                .map(|&k| {
                     SendMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .message_body(serde_json::to_string(&msg).expect("DLQ messages serialise"))
+                        .id(k.to_string())
+                        .message_body(&batch[k].1)
                         .build()
                         .expect("id and body are set")
                 })
@@ -352,24 +592,28 @@ async fn send_to_dlq(
             .await;
             match sent {
                 Ok(out) => {
-                    // Entries SQS did not take are retried on their own, with backoff.
+                    // Entries SQS did not take are retried on their own, with backoff; one it
+                    // refuses as the sender's fault will not get better by waiting.
+                    if let Some(f) = out.failed().iter().find(|f| f.sender_fault()) {
+                        tracing::error!(code = %f.code(), message = ?f.message(), "SQS refused a DLQ message");
+                    }
                     let failed: Vec<usize> = out
                         .failed()
                         .iter()
                         .filter_map(|f| f.id().parse().ok())
                         .collect();
-                    pending.retain(|i| failed.contains(i));
+                    pending.retain(|k| failed.contains(k));
                 }
                 Err(e) => {
                     tracing::error!(error = %describe(&e), "DLQ send failed");
-                    return pending.iter().min().copied();
+                    return pending.iter().map(|&k| batch[k].0).min();
                 }
             }
             if !pending.is_empty() {
                 let wait = crate::retry::backoff(attempt);
                 attempt += 1;
                 if attempt >= crate::retry::MAX_ATTEMPTS || budget.remaining() <= wait {
-                    return pending.iter().min().copied();
+                    return pending.iter().map(|&k| batch[k].0).min();
                 }
                 tokio::time::sleep(wait).await;
             }

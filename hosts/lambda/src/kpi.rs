@@ -13,6 +13,8 @@
 //! Athena and Glue read directly), and the combined file at `KPI_KEY`, in which only the
 //! recomputed days' lines change: lines of other days are kept byte for byte.
 
+use std::collections::BTreeSet;
+
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
 use chrono::NaiveDate;
 use serde_json::{Value, json};
@@ -21,7 +23,7 @@ use tripflow_runtime::{CoreProvider, TripCore};
 
 use crate::metrics::{Counters, units};
 use crate::retry::{Budget, describe, retry};
-use crate::{App, Error, table};
+use crate::{App, Error, dirty, table};
 
 /// The longest range one run may cover.
 pub const MAX_DAYS: i64 = 366;
@@ -64,16 +66,149 @@ fn parse_date(s: &str) -> Result<NaiveDate, Error> {
         .map_err(|_| format!("bad date {s:?}: use YYYY-MM-DD").into())
 }
 
+/// Dirty days handled by one run at most; the rest wait for the next run (oldest first), so a
+/// backfill of years is published over a few runs instead of timing one out.
+pub const MAX_DIRTY_DAYS_PER_RUN: usize = 366;
+
 /// Handles one run.
+///
+/// A scheduled run (no dates) recomputes yesterday and today in `TIMEZONE` plus every local
+/// day that overlaps a dirty UTC day (see [`dirty`]): late ends, backlogs, backfills and
+/// reconciled trips are published by the next run after the matcher or sweeper completed
+/// them. A manual run (`from`/`to`) recomputes exactly its range and leaves the markers.
 pub async fn handle(app: &App, payload: Value, budget: &Budget) -> Result<Value, Error> {
     let rcu_before = app.capacity.read_units();
+    let scheduled = payload.get("from").is_none() && payload.get("to").is_none();
     let (from, to) = range(app, &payload)?;
     let zone = app.config.timezone.clone();
     let bucket = app.config.bucket.clone().ok_or("BUCKET is not set")?;
 
+    let mut days: BTreeSet<NaiveDate> = BTreeSet::new();
+    let mut d = parse_date(&from)?;
+    while d <= parse_date(&to)? {
+        days.insert(d);
+        d = d.succ_opt().ok_or("date out of range")?;
+    }
+    let mut markers = if scheduled {
+        dirty::pending(app, budget).await?
+    } else {
+        Vec::new()
+    };
+    let deferred = markers.len().saturating_sub(MAX_DIRTY_DAYS_PER_RUN);
+    markers.truncate(MAX_DIRTY_DAYS_PER_RUN);
+    if !markers.is_empty() {
+        let utc: Vec<String> = markers.iter().map(|m| m.utc_day.clone()).collect();
+        for local in app.core.session()?.local_days(&zone, &utc)? {
+            days.insert(parse_date(&local)?);
+        }
+    }
+
+    // Each run of consecutive days is one range for the core.
+    let mut rows: Vec<DayKpi> = Vec::new();
+    let mut trips_read = 0u64;
+    for (first, last) in consecutive(&days) {
+        let (r, n) = compute(app, &zone, first, last, budget).await?;
+        rows.extend(r);
+        trips_read += n;
+    }
+    let mut core = app.core.session()?;
+
+    // One object per day.
+    let mut daily = Vec::new();
+    for row in &rows {
+        let key = format!(
+            "{}date={}/daily_trip_kpis.csv",
+            app.config.kpi_daily_prefix, row.date
+        );
+        let body = core.render_csv(std::slice::from_ref(row))?;
+        put(app, &bucket, &key, body, None, budget).await?;
+        daily.push(key);
+    }
+
+    // The combined file: recomputed days replaced, the others kept. Written on the condition
+    // that it is still the version read (If-Match), so a concurrent writer's days are never
+    // lost: on a conflict it is read and merged again.
+    let recomputed: BTreeSet<String> = days.iter().map(NaiveDate::to_string).collect();
+    let header = core.render_csv(&[])?;
+    let mut attempt = 0;
+    loop {
+        let previous = get(app, &bucket, &app.config.kpi_key, budget).await?;
+        let combined = merge(
+            &header,
+            previous.as_ref().map(|(text, _)| text.as_str()),
+            &rows,
+            &recomputed,
+            &mut core,
+        )?;
+        let expect = Some(previous.as_ref().map(|(_, etag)| etag.as_str()));
+        match put(app, &bucket, &app.config.kpi_key, combined, expect, budget).await {
+            Ok(()) => break,
+            Err(Put::Conflict) if attempt < 5 => {
+                attempt += 1;
+                tracing::warn!(
+                    attempt,
+                    "the combined CSV changed while this run merged it; merging again"
+                );
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    // Published: the markers read are done, unless marked again meanwhile.
+    let mut cleared = 0;
+    for m in &markers {
+        if dirty::clear(app, m, budget).await? {
+            cleared += 1;
+        }
+    }
+
+    let mut counters = Counters::default();
+    counters.add("KpiDays", rows.len() as f64);
+    counters.add("KpiTripsRead", trips_read as f64);
+    counters.add("DirtyDaysPublished", markers.len() as f64);
+    counters.add("DirtyDaysDeferred", deferred as f64);
+    counters.add("ConsumedReadUnits", app.capacity.read_units() - rcu_before);
+    app.emit(&counters);
+    tracing::info!(from = %from, to = %to, days = rows.len(), dirty = markers.len(), deferred, trips_read, "kpi run");
+    Ok(json!({
+        "from": from,
+        "to": to,
+        "zone": zone,
+        "recomputed_days": recomputed.len(),
+        "dirty_days": markers.iter().map(|m| m.utc_day.clone()).collect::<Vec<_>>(),
+        "dirty_days_cleared": cleared,
+        "dirty_days_deferred": deferred,
+        "days": rows.len(),
+        "trips": rows.iter().map(|r| r.trip_count).sum::<u64>(),
+        "bucket": bucket,
+        "combined_key": app.config.kpi_key,
+        "daily_keys": daily,
+    }))
+}
+
+/// `(first, last)` of each run of consecutive days.
+pub fn consecutive(days: &BTreeSet<NaiveDate>) -> Vec<(NaiveDate, NaiveDate)> {
+    let mut out: Vec<(NaiveDate, NaiveDate)> = Vec::new();
+    for &d in days {
+        match out.last_mut() {
+            Some((_, last)) if last.succ_opt() == Some(d) => *last = d,
+            _ => out.push((d, d)),
+        }
+    }
+    out
+}
+
+/// The KPI rows of the local days `from..=to`, and the trips read for them.
+async fn compute(
+    app: &App,
+    zone: &str,
+    from: NaiveDate,
+    to: NaiveDate,
+    budget: &Budget,
+) -> Result<(Vec<DayKpi>, u64), Error> {
     // Every completed trip whose start's UTC date can be a local day in the range.
-    let first = parse_date(&from)?.pred_opt().ok_or("date out of range")?;
-    let last = parse_date(&to)?.succ_opt().ok_or("date out of range")?;
+    let first = from.pred_opt().ok_or("date out of range")?;
+    let last = to.succ_opt().ok_or("date out of range")?;
     let mut totals: Vec<DayTotals> = Vec::new();
     let mut chunk: Vec<TripFare> = Vec::with_capacity(CHUNK);
     let mut trips_read = 0u64;
@@ -113,7 +248,7 @@ pub async fn handle(app: &App, payload: Value, budget: &Budget) -> Result<Value,
                 });
                 trips_read += 1;
                 if chunk.len() == CHUNK {
-                    totals = app.core.session()?.accumulate(&zone, &totals, &chunk)?;
+                    totals = app.core.session()?.accumulate(zone, &totals, &chunk)?;
                     chunk.clear();
                 }
             }
@@ -125,61 +260,22 @@ pub async fn handle(app: &App, payload: Value, budget: &Budget) -> Result<Value,
         day = day.succ_opt().ok_or("date out of range")?;
     }
     if !chunk.is_empty() {
-        totals = app.core.session()?.accumulate(&zone, &totals, &chunk)?;
+        totals = app.core.session()?.accumulate(zone, &totals, &chunk)?;
     }
-    let mut core = app.core.session()?;
-    let rows = core.finish(&totals, Some(&from), Some(&to))?;
-
-    // One object per day.
-    let mut daily = Vec::new();
-    for row in &rows {
-        let key = format!(
-            "{}date={}/daily_trip_kpis.csv",
-            app.config.kpi_daily_prefix, row.date
-        );
-        let body = core.render_csv(std::slice::from_ref(row))?;
-        put(app, &bucket, &key, body, budget).await?;
-        daily.push(key);
-    }
-
-    // The combined file: recomputed days replaced, the others kept.
-    let previous = get(app, &bucket, &app.config.kpi_key, budget).await?;
-    let combined = merge(
-        &core.render_csv(&[])?,
-        previous.as_deref(),
-        &rows,
-        &from,
-        &to,
-        &mut core,
-    )?;
-    put(app, &bucket, &app.config.kpi_key, combined, budget).await?;
-
-    let mut counters = Counters::default();
-    counters.add("KpiDays", rows.len() as f64);
-    counters.add("KpiTripsRead", trips_read as f64);
-    counters.add("ConsumedReadUnits", app.capacity.read_units() - rcu_before);
-    app.emit(&counters);
-    tracing::info!(from = %from, to = %to, days = rows.len(), trips_read, "kpi run");
-    Ok(json!({
-        "from": from,
-        "to": to,
-        "zone": zone,
-        "days": rows.len(),
-        "trips": rows.iter().map(|r| r.trip_count).sum::<u64>(),
-        "bucket": bucket,
-        "combined_key": app.config.kpi_key,
-        "daily_keys": daily,
-    }))
+    let rows =
+        app.core
+            .session()?
+            .finish(&totals, Some(&from.to_string()), Some(&to.to_string()))?;
+    Ok((rows, trips_read))
 }
 
-/// The combined CSV: `header`, then by date the lines of `previous` outside `from..=to` and
-/// the core's lines for `rows`.
+/// The combined CSV: `header`, then by date the lines of `previous` for days not in
+/// `recomputed` and the core's lines for `rows`.
 pub fn merge<C: TripCore>(
     header: &str,
     previous: Option<&str>,
     rows: &[DayKpi],
-    from: &str,
-    to: &str,
+    recomputed: &BTreeSet<String>,
     core: &mut C,
 ) -> Result<String, Error> {
     let mut lines: Vec<(String, String)> = Vec::new();
@@ -196,7 +292,7 @@ pub fn merge<C: TripCore>(
         }
         for line in it.filter(|l| !l.is_empty()) {
             let date = line.split(',').next().unwrap_or_default();
-            if date < from || date > to {
+            if !recomputed.contains(date) {
                 lines.push((date.to_owned(), format!("{line}\n")));
             }
         }
@@ -214,38 +310,83 @@ pub fn merge<C: TripCore>(
     Ok(out)
 }
 
+/// Why a put did not happen.
+#[derive(Debug)]
+enum Put {
+    /// The object is no longer the version the write was conditional on.
+    Conflict,
+    /// Anything else, described.
+    Failed(String),
+}
+
+impl From<Put> for Error {
+    fn from(p: Put) -> Error {
+        match p {
+            Put::Conflict => "the combined CSV kept changing while this run merged it".into(),
+            Put::Failed(why) => why.into(),
+        }
+    }
+}
+
+/// Writes an object; with `expect`, only if it is still that version: `Some(etag)` (If-Match)
+/// or `None` (If-None-Match: it must not exist yet).
 async fn put(
     app: &App,
     bucket: &str,
     key: &str,
     body: String,
+    expect: Option<Option<&str>>,
     budget: &Budget,
-) -> Result<(), Error> {
-    retry(budget, "PutObject", || {
-        app.s3
+) -> Result<(), Put> {
+    let r = retry(budget, "PutObject", || {
+        let req = app
+            .s3
             .put_object()
             .bucket(bucket)
             .key(key)
             .content_type("text/csv; charset=utf-8")
-            .body(body.clone().into_bytes().into())
-            .send()
+            .body(body.clone().into_bytes().into());
+        let req = match expect {
+            None => req,
+            Some(Some(etag)) => req.if_match(etag),
+            Some(None) => req.if_none_match("*"),
+        };
+        req.send()
     })
-    .await
-    .map_err(|e| format!("PutObject s3://{bucket}/{key}: {}", describe(&e)))?;
-    Ok(())
+    .await;
+    match r {
+        Ok(_) => Ok(()),
+        Err(aws_sdk_s3::error::SdkError::ServiceError(s))
+            if matches!(s.raw().status().as_u16(), 409 | 412) =>
+        {
+            Err(Put::Conflict)
+        }
+        Err(e) => Err(Put::Failed(format!(
+            "PutObject s3://{bucket}/{key}: {}",
+            describe(&e)
+        ))),
+    }
 }
 
-async fn get(app: &App, bucket: &str, key: &str, budget: &Budget) -> Result<Option<String>, Error> {
+/// An object's text and ETag, or `None` when it does not exist.
+async fn get(
+    app: &App,
+    bucket: &str,
+    key: &str,
+    budget: &Budget,
+) -> Result<Option<(String, String)>, Error> {
     let r = retry(budget, "GetObject", || {
         app.s3.get_object().bucket(bucket).key(key).send()
     })
     .await;
     match r {
         Ok(out) => {
+            let etag = out.e_tag().unwrap_or_default().to_owned();
             let bytes = out.body.collect().await?.into_bytes();
-            Ok(Some(String::from_utf8(bytes.to_vec()).map_err(|_| {
+            let text = String::from_utf8(bytes.to_vec()).map_err(|_| {
                 format!("s3://{bucket}/{key} is not UTF-8 text: move it away or set KPI_KEY")
-            })?))
+            })?;
+            Ok(Some((text, etag)))
         }
         Err(aws_sdk_s3::error::SdkError::ServiceError(s)) if s.err().is_no_such_key() => Ok(None),
         Err(e) => Err(format!("GetObject s3://{bucket}/{key}: {}", describe(&e)).into()),
@@ -256,6 +397,28 @@ async fn get(app: &App, bucket: &str, key: &str, budget: &Budget) -> Result<Opti
 mod tests {
     use super::*;
     use tripflow_runtime::NativeCore;
+
+    fn days(d: &[&str]) -> BTreeSet<String> {
+        d.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn consecutive_days_make_one_range() {
+        let d = |s: &str| parse_date(s).unwrap();
+        let set: BTreeSet<NaiveDate> = ["2019-03-01", "2019-03-02", "2019-03-05", "2018-12-31"]
+            .iter()
+            .map(|s| d(s))
+            .collect();
+        assert_eq!(
+            consecutive(&set),
+            [
+                (d("2018-12-31"), d("2018-12-31")),
+                (d("2019-03-01"), d("2019-03-02")),
+                (d("2019-03-05"), d("2019-03-05"))
+            ]
+        );
+        assert!(consecutive(&BTreeSet::new()).is_empty());
+    }
 
     fn row(date: &str, n: u64) -> DayKpi {
         DayKpi {
@@ -283,8 +446,7 @@ mod tests {
             &header,
             Some(&before),
             &[row("2019-03-02", 20), row("2019-03-03", 3)],
-            "2019-03-02",
-            "2019-03-03",
+            &days(&["2019-03-02", "2019-03-03"]),
             &mut core,
         )
         .unwrap();
@@ -302,8 +464,7 @@ mod tests {
             &header,
             None,
             &[row("2019-03-02", 2)],
-            "2019-03-01",
-            "2019-03-02",
+            &days(&["2019-03-01", "2019-03-02"]),
             &mut core,
         )
         .unwrap();
@@ -314,8 +475,7 @@ mod tests {
                 &header,
                 Some("a,b\n1,2\n"),
                 &[],
-                "2019-03-01",
-                "2019-03-01",
+                &days(&["2019-03-01"]),
                 &mut core
             )
             .is_err()

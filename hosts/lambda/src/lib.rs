@@ -9,6 +9,7 @@
 //! the handlers in [`ingest`], [`matcher`], [`kpi`] and [`sweeper`] only move data.
 
 pub mod config;
+pub mod dirty;
 pub mod ingest;
 pub mod kpi;
 pub mod matcher;
@@ -65,13 +66,31 @@ pub struct ComponentReport {
     pub load_ms: f64,
 }
 
+/// The guest's limits inside a function of `memory_mb` MiB: at most half of the function's
+/// memory (and at most the runtime's default of 1 GiB), so a runaway guest is stopped by its
+/// own cap with an error the handler reports, not by Lambda killing the process. Each call's
+/// deadline is the invocation's remaining time (see [`tripflow_runtime::Runtime::bounded`]).
+pub fn guest_limits(memory_mb: Option<usize>) -> Limits {
+    let default = Limits::default();
+    Limits {
+        memory_bytes: memory_mb.map_or(default.memory_bytes, |mb| {
+            (mb << 20).div_ceil(2).min(default.memory_bytes)
+        }),
+        ..default
+    }
+}
+
 /// Loads the component: `COMPONENT_PATH`, else `tripflow.cwasm` then `tripflow.wasm` next to
 /// the executable (in Lambda: `$LAMBDA_TASK_ROOT`), else the one built into this binary. A
 /// `.cwasm` that this wasmtime cannot load (built by another version) falls back to the
 /// `.wasm` with a warning instead of failing the cold start.
 pub fn load_component(config: &Config) -> Result<(Runtime, ComponentReport), CoreError> {
     let started = Instant::now();
-    let limits = Limits::default();
+    let limits = guest_limits(
+        std::env::var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+            .ok()
+            .and_then(|m| m.trim().parse().ok()),
+    );
     let dir = std::env::var_os("LAMBDA_TASK_ROOT")
         .map(PathBuf::from)
         .or_else(|| {
@@ -130,12 +149,25 @@ pub fn load_component(config: &Config) -> Result<(Runtime, ComponentReport), Cor
 }
 
 /// The SDK configuration: the standard chain (region, credentials, `AWS_ENDPOINT_URL*`), with
-/// the SDK's own retries off — [`retry`] owns retrying, within the invocation's deadline.
+/// the SDK's own retries off — [`retry`] owns retrying, within the invocation's deadline — and
+/// [`timeouts`], so no call can hang past the function's deadline.
 pub async fn sdk_config() -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .retry_config(RetryConfig::disabled())
+        .timeout_config(timeouts())
         .load()
         .await
+}
+
+/// Time limits of every SDK call: 2 s to connect, 10 s per attempt. An attempt that times out
+/// is a transient error, retried by [`retry`] while the invocation's budget allows; the budget
+/// keeps a reserve of at least a tenth of the function's timeout, which is longer than one
+/// attempt for the template's timeouts (60 s and 300 s).
+pub fn timeouts() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .operation_attempt_timeout(std::time::Duration::from_secs(10))
+        .build()
 }
 
 impl App {

@@ -19,6 +19,11 @@
 //!
 //! The conditional update is the exactly-once point: however many invocations race, only one
 //! update finds `end_ts` absent.
+//!
+//! Before the batch is acknowledged, the KPI days its completions touched are marked dirty
+//! ([`dirty::mark`]), so the next KPI run republishes them however late the trip completed. A
+//! redelivered batch finds its trips complete (the failed condition hands the trip back) and
+//! marks their days again, so a mark that failed is never lost.
 
 use std::collections::HashMap;
 
@@ -29,24 +34,35 @@ use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, ReturnConsumedCapacity, ReturnValue, ReturnValuesOnConditionCheckFailure,
 };
-use tripflow_runtime::core::{EventKind, TripEvent, TripStatus};
+use tripflow_runtime::core::{ClosedTrip, EventKind, TripEvent, TripStatus};
 use tripflow_runtime::{CoreProvider, TripCore};
 
 use crate::ingest::is_condition_failed;
 use crate::metrics::{Counters, units};
 use crate::retry::{Budget, describe, retry};
 use crate::table::{self, Item};
-use crate::{App, Error};
+use crate::{App, Error, dirty};
 
 /// How an attempt to complete a trip ended.
 #[derive(Debug)]
 pub enum Completion {
     /// This call completed the trip; the core's verdict on it.
-    Completed(TripStatus),
-    /// It was complete already (a redelivery, or the other half's invocation won).
-    AlreadyComplete,
+    Completed(ClosedTrip),
+    /// It was complete already (a redelivery, or the other half's invocation won); the trip
+    /// as stored, when the item could be read back.
+    AlreadyComplete(Option<ClosedTrip>),
     /// The start is not stored.
     NoStart,
+}
+
+impl Completion {
+    /// The trip, if it is complete.
+    pub fn trip(&self) -> Option<&ClosedTrip> {
+        match self {
+            Completion::Completed(t) | Completion::AlreadyComplete(Some(t)) => Some(t),
+            _ => None,
+        }
+    }
 }
 
 /// Handles one batch of stream records.
@@ -85,6 +101,7 @@ pub async fn handle(
     }
 
     let mut first_failure: Option<usize> = None;
+    let mut touched: Vec<ClosedTrip> = Vec::new();
     for (trip_id, start, end, first_record) in &trips {
         let outcome = match (start, end) {
             (Some(_), Some(end)) => complete(app, end, budget).await.map(Some),
@@ -105,17 +122,32 @@ pub async fn handle(
             },
             (None, None) => unreachable!("a trip is recorded with one half at least"),
         };
+        if let Ok(Some(c)) = &outcome
+            && let Some(t) = c.trip()
+        {
+            touched.push(t.clone());
+        }
         match outcome {
-            Ok(Some(Completion::Completed(status))) => {
+            Ok(Some(Completion::Completed(trip))) => {
                 counters.add("TripsCompleted", 1.0);
-                counters.add(status_metric(status), 1.0);
+                counters.add(status_metric(trip.status), 1.0);
             }
-            Ok(Some(Completion::AlreadyComplete)) => counters.add("AlreadyComplete", 1.0),
+            Ok(Some(Completion::AlreadyComplete(_))) => counters.add("AlreadyComplete", 1.0),
             Ok(Some(Completion::NoStart)) | Ok(None) => counters.add("LeftOpen", 1.0),
             Err(why) => {
                 tracing::error!(trip_id = %trip_id, error = %why, "trip not matched; the stream will redeliver");
                 first_failure = Some(first_failure.map_or(*first_record, |f| f.min(*first_record)));
             }
+        }
+    }
+
+    // The KPI days these completions changed, before the batch is acknowledged. If marking
+    // fails, the whole batch comes back: its trips are found complete and marked again.
+    match dirty::mark(app, &touched, budget).await {
+        Ok(days) => counters.add("DirtyDaysMarked", days as f64),
+        Err(why) => {
+            tracing::error!(error = %why, "KPI days not marked dirty; the stream will redeliver");
+            first_failure = trips.iter().map(|t| t.3).min();
         }
     }
 
@@ -261,7 +293,7 @@ pub async fn complete(app: &App, end: &TripEvent, budget: &Budget) -> Result<Com
                 .and_then(|mut c| c.pair(&start, end))
                 .map_err(|e| e.to_string())?;
             tracing::debug!(trip_id = %trip.trip_id, status = trip.status.as_str(), "trip completed");
-            Ok(Completion::Completed(trip.status))
+            Ok(Completion::Completed(trip))
         }
         Err(SdkError::ServiceError(s))
             if matches!(s.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
@@ -271,12 +303,22 @@ pub async fn complete(app: &App, end: &TripEvent, budget: &Budget) -> Result<Com
                 unreachable!()
             };
             Ok(match c.item() {
-                Some(_) => Completion::AlreadyComplete,
+                Some(item) => Completion::AlreadyComplete(stored_trip(app, item)),
                 None => Completion::NoStart,
             })
         }
         Err(e) => Err(format!("UpdateItem(complete): {}", describe(&e))),
     }
+}
+
+/// The closed trip a completed start item holds, as the core pairs it.
+fn stored_trip(app: &App, item: &Item) -> Option<ClosedTrip> {
+    let start = table::event_from_item(item).ok()?;
+    let end = table::end_from_trip_item(item).ok()??;
+    app.core
+        .session()
+        .and_then(|mut c| c.pair(&start, &end))
+        .ok()
 }
 
 /// The stored end of `start`'s trip (eventually consistent) and whether it is in the open

@@ -13,14 +13,14 @@
 
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
 use serde_json::{Value, json};
-use tripflow_runtime::core::{EventKind, TripEvent};
+use tripflow_runtime::core::{ClosedTrip, EventKind, TripEvent};
 use tripflow_runtime::{CoreProvider, TripCore};
 
 use crate::ingest::is_condition_failed;
 use crate::matcher::{Completion, clear_open, complete};
 use crate::metrics::{Counters, units};
 use crate::retry::{Budget, describe, retry};
-use crate::{App, Error, table};
+use crate::{App, Error, dirty, table};
 
 /// Handles one scheduled run.
 pub async fn handle(app: &App, budget: &Budget) -> Result<Value, Error> {
@@ -71,16 +71,31 @@ pub async fn handle(app: &App, budget: &Budget) -> Result<Value, Error> {
     let orphans = app.core.session()?.sweep(&timestamps, newest, older_than)?;
 
     let mut counters = Counters::default();
+    let mut reconciled = Vec::new();
     for i in orphans {
         let (trip_id, kind, ts) = &candidates[i as usize];
-        match settle(app, trip_id, *kind, budget).await? {
-            Settled::Completed => counters.add("Reconciled", 1.0),
-            Settled::StaleMark => counters.add("StaleOpenMarks", 1.0),
-            Settled::Orphaned => {
+        // One trip that cannot be settled now (throttling past the budget, an unreadable
+        // item) must not keep the others open: it stays in the open index for the next run.
+        match settle(app, trip_id, *kind, budget).await {
+            Ok(Settled::Completed(trip)) => {
+                counters.add("Reconciled", 1.0);
+                reconciled.extend(trip);
+            }
+            Ok(Settled::StaleMark) => counters.add("StaleOpenMarks", 1.0),
+            Ok(Settled::Orphaned) => {
                 counters.add("Orphaned", 1.0);
                 tracing::info!(trip_id = %trip_id, half = kind.as_str(), timestamp_ns = ts, "trip orphaned");
             }
+            Err(why) => {
+                counters.add("Unsettled", 1.0);
+                tracing::error!(trip_id = %trip_id, error = %why, "open trip not settled; the next sweep tries again");
+            }
         }
+    }
+    // Reconciled trips are late completions: their KPI days are republished by the next run.
+    if let Err(why) = dirty::mark(app, &reconciled, budget).await {
+        app.emit(&counters);
+        return Err(format!("reconciled trips' KPI days not marked dirty: {why}").into());
     }
     app.emit(&counters);
     tracing::info!(
@@ -95,11 +110,12 @@ pub async fn handle(app: &App, budget: &Budget) -> Result<Value, Error> {
         "orphaned": counters.get("Orphaned") as u64,
         "reconciled": counters.get("Reconciled") as u64,
         "stale_open_marks": counters.get("StaleOpenMarks") as u64,
+        "unsettled": counters.get("Unsettled") as u64,
     }))
 }
 
 enum Settled {
-    Completed,
+    Completed(Option<ClosedTrip>),
     StaleMark,
     Orphaned,
 }
@@ -139,9 +155,9 @@ async fn settle(
             Ok(Settled::StaleMark)
         }
         (Some((_, false)), Some(end)) => match complete(app, &end, budget).await? {
-            Completion::Completed(_) | Completion::AlreadyComplete => {
+            done @ (Completion::Completed(_) | Completion::AlreadyComplete(_)) => {
                 clear_open(app, &end, budget).await;
-                Ok(Settled::Completed)
+                Ok(Settled::Completed(done.trip().cloned()))
             }
             Completion::NoStart => Err(format!("{trip_id}: start vanished while settling").into()),
         },

@@ -66,6 +66,62 @@ impl Default for Settings {
     }
 }
 
+/// The template every deployment is made from, built into this binary: the local mappings take
+/// their settings from it, so local and deployed behaviour cannot drift apart.
+pub const TEMPLATE: &str = include_str!("../../../deploy/template.yaml");
+
+impl Settings {
+    /// The settings of the event source of the function whose `Handler` is `handler` in a SAM
+    /// template (`Events.<name>.Properties`): `BatchSize`, `MaximumRetryAttempts`,
+    /// `BisectBatchOnFunctionError`, `MaximumRecordAgeInSeconds` and `FilterCriteria`.
+    pub fn from_template(template: &str, handler: &str) -> anyhow::Result<Settings> {
+        use anyhow::Context as _;
+        let doc: serde_yaml::Value =
+            serde_yaml::from_str(template).context("reading the template")?;
+        let function = doc["Resources"]
+            .as_mapping()
+            .context("the template has no Resources")?
+            .values()
+            .find(|r| r["Properties"]["Handler"].as_str() == Some(handler))
+            .with_context(|| format!("no function with Handler {handler} in the template"))?;
+        let props = function["Properties"]["Events"]
+            .as_mapping()
+            .and_then(|events| {
+                events
+                    .values()
+                    .find(|e| matches!(e["Type"].as_str(), Some("Kinesis" | "DynamoDB")))
+            })
+            .map(|e| &e["Properties"])
+            .with_context(|| format!("function {handler} has no stream event source"))?;
+        let number = |name: &str| {
+            props[name]
+                .as_u64()
+                .with_context(|| format!("{handler}: {name} is not set to a number"))
+        };
+        let filters = match props["FilterCriteria"]["Filters"].as_sequence() {
+            None => Vec::new(),
+            Some(list) => list
+                .iter()
+                .map(|f| {
+                    let text = f["Pattern"]
+                        .as_str()
+                        .context("a filter without a Pattern")?;
+                    serde_json::from_str(text).context("a filter Pattern that is not JSON")
+                })
+                .collect::<anyhow::Result<_>>()?,
+        };
+        Ok(Settings {
+            batch_size: number("BatchSize")? as usize,
+            max_retry_attempts: number("MaximumRetryAttempts")? as u32,
+            bisect_on_error: props["BisectBatchOnFunctionError"]
+                .as_bool()
+                .unwrap_or(false),
+            max_record_age: Duration::from_secs(number("MaximumRecordAgeInSeconds")?),
+            filters,
+        })
+    }
+}
+
 /// What a mapping did so far.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -638,6 +694,27 @@ fn value_json(v: &StreamValue) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_come_from_the_deployed_template() {
+        let ingest = Settings::from_template(TEMPLATE, "ingest").unwrap();
+        assert_eq!(ingest.batch_size, 500);
+        assert!(ingest.bisect_on_error && ingest.filters.is_empty());
+        let matcher = Settings::from_template(TEMPLATE, "matcher").unwrap();
+        assert_eq!(matcher.batch_size, 100);
+        assert_eq!(matcher.max_record_age, Duration::from_secs(86_400));
+        assert_eq!(matcher.filters.len(), 1);
+        // The template's filter passes INSERTs of event items only.
+        let rec = |name: &str, sk: &str| json!({"eventName": name, "dynamodb": {"Keys": {"pk": {"S": "TRIP#1"}, "sk": {"S": sk}}}});
+        assert!(matches(&matcher.filters[0], &rec("INSERT", "EVENT#end")));
+        assert!(!matches(
+            &matcher.filters[0],
+            &rec("INSERT", "DAY#2019-03-01")
+        ));
+        assert!(!matches(&matcher.filters[0], &rec("MODIFY", "EVENT#end")));
+        let err = Settings::from_template(TEMPLATE, "kpi").unwrap_err();
+        assert!(err.to_string().contains("no stream event source"), "{err}");
+    }
 
     #[test]
     fn filter_patterns_follow_lambda_semantics() {

@@ -18,18 +18,13 @@ use std::time::Duration;
 use anyhow::Context;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tripflow_lambda::{App, Config, Function};
 use tripflow_runtime::Runtime;
 
 use crate::esm::{DynamoDbMapping, Invoker, KinesisMapping, OnFailure, Settings};
 pub use crate::resources::Resources;
 pub use crate::stack::LocalStack;
-
-/// The matcher's filter: INSERTs of event items only (the template's `FilterCriteria`).
-pub fn matcher_filter() -> Value {
-    json!({"eventName": ["INSERT"], "dynamodb": {"Keys": {"sk": {"S": [{"prefix": "EVENT#"}]}}}})
-}
 
 /// The four functions' configuration for these resources.
 pub fn function_env(r: &Resources, timezone: &str, orphan_after: &str) -> Vec<(String, String)> {
@@ -108,24 +103,26 @@ pub struct Pipeline<I: Invoker> {
 }
 
 impl<I: Invoker> Pipeline<I> {
-    /// Mappings as `deploy/template.yaml` configures them.
+    /// Mappings as `deploy/template.yaml` configures them (read from the copy built into
+    /// this binary, so local and deployed settings are the same).
     pub async fn new(stack: &LocalStack, r: &Resources, invoker: I) -> Pipeline<I> {
         let sdk = stack.sdk_config().await;
+        let setting = |f: Function| {
+            Settings::from_template(esm::TEMPLATE, f.name())
+                .expect("deploy/template.yaml configures both stream event sources")
+        };
         let ingest = KinesisMapping::new(
             stack.kinesis_client(&sdk),
             &r.stream,
             &r.stream_arn,
             Function::Ingest,
-            Settings::default(),
+            setting(Function::Ingest),
         );
         let matcher = DynamoDbMapping::new(
             stack.streams_client(&sdk),
             &r.table_stream_arn,
             Function::Matcher,
-            Settings {
-                filters: vec![matcher_filter()],
-                ..Settings::default()
-            },
+            setting(Function::Matcher),
         );
         Pipeline {
             invoker,
@@ -292,6 +289,25 @@ pub async fn drain_queue(sqs: &aws_sdk_sqs::Client, queue: &str) -> anyhow::Resu
         }
     }
     Ok(bodies)
+}
+
+/// The original bytes of a dead-lettered record: from the message, or from S3 when the
+/// record was too large for one (`raw_s3`).
+pub async fn dlq_raw(
+    s3: &aws_sdk_s3::Client,
+    m: &tripflow_lambda::ingest::DlqMessage,
+) -> anyhow::Result<Vec<u8>> {
+    use base64::Engine as _;
+    match &m.raw_s3 {
+        Some(uri) => {
+            let (bucket, key) = uri
+                .strip_prefix("s3://")
+                .and_then(|p| p.split_once('/'))
+                .with_context(|| format!("{uri} is not an s3://bucket/key address"))?;
+            get_object(s3, bucket, key).await
+        }
+        None => Ok(base64::engine::general_purpose::STANDARD.decode(&m.raw_base64)?),
+    }
 }
 
 /// An object's bytes.

@@ -30,8 +30,9 @@ enum Command {
     /// Start the local stack, create the resources and run the pipeline until Ctrl-C.
     ///
     /// Prints the environment to export in another shell; then `tripflow-local send` puts
-    /// events on the stream. With --from/--to, the KPI job runs over that range each time the
-    /// pipeline goes quiet after new events (in AWS it runs on a schedule).
+    /// events on the stream. Each time the pipeline goes quiet after new events, the KPI job
+    /// runs as its schedule runs it in AWS (yesterday, today and every day changed since the
+    /// last run), or over --from..--to when given.
     Up {
         /// KPI time zone (IANA).
         #[arg(long, default_value = "UTC")]
@@ -60,17 +61,18 @@ enum Command {
         files: Vec<PathBuf>,
     },
     /// One run end to end: start the stack, send FILE, run the pipeline to quiescence, run
-    /// the KPI job over --from..--to, print the combined CSV from S3, and stop.
+    /// the KPI job as its schedule does (every day the events changed, plus yesterday and
+    /// today) or over --from..--to, print the combined CSV from S3, and stop.
     Run {
         /// KPI time zone (IANA).
         #[arg(long, default_value = "UTC")]
         timezone: String,
-        /// First KPI day (YYYY-MM-DD).
-        #[arg(long)]
-        from: String,
+        /// First KPI day (YYYY-MM-DD) of a manual KPI run instead of the scheduled one.
+        #[arg(long, requires = "to")]
+        from: Option<String>,
         /// Last KPI day (YYYY-MM-DD).
-        #[arg(long)]
-        to: String,
+        #[arg(long, requires = "from")]
+        to: Option<String>,
         /// Shuffle the records with this seed.
         #[arg(long)]
         shuffle_seed: Option<u64>,
@@ -149,8 +151,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             busy = true;
                             continue;
                         }
-                        if busy && let (Some(from), Some(to)) = (&from, &to) {
-                            let out = pipeline.invoke(Function::Kpi, json!({"from": from, "to": to})).await?;
+                        if busy {
+                            let out = pipeline.invoke(Function::Kpi, kpi_payload(from.as_deref(), to.as_deref())).await?;
                             eprintln!("KPIs written: s3://{}/{} ({} days)", r.bucket, out["combined_key"].as_str().unwrap_or("?"), out["days"]);
                         }
                         busy = false;
@@ -208,7 +210,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     let mut env = env;
                     env.extend(stack.env());
                     let inv = BootstrapInvoker::start(&b, &Function::ALL, &env).await?;
-                    run_pipeline(&stack, &r, inv, &from, &to).await?
+                    run_pipeline(&stack, &r, inv, from.as_deref(), to.as_deref()).await?
                 }
                 None => {
                     let core = Arc::new(Runtime::load(
@@ -217,7 +219,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         None,
                     )?);
                     let inv = InProcess::new(&stack, core, &env).await?;
-                    run_pipeline(&stack, &r, inv, &from, &to).await?
+                    run_pipeline(&stack, &r, inv, from.as_deref(), to.as_deref()).await?
                 }
             };
             let rejected = tripflow_local::drain_queue(&stack.sqs_client(&sdk), &r.dlq_url).await?;
@@ -286,13 +288,13 @@ async fn run_pipeline<I: Invoker>(
     stack: &LocalStack,
     r: &tripflow_local::Resources,
     invoker: I,
-    from: &str,
-    to: &str,
+    from: Option<&str>,
+    to: Option<&str>,
 ) -> anyhow::Result<String> {
     let mut pipeline = Pipeline::new(stack, r, invoker).await;
     pipeline.drain().await?;
     pipeline
-        .invoke(Function::Kpi, json!({"from": from, "to": to}))
+        .invoke(Function::Kpi, kpi_payload(from, to))
         .await?;
     let sdk = stack.sdk_config().await;
     let body = tripflow_local::get_object(
@@ -302,4 +304,13 @@ async fn run_pipeline<I: Invoker>(
     )
     .await?;
     Ok(String::from_utf8(body)?)
+}
+
+/// The KPI job's input: a manual range, or what its schedule sends (an EventBridge Scheduler
+/// event has no dates: yesterday, today and every dirty day).
+fn kpi_payload(from: Option<&str>, to: Option<&str>) -> serde_json::Value {
+    match (from, to) {
+        (Some(from), Some(to)) => json!({"from": from, "to": to}),
+        _ => json!({}),
+    }
 }

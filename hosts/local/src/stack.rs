@@ -175,6 +175,7 @@ impl LocalStack {
                 "tripflow-local",
             ))
             .retry_config(RetryConfig::disabled())
+            .timeout_config(tripflow_lambda::timeouts())
             .load()
             .await
     }

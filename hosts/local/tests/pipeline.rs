@@ -24,27 +24,32 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// What `tripflow replay` + `tripflow kpi` make of a file: the CSV, the summary, and
-/// (reason, raw bytes) of each quarantined record.
+/// What `tripflow replay` + `tripflow kpi` make of files replayed in order into one store: the
+/// CSV, the summary, and (reason, raw bytes) of each quarantined record.
 struct CliRun {
     csv: String,
     orphans: usize,
     stored: u64,
     duplicates: u64,
+    skewed: u64,
     rejected: Vec<(String, Vec<u8>)>,
 }
 
-fn cli_replay(core: &Runtime, file: &Path) -> CliRun {
+fn cli_replay(core: &Runtime, files: &[&Path]) -> CliRun {
     let mut state = StateDir::in_memory().unwrap();
-    let input = Input {
-        name: "events.ndjson".into(),
-        source: InputSource::File(file.to_path_buf()),
-    };
+    let inputs: Vec<Input> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Input {
+            name: format!("events-{i}.ndjson"),
+            source: InputSource::File(f.to_path_buf()),
+        })
+        .collect();
     let mut quarantine = Vec::new();
     let summary = tripflow_store::replay(
         core,
         &mut state,
-        &[input],
+        &inputs,
         &ReplayOptions::default(),
         Some(&mut quarantine),
         &(),
@@ -84,8 +89,62 @@ fn cli_replay(core: &Runtime, file: &Path) -> CliRun {
         orphans,
         stored: summary.stored,
         duplicates: summary.duplicates,
+        skewed: summary.skewed,
         rejected,
     }
+}
+
+fn write_ndjson(path: &Path, records: &[Vec<u8>]) {
+    std::fs::write(
+        path,
+        records
+            .iter()
+            .flat_map(|r| r.iter().copied().chain([b'\n']))
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
+}
+
+/// (reason, bytes) of every DLQ message, sorted; bytes spilled to S3 are fetched.
+async fn dlq_records(
+    stack: &LocalStack,
+    r: &tripflow_local::Resources,
+) -> (Vec<(String, Vec<u8>)>, Vec<DlqMessage>) {
+    let sdk = stack.sdk_config().await;
+    let s3 = stack.s3_client(&sdk);
+    let messages = dlq(stack, r).await;
+    let mut out = Vec::new();
+    for m in &messages {
+        let raw = tripflow_local::dlq_raw(&s3, m).await.unwrap();
+        assert_eq!(raw.len() as u64, m.raw_len, "{}", m.sequence_number);
+        out.push((m.reason.clone(), raw));
+    }
+    out.sort();
+    (out, messages)
+}
+
+/// The start of a trip without a valid end in `lines` (the sample's ends with negative fares
+/// are rejected), and the first completed trip's start.
+fn open_and_closed_start(lines: &[Vec<u8>]) -> (Value, Value) {
+    let events: Vec<Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_slice(l).ok())
+        .collect();
+    let ends: std::collections::HashSet<&str> = events
+        .iter()
+        .filter(|e| e["event_type"] == "trip_end" && !e["fare"].to_string().contains('-'))
+        .filter_map(|e| e["trip_id"].as_str())
+        .collect();
+    let starts = || events.iter().filter(|e| e["event_type"] == "trip_start");
+    let open = starts()
+        .find(|e| !ends.contains(e["trip_id"].as_str().unwrap()))
+        .expect("the sample has open trips")
+        .clone();
+    let closed = starts()
+        .find(|e| ends.contains(e["trip_id"].as_str().unwrap()))
+        .unwrap()
+        .clone();
+    (open, closed)
 }
 
 async fn dlq(stack: &LocalStack, r: &tripflow_local::Resources) -> Vec<DlqMessage> {
@@ -124,32 +183,90 @@ async fn event_items(stack: &LocalStack, table: &str) -> u64 {
     }
 }
 
-fn date_range(csv: &str) -> (String, String) {
-    let dates: Vec<&str> = csv.lines().skip(1).map(|l| &l[..10]).collect();
-    (dates[0].to_owned(), dates[dates.len() - 1].to_owned())
-}
-
+/// The NYC sample, shuffled with duplicates and with the records the production path used to
+/// decide differently from the replay, through the pipeline in two rounds; after each, the
+/// KPI job runs as its schedule does (no dates), and everything is held to the CLI:
+///
+/// - a large valid trip (a 150 KB `trip_start`) is counted by both; a 600 KB one is
+///   `too_large` in both, and its bytes reach the DLQ through S3;
+/// - one event dated 2200 is stored and matched but moves no clock: the sweeper orphans what
+///   it orphans without it;
+/// - the scheduled run publishes every day of this 2019 backfill (dirty days), and after a late
+///   end arrives in round two, republishes its day;
+/// - a later batch holding a conflicting copy of a stored start and then an exact copy of it
+///   gives one conflicting duplicate and one duplicate, as the replay does;
+/// - a redelivered stretch changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nyc_sample_through_the_pipeline_equals_the_cli_replay() {
     let text = std::fs::read(repo().join("fixtures/cases/nyc-tlc-2019-03/input-1.ndjson")).unwrap();
-    let lines = tripflow_local::records_of(&text);
+    let mut lines = tripflow_local::records_of(&text);
+    let (open, closed) = open_and_closed_start(&lines);
+    let big = |id: &str, bytes: usize| {
+        json!({"trip_id": id, "event_type": "trip_start", "timestamp": "2019-03-15T12:00:00Z",
+               "notes": "x".repeat(bytes)})
+        .to_string()
+        .into_bytes()
+    };
+    let clock_2200 =
+        br#"{"trip_id":"clock-2200","event_type":"trip_start","timestamp":"2200-01-01T00:00:00Z"}"#;
+    lines.extend([
+        big("large-valid", 150_000),
+        json!({"trip_id": "large-valid", "event_type": "trip_end", "timestamp": "2019-03-15T12:30:00Z", "fare": "31.40"})
+            .to_string()
+            .into_bytes(),
+        big("too-large", 600_000),
+        clock_2200.to_vec(),
+    ]);
     // Shuffled, every 7th record twice.
     let records = tripflow_local::shuffle_with_duplicates(&lines, Some(2019), 7);
     assert!(records.len() > lines.len());
+    // Round two: a conflicting copy then an exact copy of a stored start, and a late end.
+    let mut conflicting = closed.clone();
+    conflicting["fare"] = json!("999.99");
+    let mut late_end = open.clone();
+    late_end["event_type"] = json!("trip_end");
+    late_end["fare"] = json!("10.00");
+    let round2: Vec<Vec<u8>> = [conflicting, closed.clone(), late_end]
+        .iter()
+        .map(|v| v.to_string().into_bytes())
+        .collect();
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("sent.ndjson");
-    std::fs::write(
-        &file,
-        records
-            .iter()
-            .flat_map(|r| r.iter().copied().chain([b'\n']))
-            .collect::<Vec<u8>>(),
-    )
-    .unwrap();
+    let (file1, file2) = (
+        dir.path().join("sent-1.ndjson"),
+        dir.path().join("sent-2.ndjson"),
+    );
+    write_ndjson(&file1, &records);
+    write_ndjson(&file2, &round2);
 
     let core =
         Arc::new(Runtime::load(&ComponentSource::Embedded, Limits::default(), None).unwrap());
-    let cli = cli_replay(&core, &file);
+    let cli1 = cli_replay(&core, &[&file1]);
+    let cli12 = cli_replay(&core, &[&file1, &file2]);
+    assert_eq!(cli1.skewed, 1, "the 2200 event");
+    assert_ne!(cli1.csv, cli12.csv, "the late end changes a day");
+    let too_large: Vec<usize> = cli1
+        .rejected
+        .iter()
+        .filter(|(reason, _)| reason == "too_large")
+        .map(|(_, raw)| raw.len())
+        .collect();
+    assert!(
+        !too_large.is_empty() && too_large.iter().all(|n| *n > 600_000),
+        "only the 600 KB record is too large: {too_large:?}"
+    );
+    // Without the bad clock the sweep orphans as many: one event cannot move the clock.
+    let without = dir.path().join("without-2200.ndjson");
+    write_ndjson(
+        &without,
+        &records
+            .iter()
+            .filter(|r| r.as_slice() != clock_2200)
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    let unskewed = cli_replay(&core, &[&without, &file2]);
+    assert_eq!(cli12.orphans, unskewed.orphans);
+    assert!(cli12.orphans > 0);
 
     let stack = LocalStack::start(&stack::tools_dir()).await.unwrap();
     let sdk = stack.sdk_config().await;
@@ -166,24 +283,24 @@ async fn nyc_sample_through_the_pipeline_equals_the_cli_replay() {
         .unwrap();
     pipeline.drain().await.unwrap();
 
-    let (from, to) = date_range(&cli.csv);
-    let out = pipeline
-        .invoke(Function::Kpi, json!({"from": from, "to": to}))
-        .await
-        .unwrap();
-    assert_eq!(out["days"], cli.csv.lines().count() - 1, "{out}");
+    // The scheduled run (no dates) publishes every day of the backfill.
+    let out = pipeline.invoke(Function::Kpi, json!({})).await.unwrap();
+    assert_eq!(out["days"], cli1.csv.lines().count() - 1, "{out}");
     let s3 = stack.s3_client(&sdk);
-    let combined = tripflow_local::get_object(&s3, &r.bucket, "kpi_results/daily_trip_kpis.csv")
-        .await
-        .unwrap();
+    let combined = || async {
+        let body = tripflow_local::get_object(&s3, &r.bucket, "kpi_results/daily_trip_kpis.csv")
+            .await
+            .unwrap();
+        String::from_utf8(body).unwrap()
+    };
     assert_eq!(
-        String::from_utf8(combined).unwrap(),
-        cli.csv,
+        combined().await,
+        cli1.csv,
         "the S3 KPI object differs from the CLI's"
     );
     // One object per day, each the header and that day's line.
-    let header = cli.csv.lines().next().unwrap();
-    for line in cli.csv.lines().skip(1).take(3) {
+    let header = cli1.csv.lines().next().unwrap();
+    for line in cli1.csv.lines().skip(1).take(3) {
         let key = format!("kpi_daily/date={}/daily_trip_kpis.csv", &line[..10]);
         let day = tripflow_local::get_object(&s3, &r.bucket, &key)
             .await
@@ -193,35 +310,32 @@ async fn nyc_sample_through_the_pipeline_equals_the_cli_replay() {
             format!("{header}\n{line}\n")
         );
     }
+    // Published days are clean: the next scheduled run has nothing dirty.
+    let quiet = pipeline.invoke(Function::Kpi, json!({})).await.unwrap();
+    assert_eq!(quiet["dirty_days"], json!([]), "{quiet}");
 
     // The DLQ holds what the CLI quarantines: same reasons, same bytes.
-    let messages = dlq(&stack, &r).await;
-    let mut rejected: Vec<(String, Vec<u8>)> = messages
-        .iter()
-        .map(|m| {
-            (
-                m.reason.clone(),
-                base64::engine::general_purpose::STANDARD
-                    .decode(&m.raw_base64)
-                    .unwrap(),
-            )
-        })
-        .collect();
-    rejected.sort();
+    let (rejected, messages) = dlq_records(&stack, &r).await;
     assert!(!rejected.is_empty(), "the sample has negative fares");
-    assert_eq!(rejected, cli.rejected);
+    assert_eq!(rejected, cli1.rejected);
     assert!(
         messages
             .iter()
             .all(|m| m.shard_id.starts_with("shardId-") && !m.sequence_number.is_empty())
     );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.reason == "too_large" && m.raw_s3.is_some() && m.raw_base64.is_empty()),
+        "the 600 KB record's bytes are spilled to S3"
+    );
 
     // Nothing lost: in = stored + duplicates + rejected, and each equals the CLI's count.
     let stored = event_items(&stack, &r.table).await;
-    assert_eq!(stored, cli.stored);
+    assert_eq!(stored, cli1.stored);
     assert_eq!(
         records.len() as u64,
-        stored + cli.duplicates + rejected.len() as u64
+        stored + cli1.duplicates + rejected.len() as u64
     );
     assert_eq!(
         pipeline.ingest.stats.discarded + pipeline.matcher.stats.discarded,
@@ -238,24 +352,34 @@ async fn nyc_sample_through_the_pipeline_equals_the_cli_replay() {
         .await
         .unwrap();
     pipeline.drain().await.unwrap();
-    pipeline
-        .invoke(Function::Kpi, json!({"from": from, "to": to}))
-        .await
-        .unwrap();
-    let combined = tripflow_local::get_object(&s3, &r.bucket, "kpi_results/daily_trip_kpis.csv")
-        .await
-        .unwrap();
-    assert_eq!(String::from_utf8(combined).unwrap(), cli.csv);
+    pipeline.invoke(Function::Kpi, json!({})).await.unwrap();
+    assert_eq!(combined().await, cli1.csv);
     assert_eq!(event_items(&stack, &r.table).await, stored);
     let bad_again = again
         .iter()
-        .filter(|rec| cli.rejected.iter().any(|(_, raw)| raw == *rec))
+        .filter(|rec| cli1.rejected.iter().any(|(_, raw)| raw == *rec))
         .count();
     assert_eq!(dlq(&stack, &r).await.len(), bad_again);
 
-    // The sweeper orphans what `tripflow sweep --older-than 24h` orphans.
+    // Round two: decided as the replay decides it, and the late day republished.
+    tripflow_local::send(&stack.kinesis_client(&sdk), &r.stream, &round2)
+        .await
+        .unwrap();
+    pipeline.drain().await.unwrap();
+    let out = pipeline.invoke(Function::Kpi, json!({})).await.unwrap();
+    assert_eq!(combined().await, cli12.csv, "{out}");
+    let (rejected2, _) = dlq_records(&stack, &r).await;
+    assert_eq!(
+        rejected2,
+        [("conflicting_duplicate".to_owned(), round2[0].clone())],
+        "the conflicting copy only; its exact twin is a duplicate"
+    );
+    assert_eq!(event_items(&stack, &r.table).await, cli12.stored);
+    assert_eq!(cli12.stored, cli1.stored + 1, "only the late end is new");
+
+    // The sweeper orphans what `tripflow sweep --older-than 24h` orphans, 2200 or not.
     let sweep = pipeline.invoke(Function::Sweeper, json!({})).await.unwrap();
-    assert_eq!(sweep["orphaned"], cli.orphans, "{sweep}");
+    assert_eq!(sweep["orphaned"], cli12.orphans, "{sweep}");
     assert_eq!(sweep["reconciled"], 0, "{sweep}");
 }
 
