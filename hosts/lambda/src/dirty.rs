@@ -55,7 +55,7 @@ pub async fn mark(app: &App, trips: &[ClosedTrip], budget: &Budget) -> Result<us
         })
         .collect();
     let days = app
-        .core
+        .core_within(budget)
         .session()
         .and_then(|mut c| c.utc_days_touched(&fares))
         .map_err(|e| e.to_string())?;

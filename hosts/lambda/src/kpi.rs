@@ -1,7 +1,8 @@
 //! kpi: completed trips of a date range → one CSV per day and the combined CSV in S3.
 //!
 //! Input: an EventBridge scheduled event (any payload without dates), which means yesterday
-//! and today in `TIMEZONE`, or `{"from": "YYYY-MM-DD", "to": "YYYY-MM-DD"}` for a manual run.
+//! and today in `TIMEZONE` plus every local day overlapping a dirty UTC day (see
+//! [`crate::dirty`]), or `{"from": "YYYY-MM-DD", "to": "YYYY-MM-DD"}` for a manual run.
 //!
 //! Completed trips are read from the sparse `kpi` index, partitioned by the UTC date of the
 //! trip's start. A local day lies within one UTC day either side, so the job queries
@@ -31,7 +32,7 @@ pub const MAX_DAYS: i64 = 366;
 const CHUNK: usize = 16_384;
 
 /// The days a run covers.
-pub fn range(app: &App, payload: &Value) -> Result<(String, String), Error> {
+pub fn range(app: &App, payload: &Value, budget: &Budget) -> Result<(String, String), Error> {
     let field = |k: &str| payload.get(k).and_then(Value::as_str).map(str::to_owned);
     let (from, to) = match (field("from"), field("to")) {
         (Some(f), Some(t)) => (f, t),
@@ -41,7 +42,10 @@ pub fn range(app: &App, payload: &Value) -> Result<(String, String), Error> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos() as i64)
                 .unwrap_or(0);
-            let today = app.core.session()?.day_of(&app.config.timezone, now_ns)?;
+            let today = app
+                .core_within(budget)
+                .session()?
+                .day_of(&app.config.timezone, now_ns)?;
             let yesterday = parse_date(&today)?
                 .pred_opt()
                 .ok_or("no day before today")?
@@ -50,7 +54,9 @@ pub fn range(app: &App, payload: &Value) -> Result<(String, String), Error> {
         }
     };
     // The core validates the dates and the order.
-    app.core.session()?.finish(&[], Some(&from), Some(&to))?;
+    app.core_within(budget)
+        .session()?
+        .finish(&[], Some(&from), Some(&to))?;
     let days = (parse_date(&to)? - parse_date(&from)?).num_days() + 1;
     if days > MAX_DAYS {
         return Err(format!(
@@ -79,7 +85,7 @@ pub const MAX_DIRTY_DAYS_PER_RUN: usize = 366;
 pub async fn handle(app: &App, payload: Value, budget: &Budget) -> Result<Value, Error> {
     let rcu_before = app.capacity.read_units();
     let scheduled = payload.get("from").is_none() && payload.get("to").is_none();
-    let (from, to) = range(app, &payload)?;
+    let (from, to) = range(app, &payload, budget)?;
     let zone = app.config.timezone.clone();
     let bucket = app.config.bucket.clone().ok_or("BUCKET is not set")?;
 
@@ -98,7 +104,7 @@ pub async fn handle(app: &App, payload: Value, budget: &Budget) -> Result<Value,
     markers.truncate(MAX_DIRTY_DAYS_PER_RUN);
     if !markers.is_empty() {
         let utc: Vec<String> = markers.iter().map(|m| m.utc_day.clone()).collect();
-        for local in app.core.session()?.local_days(&zone, &utc)? {
+        for local in app.core_within(budget).session()?.local_days(&zone, &utc)? {
             days.insert(parse_date(&local)?);
         }
     }
@@ -111,7 +117,7 @@ pub async fn handle(app: &App, payload: Value, budget: &Budget) -> Result<Value,
         rows.extend(r);
         trips_read += n;
     }
-    let mut core = app.core.session()?;
+    let mut core = app.core_within(budget).session()?;
 
     // One object per day.
     let mut daily = Vec::new();
@@ -235,7 +241,7 @@ async fn compute(
             .map_err(|e| format!("Query(kpi) {day}: {}", describe(&e)))?;
             app.capacity
                 .read("kpi.query", units(page.consumed_capacity()));
-            let mut core = app.core.session()?;
+            let mut core = app.core_within(budget).session()?;
             for item in page.items() {
                 let start = table::start_from_kpi_item(item)?;
                 let end = table::end_from_trip_item(item)?
@@ -248,7 +254,10 @@ async fn compute(
                 });
                 trips_read += 1;
                 if chunk.len() == CHUNK {
-                    totals = app.core.session()?.accumulate(zone, &totals, &chunk)?;
+                    totals = app
+                        .core_within(budget)
+                        .session()?
+                        .accumulate(zone, &totals, &chunk)?;
                     chunk.clear();
                 }
             }
@@ -260,12 +269,16 @@ async fn compute(
         day = day.succ_opt().ok_or("date out of range")?;
     }
     if !chunk.is_empty() {
-        totals = app.core.session()?.accumulate(zone, &totals, &chunk)?;
-    }
-    let rows =
-        app.core
+        totals = app
+            .core_within(budget)
             .session()?
-            .finish(&totals, Some(&from.to_string()), Some(&to.to_string()))?;
+            .accumulate(zone, &totals, &chunk)?;
+    }
+    let rows = app.core_within(budget).session()?.finish(
+        &totals,
+        Some(&from.to_string()),
+        Some(&to.to_string()),
+    )?;
     Ok((rows, trips_read))
 }
 

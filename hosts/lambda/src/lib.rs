@@ -171,6 +171,12 @@ pub fn timeouts() -> aws_config::timeout::TimeoutConfig {
 }
 
 impl App {
+    /// The core with each call limited to the time the invocation has left: a runaway call is
+    /// stopped with an error the handler reports, before Lambda kills the process.
+    pub fn core_within(&self, budget: &retry::Budget) -> tripflow_runtime::Bounded<'_> {
+        self.core.bounded(budget.remaining())
+    }
+
     /// Builds the clients once from `sdk`.
     pub fn new(config: Config, core: Arc<Runtime>, sdk: &SdkConfig) -> App {
         let s3 = aws_sdk_s3::config::Builder::from(sdk)
@@ -323,4 +329,20 @@ pub async fn run() -> Result<(), Error> {
         },
     ))
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guest_gets_half_the_function_memory_at_most_1_gib() {
+        assert_eq!(guest_limits(Some(1024)).memory_bytes, 512 << 20);
+        assert_eq!(guest_limits(Some(128)).memory_bytes, 64 << 20);
+        assert_eq!(guest_limits(Some(10_240)).memory_bytes, 1 << 30);
+        assert_eq!(
+            guest_limits(None).memory_bytes,
+            Limits::default().memory_bytes
+        );
+    }
 }

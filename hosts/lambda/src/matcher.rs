@@ -288,7 +288,7 @@ pub async fn complete(app: &App, end: &TripEvent, budget: &Budget) -> Result<Com
                     table::event_from_item(i).map_err(|_| "the start item is unreadable")
                 })?;
             let trip = app
-                .core
+                .core_within(budget)
                 .session()
                 .and_then(|mut c| c.pair(&start, end))
                 .map_err(|e| e.to_string())?;
@@ -303,7 +303,7 @@ pub async fn complete(app: &App, end: &TripEvent, budget: &Budget) -> Result<Com
                 unreachable!()
             };
             Ok(match c.item() {
-                Some(item) => Completion::AlreadyComplete(stored_trip(app, item)),
+                Some(item) => Completion::AlreadyComplete(stored_trip(app, item, budget)),
                 None => Completion::NoStart,
             })
         }
@@ -312,10 +312,10 @@ pub async fn complete(app: &App, end: &TripEvent, budget: &Budget) -> Result<Com
 }
 
 /// The closed trip a completed start item holds, as the core pairs it.
-fn stored_trip(app: &App, item: &Item) -> Option<ClosedTrip> {
+fn stored_trip(app: &App, item: &Item, budget: &Budget) -> Option<ClosedTrip> {
     let start = table::event_from_item(item).ok()?;
     let end = table::end_from_trip_item(item).ok()??;
-    app.core
+    app.core_within(budget)
         .session()
         .and_then(|mut c| c.pair(&start, &end))
         .ok()

@@ -68,7 +68,10 @@ pub async fn handle(app: &App, budget: &Budget) -> Result<Value, Error> {
         }
     }
     let timestamps: Vec<i64> = candidates.iter().map(|c| c.2).collect();
-    let orphans = app.core.session()?.sweep(&timestamps, newest, older_than)?;
+    let orphans = app
+        .core_within(budget)
+        .session()?
+        .sweep(&timestamps, newest, older_than)?;
 
     let mut counters = Counters::default();
     let mut reconciled = Vec::new();
