@@ -52,6 +52,9 @@ pub struct Settings {
     pub max_record_age: Duration,
     /// `FilterCriteria` patterns (a record passes if any matches; none = all pass).
     pub filters: Vec<Value>,
+    /// `ParallelizationFactor`: concurrent batches per shard, split by partition key (the
+    /// order of each key's records is kept).
+    pub parallelization_factor: usize,
 }
 
 impl Default for Settings {
@@ -62,6 +65,7 @@ impl Default for Settings {
             bisect_on_error: true,
             max_record_age: Duration::from_secs(3600),
             filters: Vec::new(),
+            parallelization_factor: 1,
         }
     }
 }
@@ -95,9 +99,11 @@ impl Settings {
             .with_context(|| format!("function {handler} has no stream event source"))?;
         let number = |name: &str| {
             props[name]
-                .as_u64()
+                .as_i64()
                 .with_context(|| format!("{handler}: {name} is not set to a number"))
         };
+        // -1 means "until the record expires from the stream" for both limits.
+        let unlimited = |n: i64| if n < 0 { None } else { Some(n as u64) };
         let filters = match props["FilterCriteria"]["Filters"].as_sequence() {
             None => Vec::new(),
             Some(list) => list
@@ -112,12 +118,16 @@ impl Settings {
         };
         Ok(Settings {
             batch_size: number("BatchSize")? as usize,
-            max_retry_attempts: number("MaximumRetryAttempts")? as u32,
+            max_retry_attempts: unlimited(number("MaximumRetryAttempts")?)
+                .map_or(u32::MAX, |n| n as u32),
             bisect_on_error: props["BisectBatchOnFunctionError"]
                 .as_bool()
                 .unwrap_or(false),
-            max_record_age: Duration::from_secs(number("MaximumRecordAgeInSeconds")?),
+            max_record_age: unlimited(number("MaximumRecordAgeInSeconds")?)
+                .map_or(Duration::MAX, Duration::from_secs),
             filters,
+            parallelization_factor: props["ParallelizationFactor"].as_u64().unwrap_or(1).max(1)
+                as usize,
         })
     }
 }
@@ -135,6 +145,42 @@ pub struct Stats {
     pub discarded: u64,
     /// Retries (partial or whole).
     pub retries: u64,
+}
+
+impl Stats {
+    fn absorb(&mut self, o: &Stats) {
+        self.delivered += o.delivered;
+        self.invocations += o.invocations;
+        self.filtered += o.filtered;
+        self.discarded += o.discarded;
+        self.retries += o.retries;
+    }
+}
+
+/// Delivers each shard's (or shard part's) records concurrently, as Lambda runs one
+/// invocation per shard at a time and shards side by side.
+async fn handle_all<I: Invoker>(
+    invoker: &I,
+    settings: &Settings,
+    stats: &mut Stats,
+    on_failure: &OnFailure,
+    work: Vec<(SourceInfo, Vec<(String, Value)>)>,
+) -> anyhow::Result<()> {
+    let results =
+        futures_util::future::join_all(work.into_iter().map(|(info, events)| async move {
+            let mut s = Stats::default();
+            let r = handle(invoker, settings, &mut s, on_failure, &info, events).await;
+            (s, r)
+        }))
+        .await;
+    let mut first_error = None;
+    for (s, r) in results {
+        stats.absorb(&s);
+        if let Err(e) = r {
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// One record, as delivered: its sequence number, when it arrived, and its event JSON.
@@ -355,6 +401,7 @@ enum SourceKind {
     DynamoDb,
 }
 
+#[derive(Clone)]
 struct SourceInfo {
     kind: SourceKind,
     function: Function,
@@ -414,6 +461,7 @@ impl KinesisMapping {
             .await
             .context("ListShards")?;
         let mut read = 0;
+        let mut work = Vec::new();
         for shard in shards.shards() {
             let id = shard.shard_id().to_owned();
             if !self.iterators.contains_key(&id) {
@@ -476,16 +524,9 @@ impl KinesisMapping {
                 arn: self.arn.clone(),
                 shard_id: id.clone(),
             };
-            handle(
-                invoker,
-                &self.settings,
-                &mut self.stats,
-                on_failure,
-                &info,
-                events,
-            )
-            .await?;
+            work.push((info, events));
         }
+        handle_all(invoker, &self.settings, &mut self.stats, on_failure, work).await?;
         Ok(read)
     }
 }
@@ -550,13 +591,17 @@ impl DynamoDbMapping {
             .unwrap_or_default();
         let known: HashSet<&String> = shards.iter().map(|(id, _)| id).collect();
         let mut read = 0;
+        let mut work = Vec::new();
+        // A child is read only after its parent was finished in an earlier pass, so a parent's
+        // last batch and a child's first are never delivered side by side.
+        let finished_before = self.finished.clone();
         for (id, parent) in &shards {
             if self.finished.contains(id) {
                 continue;
             }
             if let Some(p) = parent
                 && known.contains(p)
-                && !self.finished.contains(p)
+                && !finished_before.contains(p)
             {
                 continue;
             }
@@ -609,18 +654,31 @@ impl DynamoDbMapping {
                 arn: self.arn.clone(),
                 shard_id: id.clone(),
             };
-            handle(
-                invoker,
-                &self.settings,
-                &mut self.stats,
-                on_failure,
-                &info,
-                events,
-            )
-            .await?;
+            for part in split_by_key(events, self.settings.parallelization_factor) {
+                work.push((info.clone(), part));
+            }
         }
+        handle_all(invoker, &self.settings, &mut self.stats, on_failure, work).await?;
         Ok(read)
     }
+}
+
+/// A shard's records in `factor` parts by a hash of each record's partition key, each part in
+/// shard order: what `ParallelizationFactor` does.
+fn split_by_key(events: Vec<(String, Value)>, factor: usize) -> Vec<Vec<(String, Value)>> {
+    let n = factor.max(1) as u64;
+    let mut parts: Vec<Vec<(String, Value)>> = vec![Vec::new(); n as usize];
+    for (seq, event) in events {
+        // The table's partition key (`pk`): both halves of a trip stay in one part, in order.
+        let keys = &event["dynamodb"]["Keys"];
+        let key = keys.get("pk").unwrap_or(keys).to_string();
+        let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        parts[(h % n) as usize].push((seq, event));
+    }
+    parts.retain(|p| !p.is_empty());
+    parts
 }
 
 /// A DynamoDB Streams record as Lambda delivers it.
@@ -700,9 +758,12 @@ mod tests {
         let ingest = Settings::from_template(TEMPLATE, "ingest").unwrap();
         assert_eq!(ingest.batch_size, 500);
         assert!(ingest.bisect_on_error && ingest.filters.is_empty());
+        assert_eq!(ingest.max_retry_attempts, u32::MAX, "retried until expiry");
+        assert_eq!(ingest.parallelization_factor, 1);
         let matcher = Settings::from_template(TEMPLATE, "matcher").unwrap();
         assert_eq!(matcher.batch_size, 100);
-        assert_eq!(matcher.max_record_age, Duration::from_secs(86_400));
+        assert_eq!(matcher.max_record_age, Duration::MAX);
+        assert_eq!(matcher.parallelization_factor, 4);
         assert_eq!(matcher.filters.len(), 1);
         // The template's filter passes INSERTs of event items only.
         let rec = |name: &str, sk: &str| json!({"eventName": name, "dynamodb": {"Keys": {"pk": {"S": "TRIP#1"}, "sk": {"S": sk}}}});
@@ -714,6 +775,35 @@ mod tests {
         assert!(!matches(&matcher.filters[0], &rec("MODIFY", "EVENT#end")));
         let err = Settings::from_template(TEMPLATE, "kpi").unwrap_err();
         assert!(err.to_string().contains("no stream event source"), "{err}");
+    }
+
+    #[test]
+    fn a_parallelization_factor_keeps_each_keys_order() {
+        let ev = |seq: u32, pk: &str| {
+            (
+                seq.to_string(),
+                json!({"dynamodb": {"Keys": {"pk": {"S": pk}, "sk": {"S": format!("EVENT#{seq}")}}}}),
+            )
+        };
+        let events: Vec<_> = (0..40).map(|i| ev(i, &format!("TRIP#{}", i % 7))).collect();
+        let parts = split_by_key(events, 4);
+        assert!(parts.len() > 1 && parts.len() <= 4);
+        assert_eq!(parts.iter().map(Vec::len).sum::<usize>(), 40);
+        for part in &parts {
+            let seqs: Vec<u32> = part.iter().map(|(s, _)| s.parse().unwrap()).collect();
+            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+            let pks: HashSet<String> = part
+                .iter()
+                .map(|(_, e)| e["dynamodb"]["Keys"]["pk"].to_string())
+                .collect();
+            for other in parts.iter().filter(|p| !std::ptr::eq(*p, part)) {
+                assert!(
+                    other
+                        .iter()
+                        .all(|(_, e)| !pks.contains(&e["dynamodb"]["Keys"]["pk"].to_string()))
+                );
+            }
+        }
     }
 
     #[test]

@@ -7,6 +7,8 @@
 
 pub mod capacity;
 pub mod esm;
+pub mod faults;
+pub mod redrive;
 pub mod resources;
 pub mod runtime_api;
 pub mod stack;
@@ -43,6 +45,54 @@ pub fn function_env(r: &Resources, timezone: &str, orphan_after: &str) -> Vec<(S
 /// The functions running in this process, sharing one loaded component.
 pub struct InProcess {
     apps: HashMap<&'static str, Arc<App>>,
+    kills: Option<Kills>,
+}
+
+/// Invocations killed at a random point, as Lambda kills a function that runs out of time or
+/// memory, or crashes: whatever it had written stays written, it answers nothing, and the
+/// event source mapping sends the same records again.
+pub struct Kills {
+    /// One invocation in `every` of each function is killed.
+    pub every: u32,
+    rng: std::sync::Mutex<fastrand::Rng>,
+    per_function: std::sync::Mutex<HashMap<&'static str, u64>>,
+    /// Invocations so far.
+    pub invocations: std::sync::atomic::AtomicU64,
+    /// Invocations killed before they answered.
+    pub killed: std::sync::atomic::AtomicU64,
+}
+
+impl Kills {
+    /// Kills the invocations `every/2`, `every/2 + every`, … of each function, each at a
+    /// point drawn from `seed`.
+    pub fn new(every: u32, seed: u64) -> Kills {
+        Kills {
+            every: every.max(1),
+            rng: std::sync::Mutex::new(fastrand::Rng::with_seed(seed)),
+            per_function: Default::default(),
+            invocations: Default::default(),
+            killed: Default::default(),
+        }
+    }
+
+    /// When to kill this invocation of `function`, if it is to be killed: up to 100 ms in,
+    /// which is inside most invocations here (one DynamoDB round trip is a few ms); one that
+    /// answers sooner survives.
+    fn next(&self, function: Function) -> Option<Duration> {
+        use std::sync::atomic::Ordering;
+        self.invocations.fetch_add(1, Ordering::Relaxed);
+        let n = {
+            let mut counts = self.per_function.lock().expect("the kill counts");
+            let n = counts.entry(function.name()).or_default();
+            *n += 1;
+            *n
+        };
+        let every = u64::from(self.every);
+        (n % every == every / 2).then(|| {
+            let mut rng = self.rng.lock().expect("the kill rng");
+            Duration::from_micros(rng.u64(0..100_000))
+        })
+    }
 }
 
 impl InProcess {
@@ -61,14 +111,25 @@ impl InProcess {
             let mut app = App::with_clients(
                 config,
                 core.clone(),
-                stack.dynamodb_client(&sdk),
-                stack.s3_client(&sdk),
-                stack.sqs_client(&sdk),
+                stack.function_dynamodb_client(&sdk),
+                stack.function_s3_client(&sdk),
+                stack.function_sqs_client(&sdk),
             );
             app.emit_metrics = false;
             apps.insert(f.name(), Arc::new(app));
         }
-        Ok(InProcess { apps })
+        Ok(InProcess { apps, kills: None })
+    }
+
+    /// Kills invocations of the stream functions at random points (see [`Kills`]).
+    pub fn with_kills(mut self, kills: Kills) -> InProcess {
+        self.kills = Some(kills);
+        self
+    }
+
+    /// The kills so far, if kills are on.
+    pub fn kills(&self) -> Option<&Kills> {
+        self.kills.as_ref()
     }
 
     /// The app of `function`.
@@ -84,10 +145,29 @@ impl Invoker for InProcess {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0)
             + 60_000;
-        self.apps[function.name()]
-            .invoke(payload, deadline)
-            .await
-            .map_err(|e| e.to_string())
+        let run = self.apps[function.name()].invoke(payload, deadline);
+        let stream_function = matches!(function, Function::Ingest | Function::Matcher);
+        match self
+            .kills
+            .as_ref()
+            .filter(|_| stream_function)
+            .and_then(|k| k.next(function))
+        {
+            Some(after) => match tokio::time::timeout(after, run).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => {
+                    let kills = self.kills.as_ref().expect("kills are on");
+                    kills
+                        .killed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Err(format!(
+                        "killed {} ms into the invocation",
+                        after.as_millis()
+                    ))
+                }
+            },
+            None => run.await.map_err(|e| e.to_string()),
+        }
     }
 }
 
@@ -106,23 +186,41 @@ impl<I: Invoker> Pipeline<I> {
     /// Mappings as `deploy/template.yaml` configures them (read from the copy built into
     /// this binary, so local and deployed settings are the same).
     pub async fn new(stack: &LocalStack, r: &Resources, invoker: I) -> Pipeline<I> {
-        let sdk = stack.sdk_config().await;
         let setting = |f: Function| {
             Settings::from_template(esm::TEMPLATE, f.name())
                 .expect("deploy/template.yaml configures both stream event sources")
         };
+        Pipeline::with_settings(
+            stack,
+            r,
+            invoker,
+            setting(Function::Ingest),
+            setting(Function::Matcher),
+        )
+        .await
+    }
+
+    /// Mappings with other settings (a test that needs a mapping to give up, say).
+    pub async fn with_settings(
+        stack: &LocalStack,
+        r: &Resources,
+        invoker: I,
+        ingest: Settings,
+        matcher: Settings,
+    ) -> Pipeline<I> {
+        let sdk = stack.sdk_config().await;
         let ingest = KinesisMapping::new(
             stack.kinesis_client(&sdk),
             &r.stream,
             &r.stream_arn,
             Function::Ingest,
-            setting(Function::Ingest),
+            ingest,
         );
         let matcher = DynamoDbMapping::new(
             stack.streams_client(&sdk),
             &r.table_stream_arn,
             Function::Matcher,
-            setting(Function::Matcher),
+            matcher,
         );
         Pipeline {
             invoker,
@@ -135,10 +233,13 @@ impl<I: Invoker> Pipeline<I> {
         }
     }
 
-    /// One poll of every shard of both sources; the records read.
+    /// One poll of every shard of both sources, side by side (ingest and matcher
+    /// invocations overlap, as in Lambda); the records read.
     pub async fn poll(&mut self) -> anyhow::Result<usize> {
-        let a = self.ingest.poll(&self.invoker, &self.on_failure).await?;
-        let b = self.matcher.poll(&self.invoker, &self.on_failure).await?;
+        let (a, b) = tokio::try_join!(
+            self.ingest.poll(&self.invoker, &self.on_failure),
+            self.matcher.poll(&self.invoker, &self.on_failure)
+        )?;
         Ok(a + b)
     }
 

@@ -10,8 +10,9 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 use tripflow_lambda::Function;
 use tripflow_local::esm::Invoker;
+use tripflow_local::faults::FaultSpec;
 use tripflow_local::runtime_api::BootstrapInvoker;
-use tripflow_local::{InProcess, LocalStack, Pipeline, resources, stack};
+use tripflow_local::{InProcess, Kills, LocalStack, Pipeline, resources, stack};
 use tripflow_runtime::{ComponentSource, Limits, Runtime};
 
 #[derive(Parser)]
@@ -83,8 +84,29 @@ enum Command {
         /// in this process.
         #[arg(long, value_name = "PATH")]
         bootstrap: Option<PathBuf>,
+        /// Inject faults into the functions' AWS requests, e.g.
+        /// `throttle=5%,5xx=1%,reset=0.5%,slow=2%,latency=100ms,seed=7` (rates of requests;
+        /// 500s and resets strike before or after the request takes effect).
+        #[arg(long, value_name = "SPEC", value_parser = parse_faults)]
+        faults: Option<FaultSpec>,
+        /// Kill about one stream invocation in N at a random point (in-process functions);
+        /// the mapping redelivers the same records.
+        #[arg(long, value_name = "N", conflicts_with = "bootstrap")]
+        kill_every: Option<u32>,
         /// NDJSON events.
         file: PathBuf,
+    },
+    /// Bring back the Kinesis batches the ingest mapping gave up on: read each range described
+    /// on the on-failure queue back from the stream and put its records on again (the
+    /// pipeline decides them as any record: stored, duplicate or rejected). Ranges past the
+    /// stream's retention are listed as gone. Uses the standard AWS environment.
+    Redrive {
+        /// URL of the on-failure destination queue (the template's StreamFailureQueue).
+        #[arg(long, value_name = "URL")]
+        queue_url: String,
+        /// The event stream.
+        #[arg(long, default_value = "tripflow-events")]
+        stream: String,
     },
     /// Measure the ingest bootstrap's cold start: process start → first batch answered.
     ColdStart {
@@ -184,6 +206,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("sent {} records to {stream}", records.len());
             Ok(())
         }
+        Command::Redrive { queue_url, stream } => {
+            let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .load()
+                .await;
+            let report = tripflow_local::redrive::redrive(
+                &aws_sdk_sqs::Client::new(&sdk),
+                &queue_url,
+                &aws_sdk_kinesis::Client::new(&sdk),
+                &stream,
+            )
+            .await?;
+            println!(
+                "{} on-failure messages: {} batches redriven, {} records put back on {stream}; {} messages left on the queue (not batches of this stream)",
+                report.messages, report.batches, report.records, report.left
+            );
+            for (shard, first, last, n) in &report.gone {
+                println!(
+                    "GONE: {n} records of {shard} {first}..{last} are past the stream's retention and cannot be redriven"
+                );
+            }
+            if report.gone.is_empty() {
+                Ok(())
+            } else {
+                anyhow::bail!("some records are past the stream's retention (listed above)")
+            }
+        }
         Command::Run {
             timezone,
             from,
@@ -191,6 +239,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             shuffle_seed,
             duplicate_every,
             bootstrap,
+            faults,
+            kill_every,
             file,
         } => {
             let text = std::fs::read(&file)
@@ -200,7 +250,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 shuffle_seed,
                 duplicate_every,
             );
-            let stack = LocalStack::start(&tools).await?;
+            let mut stack = LocalStack::start(&tools).await?;
+            let injected = match &faults {
+                Some(spec) => Some(stack.inject_faults(spec).await?),
+                None => None,
+            };
             let sdk = stack.sdk_config().await;
             let r = resources::create(&sdk, &stack, 2).await?;
             let env = tripflow_local::function_env(&r, &timezone, "24h");
@@ -208,7 +262,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let csv = match bootstrap {
                 Some(b) => {
                     let mut env = env;
-                    env.extend(stack.env());
+                    env.extend(stack.function_env());
                     let inv = BootstrapInvoker::start(&b, &Function::ALL, &env).await?;
                     run_pipeline(&stack, &r, inv, from.as_deref(), to.as_deref()).await?
                 }
@@ -218,10 +272,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         Limits::default(),
                         None,
                     )?);
-                    let inv = InProcess::new(&stack, core, &env).await?;
+                    let mut inv = InProcess::new(&stack, core, &env).await?;
+                    if let Some(every) = kill_every {
+                        inv = inv.with_kills(Kills::new(every, 1));
+                    }
                     run_pipeline(&stack, &r, inv, from.as_deref(), to.as_deref()).await?
                 }
             };
+            if let Some(counts) = injected {
+                eprintln!("faults injected: {counts}");
+            }
             let rejected = tripflow_local::drain_queue(&stack.sqs_client(&sdk), &r.dlq_url).await?;
             print!("{csv}");
             eprintln!(
@@ -313,4 +373,8 @@ fn kpi_payload(from: Option<&str>, to: Option<&str>) -> serde_json::Value {
         (Some(from), Some(to)) => json!({"from": from, "to": to}),
         _ => json!({}),
     }
+}
+
+fn parse_faults(s: &str) -> Result<FaultSpec, String> {
+    s.parse()
 }

@@ -28,7 +28,21 @@ pub struct LocalStack {
     pub kinesis: String,
     /// moto's endpoint (S3 and SQS).
     pub moto: String,
+    /// The endpoints the functions use: the engines', or fault proxies in front of them
+    /// ([`LocalStack::inject_faults`]).
+    pub functions: Endpoints,
     logs: PathBuf,
+}
+
+/// Where the functions' clients connect.
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    /// DynamoDB.
+    pub dynamodb: String,
+    /// Kinesis.
+    pub kinesis: String,
+    /// S3 and SQS.
+    pub moto: String,
 }
 
 /// Where the engines are installed: `TRIPFLOW_LOCAL_AWS`, else `tools/local-aws` in the
@@ -83,6 +97,11 @@ impl LocalStack {
             dynamodb: String::new(),
             kinesis: String::new(),
             moto: String::new(),
+            functions: Endpoints {
+                dynamodb: String::new(),
+                kinesis: String::new(),
+                moto: String::new(),
+            },
             logs: logs.clone(),
         };
         let (ddb_port, kin_port, kin_tls, moto_port) =
@@ -132,6 +151,12 @@ impl LocalStack {
         stack.children.push(("moto", child));
         stack.moto = format!("http://127.0.0.1:{moto_port}");
 
+        stack.functions = Endpoints {
+            dynamodb: stack.dynamodb.clone(),
+            kinesis: stack.kinesis.clone(),
+            moto: stack.moto.clone(),
+        };
+
         let sdk = stack.sdk_config().await;
         let deadline = Instant::now() + Duration::from_secs(90);
         let ddb = stack.dynamodb_client(&sdk);
@@ -178,6 +203,85 @@ impl LocalStack {
             .timeout_config(tripflow_lambda::timeouts())
             .load()
             .await
+    }
+
+    /// Puts a fault proxy in front of each engine for the functions (their clients and the
+    /// environment of bootstrap processes); the harness keeps talking to the engines directly.
+    pub async fn inject_faults(
+        &mut self,
+        spec: &crate::faults::FaultSpec,
+    ) -> anyhow::Result<std::sync::Arc<crate::faults::FaultCounts>> {
+        use crate::faults::{FaultCounts, FaultProxy, Service};
+        let counts = std::sync::Arc::new(FaultCounts::default());
+        let proxy = |upstream: String, service: Service, salt: u64| {
+            let mut spec = spec.clone();
+            spec.seed = spec.seed.wrapping_mul(31).wrapping_add(salt);
+            let counts = counts.clone();
+            async move { FaultProxy::start(&upstream, service, spec, counts).await }
+        };
+        self.functions = Endpoints {
+            dynamodb: proxy(self.dynamodb.clone(), Service::DynamoDb, 1)
+                .await?
+                .endpoint,
+            kinesis: proxy(self.kinesis.clone(), Service::Kinesis, 2)
+                .await?
+                .endpoint,
+            moto: proxy(self.moto.clone(), Service::Moto, 3).await?.endpoint,
+        };
+        Ok(counts)
+    }
+
+    /// Takes the fault proxies out of the functions' way (clients made afterwards connect to
+    /// the engines directly).
+    pub fn clear_faults(&mut self) {
+        self.functions = Endpoints {
+            dynamodb: self.dynamodb.clone(),
+            kinesis: self.kinesis.clone(),
+            moto: self.moto.clone(),
+        };
+    }
+
+    /// The functions' DynamoDB client (through the fault proxy when faults are on).
+    pub fn function_dynamodb_client(&self, sdk: &SdkConfig) -> aws_sdk_dynamodb::Client {
+        aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(sdk)
+                .endpoint_url(&self.functions.dynamodb)
+                .build(),
+        )
+    }
+
+    /// The functions' S3 client.
+    pub fn function_s3_client(&self, sdk: &SdkConfig) -> aws_sdk_s3::Client {
+        aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(sdk)
+                .endpoint_url(&self.functions.moto)
+                .force_path_style(true)
+                .build(),
+        )
+    }
+
+    /// The functions' SQS client.
+    pub fn function_sqs_client(&self, sdk: &SdkConfig) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::from_conf(
+            aws_sdk_sqs::config::Builder::from(sdk)
+                .endpoint_url(&self.functions.moto)
+                .build(),
+        )
+    }
+
+    /// The environment of a bootstrap process: the SDK's standard settings pointed at the
+    /// functions' endpoints.
+    pub fn function_env(&self) -> Vec<(String, String)> {
+        let mut env = self.env();
+        for (k, v) in &mut env {
+            match k.as_str() {
+                "AWS_ENDPOINT_URL_DYNAMODB" => *v = self.functions.dynamodb.clone(),
+                "AWS_ENDPOINT_URL_KINESIS" => *v = self.functions.kinesis.clone(),
+                "AWS_ENDPOINT_URL_S3" | "AWS_ENDPOINT_URL_SQS" => *v = self.functions.moto.clone(),
+                _ => {}
+            }
+        }
+        env
     }
 
     /// A DynamoDB client for DynamoDB Local.

@@ -12,9 +12,10 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use tripflow_lambda::Function;
 use tripflow_lambda::ingest::DlqMessage;
-use tripflow_local::esm::Invoker;
+use tripflow_local::esm::{self, Invoker, Settings};
+use tripflow_local::faults::FaultSpec;
 use tripflow_local::runtime_api::BootstrapInvoker;
-use tripflow_local::{InProcess, LocalStack, Pipeline, resources, stack};
+use tripflow_local::{InProcess, Kills, LocalStack, Pipeline, resources, stack};
 use tripflow_runtime::{ComponentSource, Limits, Runtime};
 use tripflow_store::{Input, InputSource, KpiOptions, ReplayOptions, StateDir};
 
@@ -32,6 +33,8 @@ struct CliRun {
     stored: u64,
     duplicates: u64,
     skewed: u64,
+    /// Trips with both halves (completed, invalid or without fare).
+    closed: u64,
     rejected: Vec<(String, Vec<u8>)>,
 }
 
@@ -64,6 +67,7 @@ fn cli_replay(core: &Runtime, files: &[&Path]) -> CliRun {
         },
     )
     .unwrap();
+    let totals = state.totals().unwrap();
     let orphans = tripflow_store::sweep(core, &mut state, 24 * 3_600_000_000_000)
         .unwrap()
         .orphans
@@ -90,6 +94,7 @@ fn cli_replay(core: &Runtime, files: &[&Path]) -> CliRun {
         stored: summary.stored,
         duplicates: summary.duplicates,
         skewed: summary.skewed,
+        closed: totals.completed + totals.invalid + totals.no_fare,
         rejected,
     }
 }
@@ -147,14 +152,24 @@ fn open_and_closed_start(lines: &[Vec<u8>]) -> (Value, Value) {
     (open, closed)
 }
 
+/// The DLQ's messages, one per rejected record. SQS delivers at least once, and a send whose
+/// answer was lost (or an invocation killed after sending) is sent again, so a consumer keeps
+/// one message per record identity (shard, sequence number); copies must be identical.
 async fn dlq(stack: &LocalStack, r: &tripflow_local::Resources) -> Vec<DlqMessage> {
     let sdk = stack.sdk_config().await;
-    tripflow_local::drain_queue(&stack.sqs_client(&sdk), &r.dlq_url)
+    let mut by_record: BTreeMap<(String, String), DlqMessage> = BTreeMap::new();
+    for body in tripflow_local::drain_queue(&stack.sqs_client(&sdk), &r.dlq_url)
         .await
         .unwrap()
-        .iter()
-        .map(|b| serde_json::from_str(b).unwrap())
-        .collect()
+    {
+        let m: DlqMessage = serde_json::from_str(&body).unwrap();
+        let key = (m.shard_id.clone(), m.sequence_number.clone());
+        if let Some(earlier) = by_record.get(&key) {
+            assert_eq!(earlier, &m, "two different messages for one record");
+        }
+        by_record.insert(key, m);
+    }
+    by_record.into_values().collect()
 }
 
 async fn event_items(stack: &LocalStack, table: &str) -> u64 {
@@ -195,7 +210,13 @@ async fn event_items(stack: &LocalStack, table: &str) -> u64 {
 ///   end arrives in round two, republishes its day;
 /// - a later batch holding a conflicting copy of a stored start and then an exact copy of it
 ///   gives one conflicting duplicate and one duplicate, as the replay does;
-/// - a redelivered stretch changes nothing.
+/// - a redelivered stretch changes nothing;
+///
+/// and all of it with faults on: the functions' requests go through fault proxies (throttling,
+/// 500s and resets, some after the request took effect, and latency), about one stream
+/// invocation in 25 of each stream function is killed at a random point and redelivered with the same sequence
+/// numbers, shards are polled side by side and the table stream with a parallelization
+/// factor of 4, so matcher invocations overlap. Every trip is completed exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nyc_sample_through_the_pipeline_equals_the_cli_replay() {
     let text = std::fs::read(repo().join("fixtures/cases/nyc-tlc-2019-03/input-1.ndjson")).unwrap();
@@ -268,16 +289,19 @@ async fn nyc_sample_through_the_pipeline_equals_the_cli_replay() {
     assert_eq!(cli12.orphans, unskewed.orphans);
     assert!(cli12.orphans > 0);
 
-    let stack = LocalStack::start(&stack::tools_dir()).await.unwrap();
+    let mut stack = LocalStack::start(&stack::tools_dir()).await.unwrap();
+    let spec: FaultSpec = "throttle=6%,5xx=1.5%,reset=1%,slow=2%,latency=40ms,seed=2019"
+        .parse()
+        .unwrap();
+    let faults = stack.inject_faults(&spec).await.unwrap();
     let sdk = stack.sdk_config().await;
     let r = resources::create(&sdk, &stack, 2).await.unwrap();
     let env = tripflow_local::function_env(&r, ZONE, "24h");
-    let mut pipeline = Pipeline::new(
-        &stack,
-        &r,
-        InProcess::new(&stack, core.clone(), &env).await.unwrap(),
-    )
-    .await;
+    let functions = InProcess::new(&stack, core.clone(), &env)
+        .await
+        .unwrap()
+        .with_kills(Kills::new(25, 2019));
+    let mut pipeline = Pipeline::new(&stack, &r, functions).await;
     tripflow_local::send(&stack.kinesis_client(&sdk), &r.stream, &records)
         .await
         .unwrap();
@@ -377,10 +401,64 @@ async fn nyc_sample_through_the_pipeline_equals_the_cli_replay() {
     assert_eq!(event_items(&stack, &r.table).await, cli12.stored);
     assert_eq!(cli12.stored, cli1.stored + 1, "only the late end is new");
 
+    // Every trip completed exactly once: one completion stored per closed trip, whatever was
+    // retried, redelivered or killed on the way.
+    assert_eq!(completed_items(&stack, &r.table).await, cli12.closed);
+
     // The sweeper orphans what `tripflow sweep --older-than 24h` orphans, 2200 or not.
     let sweep = pipeline.invoke(Function::Sweeper, json!({})).await.unwrap();
     assert_eq!(sweep["orphaned"], cli12.orphans, "{sweep}");
     assert_eq!(sweep["reconciled"], 0, "{sweep}");
+    let failures = tripflow_local::drain_queue(&stack.sqs_client(&sdk), &r.on_failure_url)
+        .await
+        .unwrap();
+    assert!(failures.is_empty(), "{failures:?}");
+
+    // The faults were real, of every kind.
+    let kills = pipeline.invoker.kills().unwrap();
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    println!("faults injected: {faults}");
+    println!(
+        "invocations: {} stream invocations, {} killed; ingest mapping {:?}; matcher mapping {:?}",
+        n(&kills.invocations),
+        n(&kills.killed),
+        pipeline.ingest.stats,
+        pipeline.matcher.stats
+    );
+    assert!(
+        n(&faults.throttled) * 100 >= n(&faults.requests) * 4,
+        "{faults}"
+    );
+    assert!(
+        n(&faults.errors_after) > 0 && n(&faults.resets_after) > 0,
+        "{faults}"
+    );
+    assert!(n(&kills.killed) > 0);
+    assert!(pipeline.ingest.stats.retries > 0 && pipeline.matcher.stats.retries > 0);
+    assert!(pipeline.ingest.stats.retries + pipeline.matcher.stats.retries >= n(&kills.killed));
+}
+
+/// Start items that carry a completion.
+async fn completed_items(stack: &LocalStack, table: &str) -> u64 {
+    let sdk = stack.sdk_config().await;
+    let ddb = stack.dynamodb_client(&sdk);
+    let mut n = 0;
+    let mut start = None;
+    loop {
+        let out = ddb
+            .scan()
+            .table_name(table)
+            .filter_expression("attribute_exists(end_ts)")
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .unwrap();
+        n += out.count() as u64;
+        start = out.last_evaluated_key().cloned();
+        if start.is_none() {
+            return n;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -406,7 +484,7 @@ async fn bootstrap_binary_runs_through_the_runtime_api() {
     let sdk = stack.sdk_config().await;
     let r = resources::create(&sdk, &stack, 1).await.unwrap();
     let mut env = tripflow_local::function_env(&r, "UTC", "1h");
-    env.extend(stack.env());
+    env.extend(stack.function_env());
 
     // A bad setting fails the cold start, reported to the Runtime API, naming the variable.
     let mut bad = env.clone();
@@ -483,4 +561,84 @@ async fn bootstrap_binary_runs_through_the_runtime_api() {
     let sweep = pipeline.invoke(Function::Sweeper, json!({})).await.unwrap();
     assert_eq!(sweep["orphaned"], 1, "{sweep}");
     pipeline.invoker.stop().await;
+}
+
+/// A batch the ingest mapping really gave up on (every request of the functions throttled, one
+/// retry allowed) reaches the on-failure queue as a description only; `redrive` reads its range
+/// back from the stream and puts it on again, and the pipeline then ends as if nothing had
+/// failed: the same KPIs, the bad record on the DLQ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_given_up_on_is_redriven_from_the_stream() {
+    let mut stack = LocalStack::start(&stack::tools_dir()).await.unwrap();
+    let sdk = stack.sdk_config().await;
+    let r = resources::create(&sdk, &stack, 1).await.unwrap();
+    let env = tripflow_local::function_env(&r, "UTC", "24h");
+    let core =
+        Arc::new(Runtime::load(&ComponentSource::Embedded, Limits::default(), None).unwrap());
+    stack
+        .inject_faults(&"throttle=100%".parse().unwrap())
+        .await
+        .unwrap();
+    let broken = InProcess::new(&stack, core.clone(), &env).await.unwrap();
+    let mut ingest = Settings::from_template(esm::TEMPLATE, "ingest").unwrap();
+    ingest.max_retry_attempts = 1;
+    let matcher = Settings::from_template(esm::TEMPLATE, "matcher").unwrap();
+    let mut pipeline = Pipeline::with_settings(&stack, &r, broken, ingest, matcher).await;
+    let records: Vec<Vec<u8>> = [
+        json!({"trip_id": "r-1", "event_type": "trip_start", "timestamp": "2019-03-01T10:00:00Z"}),
+        json!({"trip_id": "r-1", "event_type": "trip_end", "timestamp": "2019-03-01T10:20:00Z", "fare": "12.50"}),
+        json!({"trip_id": "r-2", "event_type": "trip_end", "timestamp": "2019-03-01T10:30:00Z", "fare": 7.25}),
+        json!({"trip_id": "r-2", "event_type": "trip_start", "timestamp": "2019-03-01T10:05:00Z"}),
+        json!({"trip_id": "r-3", "event_type": "trip_end", "timestamp": "2019-03-01T12:00:00Z", "fare": "-3"}),
+    ]
+    .iter()
+    .map(|e| e.to_string().into_bytes())
+    .collect();
+    tripflow_local::send(&stack.kinesis_client(&sdk), &r.stream, &records)
+        .await
+        .unwrap();
+    pipeline.drain().await.unwrap();
+    assert_eq!(pipeline.ingest.stats.discarded, records.len() as u64);
+    assert_eq!(event_items(&stack, &r.table).await, 0);
+
+    // The outage ends; the mapping has moved on past the batch it gave up.
+    stack.clear_faults();
+    pipeline.invoker = InProcess::new(&stack, core.clone(), &env).await.unwrap();
+    pipeline.drain().await.unwrap();
+    assert_eq!(
+        event_items(&stack, &r.table).await,
+        0,
+        "nothing comes back by itself"
+    );
+
+    let report = tripflow_local::redrive::redrive(
+        &stack.sqs_client(&sdk),
+        &r.on_failure_url,
+        &stack.kinesis_client(&sdk),
+        &r.stream,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.records, records.len(), "{report:?}");
+    assert!(report.gone.is_empty() && report.left == 0, "{report:?}");
+    pipeline.drain().await.unwrap();
+    pipeline.invoke(Function::Kpi, json!({})).await.unwrap();
+    let csv = tripflow_local::get_object(
+        &stack.s3_client(&sdk),
+        &r.bucket,
+        "kpi_results/daily_trip_kpis.csv",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        String::from_utf8(csv).unwrap(),
+        "date,trip_count,total_fare,average_fare,min_fare,max_fare\n2019-03-01,2,19.75,9.88,7.25,12.50\n"
+    );
+    let (rejected, _) = dlq_records(&stack, &r).await;
+    assert_eq!(rejected, [("bad_fare".to_owned(), records[4].clone())]);
+    assert_eq!(event_items(&stack, &r.table).await, 4);
+    let left = tripflow_local::drain_queue(&stack.sqs_client(&sdk), &r.on_failure_url)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
 }
