@@ -56,6 +56,7 @@ pub struct Kills {
     pub every: u32,
     rng: std::sync::Mutex<fastrand::Rng>,
     per_function: std::sync::Mutex<HashMap<&'static str, u64>>,
+    within: Duration,
     /// Invocations so far.
     pub invocations: std::sync::atomic::AtomicU64,
     /// Invocations killed before they answered.
@@ -70,15 +71,22 @@ impl Kills {
             every: every.max(1),
             rng: std::sync::Mutex::new(fastrand::Rng::with_seed(seed)),
             per_function: Default::default(),
+            within: Duration::from_millis(100),
             invocations: Default::default(),
             killed: Default::default(),
         }
     }
 
+    /// Kills at most `within` into an invocation (default 100 ms).
+    pub fn within(mut self, within: Duration) -> Kills {
+        self.within = within;
+        self
+    }
+
     /// When to kill this invocation of `function`, if it is to be killed: up to 100 ms in,
     /// which is inside most invocations here (one DynamoDB round trip is a few ms); one that
     /// answers sooner survives.
-    fn next(&self, function: Function) -> Option<Duration> {
+    pub(crate) fn next(&self, function: Function) -> Option<Duration> {
         use std::sync::atomic::Ordering;
         self.invocations.fetch_add(1, Ordering::Relaxed);
         let n = {
@@ -90,7 +98,7 @@ impl Kills {
         let every = u64::from(self.every);
         (n % every == every / 2).then(|| {
             let mut rng = self.rng.lock().expect("the kill rng");
-            Duration::from_micros(rng.u64(0..100_000))
+            Duration::from_micros(rng.u64(0..=self.within.as_micros() as u64))
         })
     }
 }

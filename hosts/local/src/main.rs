@@ -89,9 +89,9 @@ enum Command {
         /// 500s and resets strike before or after the request takes effect).
         #[arg(long, value_name = "SPEC", value_parser = parse_faults)]
         faults: Option<FaultSpec>,
-        /// Kill about one stream invocation in N at a random point (in-process functions);
-        /// the mapping redelivers the same records.
-        #[arg(long, value_name = "N", conflicts_with = "bootstrap")]
+        /// Kill one stream invocation in N at a random point (with --bootstrap: SIGKILL the
+        /// process, which cold-starts again); the mapping redelivers the same records.
+        #[arg(long, value_name = "N")]
         kill_every: Option<u32>,
         /// NDJSON events.
         file: PathBuf,
@@ -263,7 +263,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(b) => {
                     let mut env = env;
                     env.extend(stack.function_env());
-                    let inv = BootstrapInvoker::start(&b, &Function::ALL, &env).await?;
+                    let mut inv = BootstrapInvoker::start(&b, &Function::ALL, &env).await?;
+                    if let Some(every) = kill_every {
+                        inv = inv.with_kills(Kills::new(every, 1));
+                    }
                     run_pipeline(&stack, &r, inv, from.as_deref(), to.as_deref()).await?
                 }
                 None => {

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,6 +98,20 @@ impl RuntimeApi {
             Ok(Err(_)) => Err("the runtime API dropped the invocation".into()),
             Err(_) => Err(format!("no answer within {:?} (timed out)", self.timeout)),
         }
+    }
+
+    /// Forgets the invocations a killed process had taken and the ones nobody waits for any
+    /// more (the killed invocation, if the process had not taken it yet): neither runs again,
+    /// as in Lambda. Invocations still waited for stay queued for the next process.
+    pub async fn drop_in_flight(&self) {
+        let mut s = self.state.lock().await;
+        let s = &mut *s;
+        let queued: std::collections::HashSet<String> =
+            s.queue.iter().map(|(id, _)| id.clone()).collect();
+        s.pending
+            .retain(|id, tx| queued.contains(id) && !tx.is_closed());
+        let pending = &s.pending;
+        s.queue.retain(|(id, _)| pending.contains_key(id));
     }
 
     /// The cold-start error the bootstrap reported, if any.
@@ -191,7 +205,33 @@ fn logs() -> Stdio {
 /// Bootstrap processes, one per function, each on its own [`RuntimeApi`].
 pub struct BootstrapInvoker {
     apis: HashMap<&'static str, RuntimeApi>,
-    children: Vec<tokio::process::Child>,
+    children: HashMap<&'static str, tokio::sync::Mutex<tokio::process::Child>>,
+    bootstrap: PathBuf,
+    env: Vec<(String, String)>,
+    kills: Option<crate::Kills>,
+}
+
+fn spawn(
+    bootstrap: &Path,
+    f: Function,
+    env: &[(String, String)],
+    api: &RuntimeApi,
+) -> anyhow::Result<tokio::process::Child> {
+    tokio::process::Command::new(bootstrap)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("_HANDLER", f.name())
+        .env("AWS_LAMBDA_RUNTIME_API", &api.address)
+        .env("AWS_LAMBDA_FUNCTION_NAME", format!("tripflow-{}", f.name()))
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("AWS_LAMBDA_LOG_STREAM_NAME", "local")
+        .env("AWS_LAMBDA_LOG_GROUP_NAME", "local")
+        // The functions' logs and EMF lines: shown with TRIPFLOW_FUNCTION_LOGS=1.
+        .stdout(logs())
+        .stderr(logs())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", bootstrap.display()))
 }
 
 impl BootstrapInvoker {
@@ -203,28 +243,47 @@ impl BootstrapInvoker {
         env: &[(String, String)],
     ) -> anyhow::Result<BootstrapInvoker> {
         let mut apis = HashMap::new();
-        let mut children = Vec::new();
+        let mut children = HashMap::new();
         for f in functions {
             let api = RuntimeApi::start(Duration::from_secs(60)).await?;
-            let child = tokio::process::Command::new(bootstrap)
-                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                .env("_HANDLER", f.name())
-                .env("AWS_LAMBDA_RUNTIME_API", &api.address)
-                .env("AWS_LAMBDA_FUNCTION_NAME", format!("tripflow-{}", f.name()))
-                .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
-                .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-                .env("AWS_LAMBDA_LOG_STREAM_NAME", "local")
-                .env("AWS_LAMBDA_LOG_GROUP_NAME", "local")
-                // The functions' logs and EMF lines: shown with TRIPFLOW_FUNCTION_LOGS=1.
-                .stdout(logs())
-                .stderr(logs())
-                .kill_on_drop(true)
-                .spawn()
-                .with_context(|| format!("starting {}", bootstrap.display()))?;
+            let child = spawn(bootstrap, *f, env, &api)?;
             apis.insert(f.name(), api);
-            children.push(child);
+            children.insert(f.name(), tokio::sync::Mutex::new(child));
         }
-        Ok(BootstrapInvoker { apis, children })
+        Ok(BootstrapInvoker {
+            apis,
+            children,
+            bootstrap: bootstrap.to_path_buf(),
+            env: env.to_vec(),
+            kills: None,
+        })
+    }
+
+    /// SIGKILLs the stream functions' processes during some invocations (see
+    /// [`crate::Kills`]): whatever the process had written stays written, the invocation gets
+    /// no answer, a new process cold-starts for the next one, and the mapping redelivers the
+    /// same records.
+    pub fn with_kills(mut self, kills: crate::Kills) -> BootstrapInvoker {
+        self.kills = Some(kills);
+        self
+    }
+
+    /// The kills so far, if kills are on.
+    pub fn kills(&self) -> Option<&crate::Kills> {
+        self.kills.as_ref()
+    }
+
+    async fn kill_and_restart(&self, f: Function) -> anyhow::Result<()> {
+        let (Some(child), Some(api)) = (self.children.get(f.name()), self.apis.get(f.name()))
+        else {
+            return Ok(());
+        };
+        let mut child = child.lock().await;
+        child.start_kill()?; // SIGKILL
+        let _ = child.wait().await;
+        api.drop_in_flight().await;
+        *child = spawn(&self.bootstrap, f, &self.env, api)?;
+        Ok(())
     }
 
     /// The endpoint serving `function`.
@@ -233,18 +292,46 @@ impl BootstrapInvoker {
     }
 
     /// Stops the processes.
-    pub async fn stop(mut self) {
-        for c in &mut self.children {
-            let _ = c.kill().await;
+    pub async fn stop(self) {
+        for c in self.children.values() {
+            let _ = c.lock().await.kill().await;
         }
     }
 }
 
 impl Invoker for BootstrapInvoker {
     async fn invoke(&self, function: Function, payload: Value) -> Result<Value, String> {
-        match self.apis.get(function.name()) {
-            Some(api) => api.invoke(payload).await,
-            None => Err(format!("no bootstrap runs {}", function.name())),
+        let Some(api) = self.apis.get(function.name()) else {
+            return Err(format!("no bootstrap runs {}", function.name()));
+        };
+        let stream_function = matches!(function, Function::Ingest | Function::Matcher);
+        let kill_at = self
+            .kills
+            .as_ref()
+            .filter(|_| stream_function)
+            .and_then(|k| k.next(function));
+        let Some(after) = kill_at else {
+            return api.invoke(payload).await;
+        };
+        // The waiting future is dropped when the time is up, so its request is abandoned.
+        match tokio::time::timeout(after, api.invoke(payload)).await {
+            Ok(r) => r,
+            Err(_) => {
+                if let Err(e) = self.kill_and_restart(function).await {
+                    return Err(format!(
+                        "killing the {} process failed: {e}",
+                        function.name()
+                    ));
+                }
+                let kills = self.kills.as_ref().expect("kills are on");
+                kills
+                    .killed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(format!(
+                    "SIGKILL {} ms into the invocation",
+                    after.as_millis()
+                ))
+            }
         }
     }
 }

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
@@ -508,10 +509,12 @@ async fn bootstrap_binary_runs_through_the_runtime_api() {
     );
     inv.stop().await;
 
-    // The whole pipeline as real processes: ingest, matcher, kpi, sweeper.
+    // The whole pipeline as real processes: ingest, matcher, kpi, sweeper; every other stream
+    // invocation's process is SIGKILLed a few ms in and a new one cold-starts.
     let inv = BootstrapInvoker::start(&bootstrap, &Function::ALL, &env)
         .await
-        .unwrap();
+        .unwrap()
+        .with_kills(Kills::new(2, 5).within(Duration::from_millis(3)));
     let mut pipeline = Pipeline::new(&stack, &r, inv).await;
     let events = [
         json!({"trip_id": "b-1", "event_type": "trip_start", "timestamp": "2019-03-01T10:00:00Z"}),
@@ -560,6 +563,14 @@ async fn bootstrap_binary_runs_through_the_runtime_api() {
     // b-3 started at 08:00; the newest stored event is 10:30; ORPHAN_AFTER is 1h.
     let sweep = pipeline.invoke(Function::Sweeper, json!({})).await.unwrap();
     assert_eq!(sweep["orphaned"], 1, "{sweep}");
+    let killed = pipeline
+        .invoker
+        .kills()
+        .unwrap()
+        .killed
+        .load(std::sync::atomic::Ordering::Relaxed);
+    println!("bootstrap processes SIGKILLed mid-invocation: {killed}");
+    assert!(killed >= 1);
     pipeline.invoker.stop().await;
 }
 
