@@ -36,6 +36,11 @@ pub struct FaultSpec {
     pub reset: f64,
     /// Forwarded after a random delay of up to `latency`.
     pub slow: f64,
+    /// Held for `hang` before it is forwarded: longer than the functions' attempt timeout, so
+    /// the client gives up and retries while the first attempt still lands later.
+    pub timeout: f64,
+    /// How long a timed-out request is held.
+    pub hang: Duration,
     /// The longest injected delay.
     pub latency: Duration,
     /// Seed of the choice.
@@ -50,6 +55,8 @@ impl Default for FaultSpec {
             reset: 0.0,
             slow: 0.0,
             latency: Duration::from_millis(50),
+            timeout: 0.0,
+            hang: Duration::from_millis(1500),
             seed: 1,
         }
     }
@@ -58,14 +65,15 @@ impl Default for FaultSpec {
 impl FaultSpec {
     /// Whether any fault is on.
     pub fn any(&self) -> bool {
-        self.throttle + self.server_error + self.reset + self.slow > 0.0
+        self.throttle + self.server_error + self.reset + self.slow + self.timeout > 0.0
     }
 }
 
 impl FromStr for FaultSpec {
     type Err = String;
 
-    /// `throttle=5%,5xx=1%,reset=0.5%,slow=2%,latency=200ms,seed=7` (rates as `5%` or `0.05`).
+    /// `throttle=5%,5xx=1%,reset=0.5%,slow=2%,latency=200ms,timeout=0.1%,hang=1500ms,seed=7`
+    /// (rates as `5%` or `0.05`).
     fn from_str(s: &str) -> Result<FaultSpec, String> {
         let mut spec = FaultSpec::default();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -89,28 +97,34 @@ impl FromStr for FaultSpec {
                 "5xx" => spec.server_error = rate()?,
                 "reset" => spec.reset = rate()?,
                 "slow" => spec.slow = rate()?,
-                "latency" => {
-                    spec.latency = Duration::from_nanos(
-                        tripflow_runtime::core::duration::parse_duration(v)
-                            .ok()
-                            .and_then(|n| u64::try_from(n).ok())
+                "timeout" => spec.timeout = rate()?,
+                "latency" | "hang" => {
+                    let d = Duration::from_nanos(
+                        v.strip_suffix("ms")
+                            .and_then(|m| m.parse::<u64>().ok())
+                            .map(|m| m * 1_000_000)
                             .or_else(|| {
-                                v.strip_suffix("ms")
-                                    .and_then(|m| m.parse::<u64>().ok())
-                                    .map(|m| m * 1_000_000)
+                                tripflow_runtime::core::duration::parse_duration(v)
+                                    .ok()
+                                    .and_then(|n| u64::try_from(n).ok())
                             })
-                            .ok_or_else(|| format!("latency={v}: write e.g. 200ms or 1s"))?,
-                    )
+                            .ok_or_else(|| format!("{k}={v}: write e.g. 200ms or 1s"))?,
+                    );
+                    if k == "latency" {
+                        spec.latency = d;
+                    } else {
+                        spec.hang = d;
+                    }
                 }
                 "seed" => spec.seed = v.parse().map_err(|_| format!("seed={v}: a whole number"))?,
                 other => {
                     return Err(format!(
-                        "unknown fault {other:?}: use throttle, 5xx, reset, slow, latency, seed"
+                        "unknown fault {other:?}: use throttle, 5xx, reset, slow, latency, timeout, hang, seed"
                     ));
                 }
             }
         }
-        if spec.throttle + spec.server_error + spec.reset + spec.slow > 1.0 {
+        if spec.throttle + spec.server_error + spec.reset + spec.slow + spec.timeout > 1.0 {
             return Err("the rates add up to more than 100%".into());
         }
         Ok(spec)
@@ -134,6 +148,8 @@ pub struct FaultCounts {
     pub resets_after: AtomicU64,
     /// Delayed.
     pub delayed: AtomicU64,
+    /// Held past the client's attempt timeout, then forwarded.
+    pub timed_out: AtomicU64,
 }
 
 impl fmt::Display for FaultCounts {
@@ -143,7 +159,7 @@ impl fmt::Display for FaultCounts {
         let pct = |a: &AtomicU64| 100.0 * n(a) as f64 / requests;
         write!(
             f,
-            "{} requests: {} throttled ({:.1}%), {} 500s before and {} after the request took effect ({:.1}%), {} resets before and {} after ({:.1}%), {} delayed",
+            "{} requests: {} throttled ({:.1}%), {} 500s before and {} after the request took effect ({:.1}%), {} resets before and {} after ({:.1}%), {} timed out (held past the attempt timeout, then applied), {} delayed",
             n(&self.requests),
             n(&self.throttled),
             pct(&self.throttled),
@@ -153,6 +169,7 @@ impl fmt::Display for FaultCounts {
             n(&self.resets_before),
             n(&self.resets_after),
             100.0 * (n(&self.resets_before) + n(&self.resets_after)) as f64 / requests,
+            n(&self.timed_out),
             n(&self.delayed),
         )
     }
@@ -183,6 +200,7 @@ enum Fault {
     ResetBefore,
     ResetAfter,
     Slow(Duration),
+    Hang(Duration),
 }
 
 impl FaultProxy {
@@ -299,6 +317,10 @@ impl Ctx {
                 counts.delayed.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(d).await;
             }
+            Fault::Hang(d) => {
+                counts.timed_out.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(d).await;
+            }
             _ => {}
         }
         let mut uri = self.upstream.clone().into_parts();
@@ -347,6 +369,10 @@ fn choose(spec: &FaultSpec, rng: &mut fastrand::Rng) -> Fault {
     edge += spec.slow;
     if x < edge {
         return Fault::Slow(spec.latency.mul_f64(rng.f64()));
+    }
+    edge += spec.timeout;
+    if x < edge {
+        return Fault::Hang(spec.hang);
     }
     Fault::None
 }
@@ -420,9 +446,10 @@ mod tests {
 
     #[test]
     fn specs_read_as_a_user_writes_them() {
-        let s: FaultSpec = "throttle=5%, 5xx=1%,reset=0.005,slow=2%,latency=200ms,seed=7"
-            .parse()
-            .unwrap();
+        let s: FaultSpec =
+            "throttle=5%, 5xx=1%,reset=0.005,slow=2%,latency=200ms,timeout=0.1%,hang=2s,seed=7"
+                .parse()
+                .unwrap();
         assert_eq!(
             s,
             FaultSpec {
@@ -431,6 +458,8 @@ mod tests {
                 reset: 0.005,
                 slow: 0.02,
                 latency: Duration::from_millis(200),
+                timeout: 0.001,
+                hang: Duration::from_secs(2),
                 seed: 7,
             }
         );

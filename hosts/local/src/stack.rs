@@ -14,6 +14,10 @@ use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_dynamodb::config::Credentials;
 
+/// The functions' attempt timeout without faults (production's, see
+/// [`tripflow_lambda::timeouts`]).
+const FUNCTION_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The region everything local runs in.
 pub const REGION: &str = "us-east-1";
 /// The account id the local engines report.
@@ -34,9 +38,12 @@ pub struct LocalStack {
     logs: PathBuf,
 }
 
-/// Where the functions' clients connect.
+/// Where the functions' clients connect, and how long one attempt may take.
 #[derive(Clone, Debug)]
 pub struct Endpoints {
+    /// Attempt timeout of the functions' SDK calls: 1 s with faults on (so a request held
+    /// past it is retried), else the production default.
+    pub attempt_timeout: Duration,
     /// DynamoDB.
     pub dynamodb: String,
     /// Kinesis.
@@ -98,6 +105,7 @@ impl LocalStack {
             kinesis: String::new(),
             moto: String::new(),
             functions: Endpoints {
+                attempt_timeout: FUNCTION_ATTEMPT_TIMEOUT,
                 dynamodb: String::new(),
                 kinesis: String::new(),
                 moto: String::new(),
@@ -152,6 +160,7 @@ impl LocalStack {
         stack.moto = format!("http://127.0.0.1:{moto_port}");
 
         stack.functions = Endpoints {
+            attempt_timeout: FUNCTION_ATTEMPT_TIMEOUT,
             dynamodb: stack.dynamodb.clone(),
             kinesis: stack.kinesis.clone(),
             moto: stack.moto.clone(),
@@ -220,6 +229,7 @@ impl LocalStack {
             async move { FaultProxy::start(&upstream, service, spec, counts).await }
         };
         self.functions = Endpoints {
+            attempt_timeout: Duration::from_secs(1),
             dynamodb: proxy(self.dynamodb.clone(), Service::DynamoDb, 1)
                 .await?
                 .endpoint,
@@ -235,10 +245,18 @@ impl LocalStack {
     /// the engines directly).
     pub fn clear_faults(&mut self) {
         self.functions = Endpoints {
+            attempt_timeout: FUNCTION_ATTEMPT_TIMEOUT,
             dynamodb: self.dynamodb.clone(),
             kinesis: self.kinesis.clone(),
             moto: self.moto.clone(),
         };
+    }
+
+    fn function_timeouts(&self) -> aws_config::timeout::TimeoutConfig {
+        aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .operation_attempt_timeout(self.functions.attempt_timeout)
+            .build()
     }
 
     /// The functions' DynamoDB client (through the fault proxy when faults are on).
@@ -246,6 +264,7 @@ impl LocalStack {
         aws_sdk_dynamodb::Client::from_conf(
             aws_sdk_dynamodb::config::Builder::from(sdk)
                 .endpoint_url(&self.functions.dynamodb)
+                .timeout_config(self.function_timeouts())
                 .build(),
         )
     }
@@ -256,6 +275,7 @@ impl LocalStack {
             aws_sdk_s3::config::Builder::from(sdk)
                 .endpoint_url(&self.functions.moto)
                 .force_path_style(true)
+                .timeout_config(self.function_timeouts())
                 .build(),
         )
     }
@@ -265,6 +285,7 @@ impl LocalStack {
         aws_sdk_sqs::Client::from_conf(
             aws_sdk_sqs::config::Builder::from(sdk)
                 .endpoint_url(&self.functions.moto)
+                .timeout_config(self.function_timeouts())
                 .build(),
         )
     }

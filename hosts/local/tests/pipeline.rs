@@ -214,7 +214,8 @@ async fn event_items(stack: &LocalStack, table: &str) -> u64 {
 /// - a redelivered stretch changes nothing;
 ///
 /// and all of it with faults on: the functions' requests go through fault proxies (throttling,
-/// 500s and resets, some after the request took effect, and latency), about one stream
+/// 500s and resets, some after the request took effect, latency, and requests held past the
+/// client's attempt timeout that still land after the retry), about one stream
 /// invocation in 25 of each stream function is killed at a random point and redelivered with the same sequence
 /// numbers, shards are polled side by side and the table stream with a parallelization
 /// factor of 4, so matcher invocations overlap. Every trip is completed exactly once.
@@ -291,9 +292,10 @@ async fn nyc_sample_through_the_pipeline_equals_the_cli_replay() {
     assert!(cli12.orphans > 0);
 
     let mut stack = LocalStack::start(&stack::tools_dir()).await.unwrap();
-    let spec: FaultSpec = "throttle=6%,5xx=1.5%,reset=1%,slow=2%,latency=40ms,seed=2019"
-        .parse()
-        .unwrap();
+    let spec: FaultSpec =
+        "throttle=6%,5xx=1.5%,reset=1%,slow=2%,latency=40ms,timeout=0.05%,hang=1500ms,seed=2019"
+            .parse()
+            .unwrap();
     let faults = stack.inject_faults(&spec).await.unwrap();
     let sdk = stack.sdk_config().await;
     let r = resources::create(&sdk, &stack, 2).await.unwrap();
