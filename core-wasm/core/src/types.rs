@@ -289,6 +289,16 @@ pub struct TripFare {
     pub fare_cents: Option<i64>,
 }
 
+impl From<&ClosedTrip> for TripFare {
+    fn from(t: &ClosedTrip) -> TripFare {
+        TripFare {
+            status: t.status,
+            start_ns: t.start_ns,
+            fare_cents: t.fare_cents,
+        }
+    }
+}
+
 /// Running totals of one day.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DayTotals {

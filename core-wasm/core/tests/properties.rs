@@ -125,14 +125,7 @@ fn run(stream: &[TripEvent], batch_sizes: &[usize]) -> Vec<ClosedTrip> {
 }
 
 fn csv(closed: &[ClosedTrip], zone: &str) -> String {
-    let fares: Vec<TripFare> = closed
-        .iter()
-        .map(|t| TripFare {
-            status: t.status,
-            start_ns: t.start_ns,
-            fare_cents: t.fare_cents,
-        })
-        .collect();
+    let fares: Vec<TripFare> = closed.iter().map(TripFare::from).collect();
     // Aggregate in two halves to exercise merging running totals.
     let (a, b) = fares.split_at(fares.len() / 2);
     let totals = accumulate(zone, &accumulate(zone, &[], a).unwrap(), b).unwrap();

@@ -46,14 +46,7 @@ pub async fn mark(app: &App, trips: &[ClosedTrip], budget: &Budget) -> Result<us
     if trips.is_empty() {
         return Ok(0);
     }
-    let fares: Vec<TripFare> = trips
-        .iter()
-        .map(|t| TripFare {
-            status: t.status,
-            start_ns: t.start_ns,
-            fare_cents: t.fare_cents,
-        })
-        .collect();
+    let fares: Vec<TripFare> = trips.iter().map(TripFare::from).collect();
     let days = app
         .core_within(budget)
         .session()

@@ -4,7 +4,7 @@
 //!
 //! Needs the engines installed by `scripts/install-local-aws.sh` (the test command runs it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -173,7 +173,18 @@ async fn dlq(stack: &LocalStack, r: &tripflow_local::Resources) -> Vec<DlqMessag
     by_record.into_values().collect()
 }
 
+/// Event items in the table.
 async fn event_items(stack: &LocalStack, table: &str) -> u64 {
+    count_items(stack, table, "begins_with(sk, :e)", Some("EVENT#")).await
+}
+
+/// Start items that carry a completion.
+async fn completed_items(stack: &LocalStack, table: &str) -> u64 {
+    count_items(stack, table, "attribute_exists(end_ts)", None).await
+}
+
+/// Items matching a scan filter (`:e` bound to `value`, when given).
+async fn count_items(stack: &LocalStack, table: &str, filter: &str, value: Option<&str>) -> u64 {
     let sdk = stack.sdk_config().await;
     let ddb = stack.dynamodb_client(&sdk);
     let mut n = 0;
@@ -182,11 +193,13 @@ async fn event_items(stack: &LocalStack, table: &str) -> u64 {
         let out = ddb
             .scan()
             .table_name(table)
-            .filter_expression("begins_with(sk, :e)")
-            .expression_attribute_values(
-                ":e",
-                aws_sdk_dynamodb::types::AttributeValue::S("EVENT#".into()),
-            )
+            .filter_expression(filter)
+            .set_expression_attribute_values(value.map(|v| {
+                HashMap::from([(
+                    ":e".to_owned(),
+                    aws_sdk_dynamodb::types::AttributeValue::S(v.to_owned()),
+                )])
+            }))
             .set_exclusive_start_key(start)
             .send()
             .await
@@ -439,29 +452,6 @@ async fn nyc_sample_through_the_pipeline_equals_the_cli_replay() {
     assert!(n(&kills.killed) > 0);
     assert!(pipeline.ingest.stats.retries > 0 && pipeline.matcher.stats.retries > 0);
     assert!(pipeline.ingest.stats.retries + pipeline.matcher.stats.retries >= n(&kills.killed));
-}
-
-/// Start items that carry a completion.
-async fn completed_items(stack: &LocalStack, table: &str) -> u64 {
-    let sdk = stack.sdk_config().await;
-    let ddb = stack.dynamodb_client(&sdk);
-    let mut n = 0;
-    let mut start = None;
-    loop {
-        let out = ddb
-            .scan()
-            .table_name(table)
-            .filter_expression("attribute_exists(end_ts)")
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .unwrap();
-        n += out.count() as u64;
-        start = out.last_evaluated_key().cloned();
-        if start.is_none() {
-            return n;
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

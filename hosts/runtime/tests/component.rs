@@ -59,15 +59,7 @@ fn embedded_component_agrees_with_the_library() {
     let r = wasm.resolve(&events, &[], behind).unwrap();
     assert_eq!(r, native.resolve(&events, &[], behind).unwrap());
     assert_eq!((r.newest_ns, r.skewed.as_slice()), (None, &[0u32, 1][..]));
-    let fares: Vec<TripFare> = r
-        .closed
-        .iter()
-        .map(|c| TripFare {
-            status: c.trip.status,
-            start_ns: c.trip.start_ns,
-            fare_cents: c.trip.fare_cents,
-        })
-        .collect();
+    let fares: Vec<TripFare> = r.closed.iter().map(|c| TripFare::from(&c.trip)).collect();
     let touched = wasm.utc_days_touched(&fares).unwrap();
     assert_eq!(touched, native.utc_days_touched(&fares).unwrap());
     assert_eq!(touched, ["2019-03-10"]);
