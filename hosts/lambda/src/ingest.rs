@@ -136,9 +136,14 @@ impl Plan {
         records: &[&[u8]],
         clock: Clock,
     ) -> Result<Plan, CoreError> {
-        let mut buffer = Vec::with_capacity(records.iter().map(|r| r.len()).sum());
+        // As the replay does, pass at most one byte past the contract's limit of each record:
+        // enough for the core to call it too large, and a record of any size costs the guest
+        // the same (its original bytes still go to the DLQ whole).
+        let limit = core.session()?.max_record_bytes()? as usize + 1;
+        let mut buffer = Vec::with_capacity(records.iter().map(|r| r.len().min(limit)).sum());
         let mut spans = Vec::with_capacity(records.len());
         for r in records {
+            let r = &r[..r.len().min(limit)];
             spans.push(Span {
                 offset: buffer.len() as u32,
                 len: r.len() as u32,

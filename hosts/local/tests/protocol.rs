@@ -490,3 +490,94 @@ fn kinesis_event(records: &[Vec<u8>], n: usize) -> Value {
         .collect();
     json!({ "Records": recs })
 }
+
+/// A record the core itself fails on (here: a valid 190 KB record does not fit a 2 MiB guest
+/// memory cap, which small records do) costs that record only: the ingest handler on DynamoDB
+/// Local stores the others and dead-letters it as `core_failure` with its bytes, and the
+/// replay quarantines it alike. (Before, the whole batch failed and was retried forever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_traps_the_core_is_dead_lettered_alone() {
+    let limits = Limits {
+        memory_bytes: 2 << 20,
+        ..Limits::default()
+    };
+    let small = Arc::new(Runtime::load(&ComponentSource::Embedded, limits, None).unwrap());
+    let big = format!(
+        r#"{{"trip_id":"huge","event_type":"trip_start","timestamp":"2024-05-01T08:00:00Z","pad":"{}"}}"#,
+        "x".repeat(190_000)
+    )
+    .into_bytes();
+    let h = History {
+        records: vec![
+            half("trap-a", EventKind::Start, 0, Some(500), 0),
+            big.clone(),
+            half("trap-a", EventKind::End, 10, Some(700), 0),
+        ],
+    };
+
+    // The replay, with the same cap.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("h.ndjson");
+    std::fs::write(&file, h.records.join(&b"\n"[..])).unwrap();
+    let mut state = StateDir::in_memory().unwrap();
+    let mut quarantine = Vec::new();
+    let summary = tripflow_store::replay(
+        &*small,
+        &mut state,
+        &[Input {
+            name: "h".into(),
+            source: InputSource::File(file),
+        }],
+        &ReplayOptions::default(),
+        Some(&mut quarantine),
+        &(),
+    )
+    .unwrap();
+    assert_eq!((summary.stored, summary.completed), (2, 1));
+    assert_eq!(summary.rejected["core_failure"], 1);
+
+    // The ingest handler, with the same cap.
+    let stack = LocalStack::start(&stack::tools_dir()).await.unwrap();
+    let sdk = stack.sdk_config().await;
+    let r = resources::create(&sdk, &stack, 1).await.unwrap();
+    let env = tripflow_local::function_env(&r, "UTC", "24h");
+    let apps = InProcess::new(&stack, small.clone(), &env).await.unwrap();
+    let deadline = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 60_000;
+    let answer = apps
+        .app(Function::Ingest)
+        .invoke(kinesis_event(&h.records, 0), deadline)
+        .await
+        .unwrap();
+    assert_eq!(answer["batchItemFailures"], json!([]), "the batch goes on");
+    let bodies = tripflow_local::drain_queue(&stack.sqs_client(&sdk), &r.dlq_url)
+        .await
+        .unwrap();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    let m: tripflow_lambda::ingest::DlqMessage = serde_json::from_str(&bodies[0]).unwrap();
+    assert_eq!(
+        (m.reason.as_str(), m.sequence_number.as_str()),
+        ("core_failure", "1")
+    );
+    assert!(m.detail.contains("memory"), "{}", m.detail);
+    let raw = tripflow_local::dlq_raw(&stack.s3_client(&sdk), &m)
+        .await
+        .unwrap();
+    assert_eq!(raw, big);
+    let stored = stack
+        .dynamodb_client(&sdk)
+        .scan()
+        .table_name(&r.table)
+        .filter_expression("begins_with(pk, :p)")
+        .expression_attribute_values(
+            ":p",
+            aws_sdk_dynamodb::types::AttributeValue::S("TRIP#trap-a".into()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.count(), 2);
+}
