@@ -13,7 +13,7 @@
 
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
 use serde_json::{Value, json};
-use tripflow_runtime::core::{ClosedTrip, EventKind, TripEvent};
+use tripflow_runtime::core::{EventKind, TripEvent};
 use tripflow_runtime::{CoreProvider, TripCore};
 
 use crate::ingest::is_condition_failed;
@@ -74,16 +74,12 @@ pub async fn handle(app: &App, budget: &Budget) -> Result<Value, Error> {
         .sweep(&timestamps, newest, older_than)?;
 
     let mut counters = Counters::default();
-    let mut reconciled = Vec::new();
     for i in orphans {
         let (trip_id, kind, ts) = &candidates[i as usize];
         // One trip that cannot be settled now (throttling past the budget, an unreadable
         // item) must not keep the others open: it stays in the open index for the next run.
         match settle(app, trip_id, *kind, budget).await {
-            Ok(Settled::Completed(trip)) => {
-                counters.add("Reconciled", 1.0);
-                reconciled.extend(trip);
-            }
+            Ok(Settled::Completed) => counters.add("Reconciled", 1.0),
             Ok(Settled::StaleMark) => counters.add("StaleOpenMarks", 1.0),
             Ok(Settled::Orphaned) => {
                 counters.add("Orphaned", 1.0);
@@ -94,11 +90,6 @@ pub async fn handle(app: &App, budget: &Budget) -> Result<Value, Error> {
                 tracing::error!(trip_id = %trip_id, error = %why, "open trip not settled; the next sweep tries again");
             }
         }
-    }
-    // Reconciled trips are late completions: their KPI days are republished by the next run.
-    if let Err(why) = dirty::mark(app, &reconciled, budget).await {
-        app.emit(&counters);
-        return Err(format!("reconciled trips' KPI days not marked dirty: {why}").into());
     }
     app.emit(&counters);
     tracing::info!(
@@ -118,7 +109,7 @@ pub async fn handle(app: &App, budget: &Budget) -> Result<Value, Error> {
 }
 
 enum Settled {
-    Completed(Option<ClosedTrip>),
+    Completed,
     StaleMark,
     Orphaned,
 }
@@ -152,15 +143,26 @@ async fn settle(
             EventKind::End => end = Some(e),
         }
     }
+    // A trip completed here (or found complete with a stale open mark) has its KPI day marked
+    // dirty *before* its end leaves the open index: if the sweeper dies in between, the next
+    // run finds the stale mark again and marks the day again, so no late completion goes
+    // unpublished.
     match (start, end) {
-        (Some((_, true)), Some(end)) if kind == EventKind::End => {
+        (Some((start, true)), Some(end)) if kind == EventKind::End => {
+            let trip = app
+                .core_within(budget)
+                .session()
+                .and_then(|mut c| c.pair(&start, &end))?;
+            dirty::mark(app, std::slice::from_ref(&trip), budget).await?;
             clear_open(app, &end, budget).await;
             Ok(Settled::StaleMark)
         }
         (Some((_, false)), Some(end)) => match complete(app, &end, budget).await? {
             done @ (Completion::Completed(_) | Completion::AlreadyComplete(_)) => {
+                let trip = done.trip().cloned();
+                dirty::mark(app, trip.as_slice(), budget).await?;
                 clear_open(app, &end, budget).await;
-                Ok(Settled::Completed(done.trip().cloned()))
+                Ok(Settled::Completed)
             }
             Completion::NoStart => Err(format!("{trip_id}: start vanished while settling").into()),
         },

@@ -644,4 +644,57 @@ async fn a_batch_given_up_on_is_redriven_from_the_stream() {
         .await
         .unwrap();
     assert!(left.is_empty(), "{left:?}");
+
+    // The sweeper's reconciliation is a late completion too: two halves stored in the open
+    // index that no matcher paired (its eventually consistent read missed the end) are
+    // completed by the sweep, and the next scheduled KPI run publishes their day.
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use tripflow_runtime::core::{EventKind, TripEvent};
+    let ddb = stack.dynamodb_client(&sdk);
+    let half = |kind, secs: i64, fare| TripEvent {
+        trip_id: "missed".into(),
+        kind,
+        timestamp_ns: secs * 1_000_000_000,
+        fare_cents: fare,
+        extras: String::new(),
+    };
+    let start = half(EventKind::Start, 1_551_780_000, None); // 2019-03-05T10:00:00Z
+    let end = half(EventKind::End, 1_551_781_200, Some(2_000));
+    for (e, day) in [(&start, Some("2019-03-05")), (&end, None)] {
+        let mut item = tripflow_lambda::table::event_item(e, day, "test/1", None);
+        item.insert(
+            tripflow_lambda::table::OPEN_PK.into(),
+            AttributeValue::S(tripflow_lambda::table::open_pk("missed")),
+        );
+        ddb.put_item()
+            .table_name(&r.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .unwrap();
+    }
+    ddb.update_item()
+        .table_name(&r.table)
+        .set_key(Some(tripflow_lambda::table::watermark_key()))
+        .update_expression("SET newest_ns = :n")
+        .expression_attribute_values(":n", AttributeValue::N("1560000000000000000".into()))
+        .send()
+        .await
+        .unwrap();
+    let sweep = pipeline.invoke(Function::Sweeper, json!({})).await.unwrap();
+    assert_eq!(sweep["reconciled"], 1, "{sweep}");
+    let kpi = pipeline.invoke(Function::Kpi, json!({})).await.unwrap();
+    assert_eq!(kpi["dirty_days"], json!(["2019-03-05"]), "{kpi}");
+    let csv = tripflow_local::get_object(
+        &stack.s3_client(&sdk),
+        &r.bucket,
+        "kpi_results/daily_trip_kpis.csv",
+    )
+    .await
+    .unwrap();
+    assert!(
+        String::from_utf8(csv).unwrap().ends_with(
+            "2019-03-01,2,19.75,9.88,7.25,12.50\n2019-03-05,1,20.00,20.00,20.00,20.00\n"
+        )
+    );
 }
