@@ -569,7 +569,8 @@ async fn bootstrap_binary_runs_through_the_runtime_api() {
 /// A batch the ingest mapping really gave up on (every request of the functions throttled, one
 /// retry allowed) reaches the on-failure queue as a description only; `redrive` reads its range
 /// back from the stream and puts it on again, and the pipeline then ends as if nothing had
-/// failed: the same KPIs, the bad record on the DLQ.
+/// failed: the same KPIs, the bad record on the DLQ. On the same stack, a trip the sweeper
+/// reconciles is published by the next scheduled KPI run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_given_up_on_is_redriven_from_the_stream() {
     let mut stack = LocalStack::start(&stack::tools_dir()).await.unwrap();
