@@ -220,50 +220,26 @@ async fn compute(
     let mut trips_read = 0u64;
     let mut day = first;
     while day <= last {
-        let mut start_key = None;
-        loop {
-            let page = retry(budget, "Query(kpi)", || {
-                app.ddb
-                    .query()
-                    .table_name(&app.config.table)
-                    .index_name(table::KPI_INDEX)
-                    .key_condition_expression("#k = :d")
-                    .expression_attribute_names("#k", table::KPI_PK)
-                    .expression_attribute_values(
-                        ":d",
-                        AttributeValue::S(table::day_pk(&day.to_string())),
-                    )
-                    .set_exclusive_start_key(start_key.clone())
-                    .return_consumed_capacity(ReturnConsumedCapacity::Total)
-                    .send()
-            })
-            .await
-            .map_err(|e| format!("Query(kpi) {day}: {}", describe(&e)))?;
-            app.capacity
-                .read("kpi.query", units(page.consumed_capacity()));
-            let mut core = app.core_within(budget).session()?;
-            for item in page.items() {
-                let start = table::start_from_kpi_item(item)?;
-                let end = table::end_from_trip_item(item)?
-                    .ok_or_else(|| format!("{}: in the kpi index without an end", start.trip_id))?;
-                let trip = core.pair(&start, &end)?;
-                chunk.push(TripFare {
-                    status: trip.status,
-                    start_ns: trip.start_ns,
-                    fare_cents: trip.fare_cents,
-                });
-                trips_read += 1;
-                if chunk.len() == CHUNK {
-                    totals = app
-                        .core_within(budget)
-                        .session()?
-                        .accumulate(zone, &totals, &chunk)?;
-                    chunk.clear();
-                }
-            }
-            start_key = page.last_evaluated_key().cloned();
-            if start_key.is_none() {
-                break;
+        // The day's shards side by side; each is paged on its own.
+        let date = day.to_string();
+        let pages = futures_util::future::try_join_all(
+            (0..table::KPI_SHARDS).map(|shard| query_shard(app, &date, shard, budget)),
+        )
+        .await?;
+        let mut core = app.core_within(budget).session()?;
+        for item in pages.iter().flatten() {
+            let start = table::start_from_kpi_item(item)?;
+            let end = table::end_from_trip_item(item)?
+                .ok_or_else(|| format!("{}: in the kpi index without an end", start.trip_id))?;
+            let trip = core.pair(&start, &end)?;
+            chunk.push(TripFare::from(&trip));
+            trips_read += 1;
+            if chunk.len() == CHUNK {
+                totals = app
+                    .core_within(budget)
+                    .session()?
+                    .accumulate(zone, &totals, &chunk)?;
+                chunk.clear();
             }
         }
         day = day.succ_opt().ok_or("date out of range")?;
@@ -280,6 +256,41 @@ async fn compute(
         Some(&to.to_string()),
     )?;
     Ok((rows, trips_read))
+}
+
+/// Every item of one `kpi`-index shard of a UTC date.
+async fn query_shard(
+    app: &App,
+    date: &str,
+    shard: u32,
+    budget: &Budget,
+) -> Result<Vec<table::Item>, Error> {
+    let key = table::kpi_shard_pk(date, shard);
+    let mut items = Vec::new();
+    let mut start_key = None;
+    loop {
+        let page = retry(budget, "Query(kpi)", || {
+            app.ddb
+                .query()
+                .table_name(&app.config.table)
+                .index_name(table::KPI_INDEX)
+                .key_condition_expression("#k = :d")
+                .expression_attribute_names("#k", table::KPI_PK)
+                .expression_attribute_values(":d", AttributeValue::S(key.clone()))
+                .set_exclusive_start_key(start_key.clone())
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                .send()
+        })
+        .await
+        .map_err(|e| format!("Query(kpi) {key}: {}", describe(&e)))?;
+        app.capacity
+            .read("kpi.query", units(page.consumed_capacity()));
+        items.extend(page.items().iter().cloned());
+        start_key = page.last_evaluated_key().cloned();
+        if start_key.is_none() {
+            return Ok(items);
+        }
+    }
 }
 
 /// The combined CSV: `header`, then by date the lines of `previous` for days not in

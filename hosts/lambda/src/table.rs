@@ -14,10 +14,11 @@
 //! index; an end that arrives before its start is added to `open` by the matcher.
 //!
 //! Indexes (both sparse; `ts` is the sort key of both):
-//! - `kpi`: `kpi_pk` = `DAY#<UTC date of the start>`, projecting the fares and `end_ts`: the
-//!   KPI job queries the UTC days that can hold a local day and never reads raw events.
-//! - `open`: `open_pk` = `OPEN#<0..7>` (the trip id's hash spreads writes over 8 partitions),
-//!   keys only: the sweeper reads only what is still open.
+//! - `kpi`: `kpi_pk` = `DAY#<UTC date of the start>#<00..31>` (the trip id's hash spreads a
+//!   day's writes over [`KPI_SHARDS`] keys), projecting the fares and `end_ts`: the KPI job
+//!   queries the shards of the UTC days that can hold a local day and never reads raw events.
+//! - `open`: `open_pk` = `OPEN#<0..63>` ([`OPEN_BUCKETS`] keys), keys only: the sweeper reads
+//!   only what is still open.
 //!
 //! See the README's "Table design" for the access patterns and their costs.
 
@@ -64,8 +65,15 @@ pub const NEWEST_NS: &str = "newest_ns";
 pub const KPI_INDEX: &str = "kpi";
 /// Name of the open-trips index.
 pub const OPEN_INDEX: &str = "open";
-/// Partitions of the open index.
-pub const OPEN_BUCKETS: u32 = 8;
+/// Partitions of the open index. Every trip writes it twice (its first half enters, the
+/// completion removes it): at 10,000 trips/s that is 20,000 index writes/s, 312.5 per key over
+/// 64 keys — under the 500/s this design allows one key (DynamoDB's limit is 1,000 WCU/s).
+pub const OPEN_BUCKETS: u32 = 64;
+
+/// Shards of each day in the `kpi` index. Every completed trip writes one index item: at
+/// 10,000 completions/s, 312.5 writes/s per key over 32 keys (under 500/s). The KPI job queries
+/// a day's shards side by side.
+pub const KPI_SHARDS: u32 = 32;
 
 /// `TRIP#<id>`.
 pub fn trip_pk(trip_id: &str) -> String {
@@ -96,13 +104,29 @@ pub fn watermark_key() -> Item {
     ])
 }
 
-/// `OPEN#<n>`: the open-index partition of a trip (FNV-1a of the id).
-pub fn open_pk(trip_id: &str) -> String {
+/// FNV-1a of a trip id: spreads a trip's index entries over partitions, the same way on every
+/// write.
+fn spread(trip_id: &str) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
     for b in trip_id.bytes() {
         h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
     }
-    format!("OPEN#{}", h % OPEN_BUCKETS)
+    h
+}
+
+/// `OPEN#<n>`: the open-index partition of a trip.
+pub fn open_pk(trip_id: &str) -> String {
+    format!("OPEN#{}", spread(trip_id) % OPEN_BUCKETS)
+}
+
+/// `DAY#<date>#<shard>`: the `kpi`-index partition of a trip that started on UTC `date`.
+pub fn kpi_day_pk(date: &str, trip_id: &str) -> String {
+    kpi_shard_pk(date, spread(trip_id) % KPI_SHARDS)
+}
+
+/// `DAY#<date>#<shard>` for shard `shard` of `date` (`00`…`31`).
+pub fn kpi_shard_pk(date: &str, shard: u32) -> String {
+    format!("DAY#{date}#{shard:02}")
 }
 
 /// `DAY#<date>`.
@@ -128,7 +152,10 @@ pub fn event_item(
     }
     if e.kind == EventKind::Start {
         if let Some(day) = utc_day {
-            item.insert(DAY_KEY.into(), AttributeValue::S(day_pk(day)));
+            item.insert(
+                DAY_KEY.into(),
+                AttributeValue::S(kpi_day_pk(day, &e.trip_id)),
+            );
         }
         item.insert(OPEN_PK.into(), AttributeValue::S(open_pk(&e.trip_id)));
     }
@@ -287,7 +314,14 @@ mod tests {
             "s",
             None,
         );
-        assert_eq!(start[DAY_KEY], AttributeValue::S("DAY#2019-03-01".into()));
+        assert_eq!(
+            start[DAY_KEY],
+            AttributeValue::S(kpi_day_pk("2019-03-01", "t#1"))
+        );
+        let AttributeValue::S(key) = &start[DAY_KEY] else {
+            panic!()
+        };
+        assert!(key.starts_with("DAY#2019-03-01#") && key.len() == "DAY#2019-03-01#00".len());
         assert!(!start.contains_key(EXPIRES_AT));
     }
 
@@ -310,6 +344,10 @@ mod tests {
             (0..200).map(|i| open_pk(&format!("trip-{i}"))).collect();
         assert_eq!(parts.len(), OPEN_BUCKETS as usize);
         assert_eq!(open_pk("nyc-1"), open_pk("nyc-1"));
+        let shards: std::collections::HashSet<_> = (0..2_000)
+            .map(|i| kpi_day_pk("2019-03-01", &format!("trip-{i}")))
+            .collect();
+        assert_eq!(shards.len(), KPI_SHARDS as usize);
     }
 
     #[test]
