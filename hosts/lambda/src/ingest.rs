@@ -107,7 +107,8 @@ pub enum PutOutcome {
     Taken(TripEvent),
     /// DynamoDB refused the item itself (a 4xx other than the condition); a per-record
     /// outcome, kept on the DLQ with the service's message. With the contract's record limit
-    /// every valid event fits an item, so this is a last line of defence, not a code path.
+    /// every valid event fits an item, so this is a last line of defence that should never be
+    /// taken.
     Refused(String),
     /// Not written within the retry budget (throttling, 5xx, time-outs).
     Failed(String),
