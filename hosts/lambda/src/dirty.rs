@@ -82,41 +82,26 @@ pub struct Marker {
 
 /// Every marker, oldest day first (strongly consistent).
 pub async fn pending(app: &App, budget: &Budget) -> Result<Vec<Marker>, String> {
+    let query = app
+        .ddb
+        .query()
+        .table_name(&app.config.table)
+        .key_condition_expression("pk = :p")
+        .expression_attribute_values(":p", AttributeValue::S(DIRTY_PK.into()))
+        .consistent_read(true);
     let mut out = Vec::new();
-    let mut start_key = None;
-    loop {
-        let page = retry(budget, "Query(dirty)", || {
-            app.ddb
-                .query()
-                .table_name(&app.config.table)
-                .key_condition_expression("pk = :p")
-                .expression_attribute_values(":p", AttributeValue::S(DIRTY_PK.into()))
-                .consistent_read(true)
-                .set_exclusive_start_key(start_key.clone())
-                .return_consumed_capacity(ReturnConsumedCapacity::Total)
-                .send()
-        })
-        .await
-        .map_err(|e| format!("Query(dirty): {}", describe(&e)))?;
-        app.capacity
-            .read("dirty.pending", units(page.consumed_capacity()));
-        for item in page.items() {
-            let day = match item.get(table::SK) {
-                Some(AttributeValue::S(sk)) => sk.strip_prefix("DAY#").map(str::to_owned),
-                _ => None,
-            };
-            let marks = match item.get(MARKS) {
-                Some(AttributeValue::N(n)) => Some(n.clone()),
-                _ => None,
-            };
-            match (day, marks) {
-                (Some(utc_day), Some(marks)) => out.push(Marker { utc_day, marks }),
-                _ => tracing::warn!(item = ?item, "not a dirty-day marker; ignored"),
-            }
-        }
-        start_key = page.last_evaluated_key().cloned();
-        if start_key.is_none() {
-            break;
+    for item in app.query_all("dirty.pending", query, budget).await? {
+        let day = match item.get(table::SK) {
+            Some(AttributeValue::S(sk)) => sk.strip_prefix("DAY#").map(str::to_owned),
+            _ => None,
+        };
+        let marks = match item.get(MARKS) {
+            Some(AttributeValue::N(n)) => Some(n.clone()),
+            _ => None,
+        };
+        match (day, marks) {
+            (Some(utc_day), Some(marks)) => out.push(Marker { utc_day, marks }),
+            _ => tracing::warn!(item = ?item, "not a dirty-day marker; ignored"),
         }
     }
     Ok(out)

@@ -16,13 +16,13 @@
 
 use std::collections::BTreeSet;
 
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
+use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::NaiveDate;
 use serde_json::{Value, json};
 use tripflow_runtime::core::{DayKpi, DayTotals, TripFare};
 use tripflow_runtime::{CoreProvider, TripCore};
 
-use crate::metrics::{Counters, units};
+use crate::metrics::Counters;
 use crate::retry::{Budget, describe, retry};
 use crate::{App, Error, dirty, table};
 
@@ -264,33 +264,16 @@ async fn query_shard(
     date: &str,
     shard: u32,
     budget: &Budget,
-) -> Result<Vec<table::Item>, Error> {
-    let key = table::kpi_shard_pk(date, shard);
-    let mut items = Vec::new();
-    let mut start_key = None;
-    loop {
-        let page = retry(budget, "Query(kpi)", || {
-            app.ddb
-                .query()
-                .table_name(&app.config.table)
-                .index_name(table::KPI_INDEX)
-                .key_condition_expression("#k = :d")
-                .expression_attribute_names("#k", table::KPI_PK)
-                .expression_attribute_values(":d", AttributeValue::S(key.clone()))
-                .set_exclusive_start_key(start_key.clone())
-                .return_consumed_capacity(ReturnConsumedCapacity::Total)
-                .send()
-        })
-        .await
-        .map_err(|e| format!("Query(kpi) {key}: {}", describe(&e)))?;
-        app.capacity
-            .read("kpi.query", units(page.consumed_capacity()));
-        items.extend(page.items().iter().cloned());
-        start_key = page.last_evaluated_key().cloned();
-        if start_key.is_none() {
-            return Ok(items);
-        }
-    }
+) -> Result<Vec<table::Item>, String> {
+    let query = app
+        .ddb
+        .query()
+        .table_name(&app.config.table)
+        .index_name(table::KPI_INDEX)
+        .key_condition_expression("#k = :d")
+        .expression_attribute_names("#k", table::KPI_PK)
+        .expression_attribute_values(":d", AttributeValue::S(table::kpi_shard_pk(date, shard)));
+    app.query_all("kpi.query", query, budget).await
 }
 
 /// The combined CSV: `header`, then by date the lines of `previous` for days not in

@@ -177,6 +177,38 @@ impl App {
         self.core.bounded(budget.remaining())
     }
 
+    /// Every item a query returns, page after page, each page retried within `budget`; the
+    /// read units are recorded under `op`, which also names the call in errors.
+    pub async fn query_all(
+        &self,
+        op: &'static str,
+        query: aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
+        budget: &retry::Budget,
+    ) -> Result<Vec<table::Item>, String> {
+        let mut items = Vec::new();
+        let mut start_key = None;
+        loop {
+            let page = retry::retry(budget, op, || {
+                query
+                    .clone()
+                    .set_exclusive_start_key(start_key.clone())
+                    .return_consumed_capacity(
+                        aws_sdk_dynamodb::types::ReturnConsumedCapacity::Total,
+                    )
+                    .send()
+            })
+            .await
+            .map_err(|e| format!("{op}: {}", retry::describe(&e)))?;
+            self.capacity
+                .read(op, metrics::units(page.consumed_capacity()));
+            items.extend(page.items().iter().cloned());
+            start_key = page.last_evaluated_key().cloned();
+            if start_key.is_none() {
+                return Ok(items);
+            }
+        }
+    }
+
     /// Builds the clients once from `sdk`.
     pub fn new(config: Config, core: Arc<Runtime>, sdk: &SdkConfig) -> App {
         let s3 = aws_sdk_s3::config::Builder::from(sdk)

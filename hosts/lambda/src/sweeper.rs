@@ -33,38 +33,23 @@ pub async fn handle(app: &App, budget: &Budget) -> Result<Value, Error> {
     let cut = newest.saturating_sub(older_than);
     let mut candidates: Vec<(String, EventKind, i64)> = Vec::new();
     for b in 0..table::OPEN_BUCKETS {
-        let mut start_key = None;
-        loop {
-            let page = retry(budget, "Query(open)", || {
-                app.ddb
-                    .query()
-                    .table_name(&app.config.table)
-                    .index_name(table::OPEN_INDEX)
-                    .key_condition_expression("#o = :o AND #t <= :cut")
-                    .expression_attribute_names("#o", table::OPEN_PK)
-                    .expression_attribute_names("#t", table::TS)
-                    .expression_attribute_values(":o", AttributeValue::S(format!("OPEN#{b}")))
-                    .expression_attribute_values(":cut", AttributeValue::N(cut.to_string()))
-                    .set_exclusive_start_key(start_key.clone())
-                    .return_consumed_capacity(ReturnConsumedCapacity::Total)
-                    .send()
-            })
-            .await
-            .map_err(|e| format!("Query(open): {}", describe(&e)))?;
-            app.capacity
-                .read("sweeper.query", units(page.consumed_capacity()));
-            for item in page.items() {
-                let (trip_id, kind) = table::parse_key(item)?;
-                let ts = match item.get(table::TS) {
-                    Some(AttributeValue::N(n)) => n.parse()?,
-                    _ => return Err(format!("{trip_id}: open item without ts").into()),
-                };
-                candidates.push((trip_id, kind, ts));
-            }
-            start_key = page.last_evaluated_key().cloned();
-            if start_key.is_none() {
-                break;
-            }
+        let query = app
+            .ddb
+            .query()
+            .table_name(&app.config.table)
+            .index_name(table::OPEN_INDEX)
+            .key_condition_expression("#o = :o AND #t <= :cut")
+            .expression_attribute_names("#o", table::OPEN_PK)
+            .expression_attribute_names("#t", table::TS)
+            .expression_attribute_values(":o", AttributeValue::S(format!("OPEN#{b}")))
+            .expression_attribute_values(":cut", AttributeValue::N(cut.to_string()));
+        for item in app.query_all("sweeper.query", query, budget).await? {
+            let (trip_id, kind) = table::parse_key(&item)?;
+            let ts = match item.get(table::TS) {
+                Some(AttributeValue::N(n)) => n.parse()?,
+                _ => return Err(format!("{trip_id}: open item without ts").into()),
+            };
+            candidates.push((trip_id, kind, ts));
         }
     }
     let timestamps: Vec<i64> = candidates.iter().map(|c| c.2).collect();
