@@ -131,16 +131,17 @@ pub struct Plan {
 
 impl Plan {
     /// Parses the batch (a record the core fails on is isolated and rejected alone) and asks
-    /// the core which copies come first.
+    /// the core which copies come first. `max_record_bytes` is the component's limit.
     pub fn new<P: CoreProvider>(
         core: &P,
         records: &[&[u8]],
+        max_record_bytes: u32,
         clock: Clock,
     ) -> Result<Plan, CoreError> {
         // As the replay does, pass at most one byte past the contract's limit of each record:
         // enough for the core to call it too large, and a record of any size costs the guest
         // the same (its original bytes still go to the DLQ whole).
-        let limit = core.session()?.max_record_bytes()? as usize + 1;
+        let limit = max_record_bytes as usize + 1;
         let mut buffer = Vec::with_capacity(records.iter().map(|r| r.len().min(limit)).sum());
         let mut spans = Vec::with_capacity(records.len());
         for r in records {
@@ -300,7 +301,7 @@ pub async fn handle(
         .iter()
         .map(|r| r.kinesis.data.0.as_slice())
         .collect();
-    let mut plan = Plan::new(&core, &bytes, clock)?;
+    let mut plan = Plan::new(&core, &bytes, app.record_limit()?, clock)?;
 
     // Conditional puts of the first copies; a failed condition hands back what is stored.
     let expires_at = app.config.retention_days.map(|d| {

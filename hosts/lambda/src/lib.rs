@@ -50,6 +50,8 @@ pub struct App {
     /// Whether metrics go to stdout as EMF lines (Lambda's log pipeline); off when several
     /// functions share a process and its stdout, as locally.
     pub emit_metrics: bool,
+    /// The loaded component's record limit, asked once (`events.limits`).
+    record_limit: std::sync::OnceLock<u32>,
 }
 
 /// How the component was found and loaded, for the cold-start log line.
@@ -177,6 +179,17 @@ impl App {
         self.core.bounded(budget.remaining())
     }
 
+    /// The component's `max-record-bytes`, asked of it once per process.
+    pub fn record_limit(&self) -> Result<u32, CoreError> {
+        if let Some(n) = self.record_limit.get() {
+            return Ok(*n);
+        }
+        let n = tripflow_runtime::TripCore::max_record_bytes(
+            &mut tripflow_runtime::CoreProvider::session(&*self.core)?,
+        )?;
+        Ok(*self.record_limit.get_or_init(|| n))
+    }
+
     /// Every item a query returns, page after page, each page retried within `budget`; the
     /// read units are recorded under `op`, which also names the call in errors.
     pub async fn query_all(
@@ -239,6 +252,7 @@ impl App {
             sqs,
             capacity: Capacity::default(),
             emit_metrics: true,
+            record_limit: std::sync::OnceLock::new(),
         }
     }
 

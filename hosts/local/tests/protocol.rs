@@ -264,7 +264,13 @@ fn lambda(
         count(DELIVERIES, 1);
 
         let records: Vec<&[u8]> = h.records[pos..end].iter().map(Vec::as_slice).collect();
-        let mut plan = Plan::new(&**core(), &records, CLOCK).unwrap();
+        let mut plan = Plan::new(
+            &**core(),
+            &records,
+            core().session().unwrap().max_record_bytes().unwrap(),
+            CLOCK,
+        )
+        .unwrap();
         let puts: Vec<PutOutcome> = plan
             .first_copies
             .iter()
