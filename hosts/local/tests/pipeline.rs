@@ -173,6 +173,19 @@ async fn dlq(stack: &LocalStack, r: &tripflow_local::Resources) -> Vec<DlqMessag
     by_record.into_values().collect()
 }
 
+/// The combined KPI CSV the KPI job wrote to S3.
+async fn combined_csv(stack: &LocalStack, r: &tripflow_local::Resources) -> String {
+    let sdk = stack.sdk_config().await;
+    let body = tripflow_local::get_object(
+        &stack.s3_client(&sdk),
+        &r.bucket,
+        "kpi_results/daily_trip_kpis.csv",
+    )
+    .await
+    .unwrap();
+    String::from_utf8(body).unwrap()
+}
+
 /// Event items in the table.
 async fn event_items(stack: &LocalStack, table: &str) -> u64 {
     count_items(stack, table, "begins_with(sk, :e)", Some("EVENT#")).await
@@ -327,12 +340,7 @@ async fn nyc_sample_through_the_pipeline_equals_the_cli_replay() {
     let out = pipeline.invoke(Function::Kpi, json!({})).await.unwrap();
     assert_eq!(out["days"], cli1.csv.lines().count() - 1, "{out}");
     let s3 = stack.s3_client(&sdk);
-    let combined = || async {
-        let body = tripflow_local::get_object(&s3, &r.bucket, "kpi_results/daily_trip_kpis.csv")
-            .await
-            .unwrap();
-        String::from_utf8(body).unwrap()
-    };
+    let combined = || combined_csv(&stack, &r);
     assert_eq!(
         combined().await,
         cli1.csv,
@@ -529,15 +537,9 @@ async fn bootstrap_binary_runs_through_the_runtime_api() {
         )
         .await
         .unwrap();
-    let csv = tripflow_local::get_object(
-        &stack.s3_client(&sdk),
-        &r.bucket,
-        "kpi_results/daily_trip_kpis.csv",
-    )
-    .await
-    .unwrap();
+    let csv = combined_csv(&stack, &r).await;
     assert_eq!(
-        String::from_utf8(csv).unwrap(),
+        csv,
         "date,trip_count,total_fare,average_fare,min_fare,max_fare\n2019-03-01,2,19.75,9.88,7.25,12.50\n"
     );
     let reasons: BTreeMap<String, usize> =
@@ -627,15 +629,9 @@ async fn a_batch_given_up_on_is_redriven_from_the_stream() {
     assert!(report.gone.is_empty() && report.left == 0, "{report:?}");
     pipeline.drain().await.unwrap();
     pipeline.invoke(Function::Kpi, json!({})).await.unwrap();
-    let csv = tripflow_local::get_object(
-        &stack.s3_client(&sdk),
-        &r.bucket,
-        "kpi_results/daily_trip_kpis.csv",
-    )
-    .await
-    .unwrap();
+    let csv = combined_csv(&stack, &r).await;
     assert_eq!(
-        String::from_utf8(csv).unwrap(),
+        csv,
         "date,trip_count,total_fare,average_fare,min_fare,max_fare\n2019-03-01,2,19.75,9.88,7.25,12.50\n"
     );
     let (rejected, _) = dlq_records(&stack, &r).await;
@@ -686,16 +682,8 @@ async fn a_batch_given_up_on_is_redriven_from_the_stream() {
     assert_eq!(sweep["reconciled"], 1, "{sweep}");
     let kpi = pipeline.invoke(Function::Kpi, json!({})).await.unwrap();
     assert_eq!(kpi["dirty_days"], json!(["2019-03-05"]), "{kpi}");
-    let csv = tripflow_local::get_object(
-        &stack.s3_client(&sdk),
-        &r.bucket,
-        "kpi_results/daily_trip_kpis.csv",
-    )
-    .await
-    .unwrap();
+    let csv = combined_csv(&stack, &r).await;
     assert!(
-        String::from_utf8(csv).unwrap().ends_with(
-            "2019-03-01,2,19.75,9.88,7.25,12.50\n2019-03-05,1,20.00,20.00,20.00,20.00\n"
-        )
+        csv.ends_with("2019-03-01,2,19.75,9.88,7.25,12.50\n2019-03-05,1,20.00,20.00,20.00,20.00\n")
     );
 }
