@@ -3,7 +3,7 @@
 //! reconciliation by the sweeper, an orphan that got its other half).
 //!
 //! The core decides which days a set of completed trips touches (`kpi.utc-days-touched`: the
-//! UTC dates of their starts, the partitions of the `kpi` index); a marker item per UTC date
+//! UTC dates of their starts, the dates of the `DONE` manifests); a marker item per UTC date
 //! records it:
 //!
 //! | item        | `pk`    | `sk`             | attributes                                   |
@@ -31,13 +31,10 @@ pub const DIRTY_PK: &str = "DIRTY";
 /// The marker counter attribute.
 pub const MARKS: &str = "marks";
 
-fn key(utc_day: &str) -> Item {
+fn key(pk: &str, sk: &str) -> Item {
     Item::from([
-        (table::PK.to_owned(), AttributeValue::S(DIRTY_PK.into())),
-        (
-            table::SK.to_owned(),
-            AttributeValue::S(table::day_pk(utc_day)),
-        ),
+        (table::PK.to_owned(), AttributeValue::S(pk.into())),
+        (table::SK.to_owned(), AttributeValue::S(sk.into())),
     ])
 }
 
@@ -52,23 +49,31 @@ pub async fn mark(app: &App, trips: &[ClosedTrip], budget: &Budget) -> Result<us
         .session()
         .and_then(|mut c| c.utc_days_touched(&fares))
         .map_err(|e| e.to_string())?;
-    for day in &days {
-        let out = retry(budget, "UpdateItem(dirty)", || {
+    let sks: Vec<String> = days.iter().map(|d| table::day_pk(d)).collect();
+    add_marks(app, DIRTY_PK, &sks, budget).await?;
+    Ok(days.len())
+}
+
+/// `ADD marks 1` on each `pk`/`sk` marker: the generic half of [`mark`], also used for the
+/// sweeper's hour marks.
+pub async fn add_marks(app: &App, pk: &str, sks: &[String], budget: &Budget) -> Result<(), String> {
+    for sk in sks {
+        let out = retry(budget, "UpdateItem(mark)", || {
             app.ddb
                 .update_item()
                 .table_name(&app.config.table)
-                .set_key(Some(key(day)))
+                .set_key(Some(key(pk, sk)))
                 .update_expression(format!("ADD {MARKS} :one"))
                 .expression_attribute_values(":one", AttributeValue::N("1".into()))
                 .return_consumed_capacity(ReturnConsumedCapacity::Total)
                 .send()
         })
         .await
-        .map_err(|e| format!("UpdateItem(dirty {day}): {}", describe(&e)))?;
+        .map_err(|e| format!("UpdateItem(mark {pk}/{sk}): {}", describe(&e)))?;
         app.capacity
-            .write("dirty.mark", units(out.consumed_capacity()));
+            .write("marks.add", units(out.consumed_capacity()));
     }
-    Ok(days.len())
+    Ok(())
 }
 
 /// A marker as read: its UTC date and its `marks` counter.
@@ -82,26 +87,46 @@ pub struct Marker {
 
 /// Every marker, oldest day first (strongly consistent).
 pub async fn pending(app: &App, budget: &Budget) -> Result<Vec<Marker>, String> {
+    let mut out = Vec::new();
+    for (sk, marks) in marks_under(app, DIRTY_PK, None, budget).await? {
+        match sk.strip_prefix("DAY#") {
+            Some(day) => out.push(Marker {
+                utc_day: day.to_owned(),
+                marks,
+            }),
+            None => tracing::warn!(sk = %sk, "not a dirty-day marker; ignored"),
+        }
+    }
+    Ok(out)
+}
+
+/// `(sort key, marks)` of every marker under `pk` (with `upto`, only sort keys ≤ it), in
+/// sort-key order, strongly consistent.
+pub async fn marks_under(
+    app: &App,
+    pk: &str,
+    upto: Option<&str>,
+    budget: &Budget,
+) -> Result<Vec<(String, String)>, String> {
     let query = app
         .ddb
         .query()
         .table_name(&app.config.table)
-        .key_condition_expression("pk = :p")
-        .expression_attribute_values(":p", AttributeValue::S(DIRTY_PK.into()))
+        .expression_attribute_values(":p", AttributeValue::S(pk.into()))
         .consistent_read(true);
+    let query = match upto {
+        Some(upto) => query
+            .key_condition_expression("pk = :p AND sk <= :u")
+            .expression_attribute_values(":u", AttributeValue::S(upto.into())),
+        None => query.key_condition_expression("pk = :p"),
+    };
     let mut out = Vec::new();
-    for item in app.query_all("dirty.pending", query, budget).await? {
-        let day = match item.get(table::SK) {
-            Some(AttributeValue::S(sk)) => sk.strip_prefix("DAY#").map(str::to_owned),
-            _ => None,
-        };
-        let marks = match item.get(MARKS) {
-            Some(AttributeValue::N(n)) => Some(n.clone()),
-            _ => None,
-        };
-        match (day, marks) {
-            (Some(utc_day), Some(marks)) => out.push(Marker { utc_day, marks }),
-            _ => tracing::warn!(item = ?item, "not a dirty-day marker; ignored"),
+    for item in app.query_all("marks.pending", query, budget).await? {
+        match (item.get(table::SK), item.get(MARKS)) {
+            (Some(AttributeValue::S(sk)), Some(AttributeValue::N(n))) => {
+                out.push((sk.clone(), n.clone()))
+            }
+            _ => tracing::warn!(item = ?item, "not a marker; ignored"),
         }
     }
     Ok(out)
@@ -109,13 +134,24 @@ pub async fn pending(app: &App, budget: &Budget) -> Result<Vec<Marker>, String> 
 
 /// Deletes a marker unless it was marked again since it was read. Returns whether it went.
 pub async fn clear(app: &App, m: &Marker, budget: &Budget) -> Result<bool, String> {
-    let r = retry(budget, "DeleteItem(dirty)", || {
+    clear_mark(app, DIRTY_PK, &table::day_pk(&m.utc_day), &m.marks, budget).await
+}
+
+/// Deletes the `pk`/`sk` marker if its `marks` is still `marks`. Returns whether it went.
+pub async fn clear_mark(
+    app: &App,
+    pk: &str,
+    sk: &str,
+    marks: &str,
+    budget: &Budget,
+) -> Result<bool, String> {
+    let r = retry(budget, "DeleteItem(mark)", || {
         app.ddb
             .delete_item()
             .table_name(&app.config.table)
-            .set_key(Some(key(&m.utc_day)))
+            .set_key(Some(key(pk, sk)))
             .condition_expression(format!("{MARKS} = :m"))
-            .expression_attribute_values(":m", AttributeValue::N(m.marks.clone()))
+            .expression_attribute_values(":m", AttributeValue::N(marks.to_owned()))
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
     })
@@ -123,13 +159,13 @@ pub async fn clear(app: &App, m: &Marker, budget: &Budget) -> Result<bool, Strin
     match r {
         Ok(out) => {
             app.capacity
-                .write("dirty.clear", units(out.consumed_capacity()));
+                .write("marks.clear", units(out.consumed_capacity()));
             Ok(true)
         }
         Err(e) if is_condition_failed(&e) => {
-            app.capacity.failed_condition("dirty.clear");
+            app.capacity.failed_condition("marks.clear");
             Ok(false)
         }
-        Err(e) => Err(format!("DeleteItem(dirty {}): {}", m.utc_day, describe(&e))),
+        Err(e) => Err(format!("DeleteItem(mark {pk}/{sk}): {}", describe(&e))),
     }
 }

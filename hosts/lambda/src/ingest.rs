@@ -1,12 +1,15 @@
-//! ingest: a Kinesis batch → one event item per accepted event; rejects → the SQS DLQ.
+//! ingest: a Kinesis batch → each accepted event's half on its trip's item; rejects → the SQS
+//! DLQ.
 //!
 //! The protocol is the replay's, with the store read through conditional writes ([`Plan`]):
 //! 1. the whole batch goes to the core in one `events.parse` call (if the core fails on the
 //!    batch, record by record, so a record that traps is dead-lettered alone);
 //! 2. `matching.resolve` against nothing names each key's first copy in the batch;
-//! 3. each first copy is written with a conditional put (`attribute_not_exists(pk)`); when the
-//!    key is taken the stored copy comes back with the failed condition
-//!    (`ReturnValuesOnConditionCheckFailure`), so no read is needed;
+//! 3. each first copy is written onto its trip's item with one conditional update that sets
+//!    that half's attributes if they are absent ([`table::store_half`]); when the half is
+//!    taken the stored item comes back with the failed condition
+//!    (`ReturnValuesOnConditionCheckFailure`), so no read is needed. The write that stores a
+//!    trip's second half completes the trip; the matcher files it from the stream;
 //! 4. one `matching.resolve` of the *whole* batch against the stored copies handed back decides
 //!    every record — stored, duplicate or conflicting duplicate — exactly as the replay decides
 //!    the same batch against its store, whatever the arrival order.
@@ -21,12 +24,10 @@
 //! redelivers from it, and DLQ messages are sent only for records before it, so a redelivery
 //! never sends the same rejection twice.
 
-use std::collections::BTreeMap;
-
 use aws_lambda_events::event::kinesis::{KinesisEvent, KinesisEventRecord};
 use aws_lambda_events::event::streams::{KinesisBatchItemFailure, KinesisEventResponse};
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, ReturnConsumedCapacity, ReturnValuesOnConditionCheckFailure,
 };
@@ -40,7 +41,7 @@ use crate::metrics::{Counters, units};
 use crate::retry::{Budget, describe, is_transient, retry};
 use crate::{App, Error, table};
 
-/// Concurrent conditional puts per invocation.
+/// Concurrent conditional writes per invocation.
 const PUT_CONCURRENCY: usize = 16;
 
 /// A rejected record as sent to the DLQ.
@@ -311,16 +312,6 @@ pub async fn handle(
             .unwrap_or(0);
         now + i64::from(d) * 86_400
     });
-    let mut utc_days = BTreeMap::new();
-    {
-        let mut session = core.session()?;
-        for &a in &plan.first_copies {
-            let (i, e) = &plan.accepted[a];
-            if e.kind == tripflow_runtime::core::EventKind::Start {
-                utc_days.insert(*i, session.day_of("UTC", e.timestamp_ns)?);
-            }
-        }
-    }
     let mut puts: Vec<Option<PutOutcome>> = vec![None; plan.first_copies.len()];
     let writes: Vec<(usize, usize, TripEvent)> = plan
         .first_copies
@@ -331,19 +322,17 @@ pub async fn handle(
     for chunk in writes.chunks(PUT_CONCURRENCY) {
         let mut tasks = tokio::task::JoinSet::new();
         for (k, i, e) in chunk.iter().cloned() {
-            let item = table::event_item(
-                &e,
-                utc_days.get(&i).map(String::as_str),
-                &source(&records[i]),
-                expires_at,
-            );
+            let src = source(&records[i]);
+            let store = table::store_half(&e, &src, expires_at);
             let (ddb, tbl, budget) = (app.ddb.clone(), app.config.table.clone(), *budget);
             tasks.spawn(async move {
-                let r = retry(&budget, "PutItem", || {
-                    ddb.put_item()
+                let r = retry(&budget, "UpdateItem(half)", || {
+                    ddb.update_item()
                         .table_name(&tbl)
-                        .set_item(Some(item.clone()))
-                        .condition_expression("attribute_not_exists(pk)")
+                        .set_key(Some(table::trip_key(&e.trip_id)))
+                        .update_expression(&store.update)
+                        .set_expression_attribute_values(Some(store.values.clone()))
+                        .condition_expression(&store.condition)
                         .return_values_on_condition_check_failure(
                             ReturnValuesOnConditionCheckFailure::AllOld,
                         )
@@ -351,29 +340,32 @@ pub async fn handle(
                         .send()
                 })
                 .await;
-                (k, i, r)
+                (k, e.kind, src, r)
             });
         }
         while let Some(joined) = tasks.join_next().await {
-            let (k, i, r) = joined?;
+            let (k, kind, src, r) = joined?;
             puts[k] = Some(match r {
                 Ok(out) => {
                     app.capacity
-                        .write("ingest.put", units(out.consumed_capacity()));
+                        .write("ingest.store", units(out.consumed_capacity()));
                     PutOutcome::Stored
                 }
                 Err(SdkError::ServiceError(s))
-                    if matches!(s.err(), PutItemError::ConditionalCheckFailedException(_)) =>
+                    if matches!(s.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
                 {
-                    app.capacity.failed_condition("ingest.put");
-                    let PutItemError::ConditionalCheckFailedException(c) = s.err() else {
+                    app.capacity.failed_condition("ingest.store");
+                    let UpdateItemError::ConditionalCheckFailedException(c) = s.err() else {
                         unreachable!()
                     };
-                    let mine = c.item().and_then(|item| item.get(table::SOURCE))
-                        == Some(&AttributeValue::S(source(&records[i])));
-                    match c.item().map(table::event_from_item) {
-                        Some(Ok(_)) if mine => PutOutcome::StoredBefore,
-                        Some(Ok(stored)) => PutOutcome::Taken(stored),
+                    match c.item().map(|item| table::stored_half(item, kind)) {
+                        Some(Ok(Some((_, stored_src)))) if stored_src == src => {
+                            PutOutcome::StoredBefore
+                        }
+                        Some(Ok(Some((stored, _)))) => PutOutcome::Taken(stored),
+                        Some(Ok(None)) => {
+                            PutOutcome::Failed("condition failed but the half is not stored".into())
+                        }
                         Some(Err(bad)) => PutOutcome::Failed(bad.to_string()),
                         None => {
                             PutOutcome::Failed("condition failed without the stored item".into())
@@ -383,7 +375,7 @@ pub async fn handle(
                 Err(err) if !is_transient(&err) && matches!(err, SdkError::ServiceError(_)) => {
                     PutOutcome::Refused(format!("DynamoDB refused the item: {}", describe(&err)))
                 }
-                Err(err) => PutOutcome::Failed(format!("PutItem: {}", describe(&err))),
+                Err(err) => PutOutcome::Failed(format!("UpdateItem: {}", describe(&err))),
             });
         }
     }

@@ -4,27 +4,27 @@
 //! and today in `TIMEZONE` plus every local day overlapping a dirty UTC day (see
 //! [`crate::dirty`]), or `{"from": "YYYY-MM-DD", "to": "YYYY-MM-DD"}` for a manual run.
 //!
-//! Completed trips are read from the sparse `kpi` index, partitioned by the UTC date of the
-//! trip's start. A local day lies within one UTC day either side, so the job queries
-//! `from − 1 … to + 1` and never touches raw events or other days; the core then pairs each
-//! trip, assigns it to its local day and drops days outside the range (`kpi.accumulate`,
-//! `kpi.finish`), and renders the CSV bytes (`kpi.render-csv`).
+//! Completed trips are read from the `DONE` manifests the matcher files by the UTC date of the
+//! trip's start ([`crate::manifest`]), each trip id counted once. A local day lies within one
+//! UTC day either side, so the job reads `from − 1 … to + 1` and never touches raw events or
+//! other days; the core assigns each trip to its local day and drops days outside the range
+//! (`kpi.accumulate`, `kpi.finish`), and renders the CSV bytes (`kpi.render-csv`).
 //!
 //! Output: `<KPI_DAILY_PREFIX>date=YYYY-MM-DD/daily_trip_kpis.csv` per day (a partition layout
 //! Athena and Glue read directly), and the combined file at `KPI_KEY`, in which only the
 //! recomputed days' lines change: lines of other days are kept byte for byte.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::NaiveDate;
 use serde_json::{Value, json};
-use tripflow_runtime::core::{DayKpi, DayTotals, TripFare};
+use tripflow_runtime::core::{DayKpi, DayTotals, TripFare, TripStatus};
 use tripflow_runtime::{CoreProvider, TripCore};
 
+use crate::manifest::{self, DoneEntry, Kind};
 use crate::metrics::Counters;
 use crate::retry::{Budget, describe, retry};
-use crate::{App, Error, dirty, table};
+use crate::{App, Error, dirty};
 
 /// The longest range one run may cover.
 pub const MAX_DAYS: i64 = 366;
@@ -218,21 +218,21 @@ async fn compute(
     let mut totals: Vec<DayTotals> = Vec::new();
     let mut chunk: Vec<TripFare> = Vec::with_capacity(CHUNK);
     let mut trips_read = 0u64;
+    let mut seen: HashSet<String> = HashSet::new();
     let mut day = first;
     while day <= last {
-        // The day's shards side by side; each is paged on its own.
-        let date = day.to_string();
-        let pages = futures_util::future::try_join_all(
-            (0..table::KPI_SHARDS).map(|shard| query_shard(app, &date, shard, budget)),
-        )
-        .await?;
-        let mut core = app.core_within(budget).session()?;
-        for item in pages.iter().flatten() {
-            let start = table::start_from_kpi_item(item)?;
-            let end = table::end_from_trip_item(item)?
-                .ok_or_else(|| format!("{}: in the kpi index without an end", start.trip_id))?;
-            let trip = core.pair(&start, &end)?;
-            chunk.push(TripFare::from(&trip));
+        let entries: Vec<DoneEntry> =
+            manifest::read(app, "kpi.done", Kind::Done, &day.to_string(), budget).await?;
+        for (trip_id, start_ns, fare) in entries {
+            // A trip filed twice (a retried matcher batch) counts once.
+            if !seen.insert(trip_id) {
+                continue;
+            }
+            chunk.push(TripFare {
+                status: TripStatus::Completed,
+                start_ns,
+                fare_cents: Some(fare),
+            });
             trips_read += 1;
             if chunk.len() == CHUNK {
                 totals = app
@@ -256,24 +256,6 @@ async fn compute(
         Some(&to.to_string()),
     )?;
     Ok((rows, trips_read))
-}
-
-/// Every item of one `kpi`-index shard of a UTC date.
-async fn query_shard(
-    app: &App,
-    date: &str,
-    shard: u32,
-    budget: &Budget,
-) -> Result<Vec<table::Item>, String> {
-    let query = app
-        .ddb
-        .query()
-        .table_name(&app.config.table)
-        .index_name(table::KPI_INDEX)
-        .key_condition_expression("#k = :d")
-        .expression_attribute_names("#k", table::KPI_PK)
-        .expression_attribute_values(":d", AttributeValue::S(table::kpi_shard_pk(date, shard)));
-    app.query_all("kpi.query", query, budget).await
 }
 
 /// The combined CSV: `header`, then by date the lines of `previous` for days not in

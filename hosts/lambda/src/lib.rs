@@ -12,6 +12,7 @@ pub mod config;
 pub mod dirty;
 pub mod ingest;
 pub mod kpi;
+pub mod manifest;
 pub mod matcher;
 pub mod metrics;
 pub mod retry;

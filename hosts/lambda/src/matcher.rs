@@ -1,68 +1,88 @@
-//! matcher: the table's stream (INSERTs of event items) → completed trips, exactly once.
+//! matcher: the table's stream → completed trips filed for the KPI job, open trips filed for
+//! the sweeper.
 //!
-//! The event source mapping's filter passes only `INSERT`s of `EVENT#…` items, so the
-//! matcher's own updates (MODIFY), deletes and TTL expiries (REMOVE) never reach it; the
-//! handler checks again and skips anything else.
+//! A trip is one item, and the ingest write that stores its second half completes it (see
+//! [`crate::table`]): exactly one write can, whatever the concurrency, and its stream record
+//! carries the whole trip (`NEW_IMAGE`). The matcher therefore reads nothing. For each batch
+//! of stream records (the event source mapping passes only `INSERT`/`MODIFY` of trip items;
+//! the handler checks again) it takes each trip's latest image in the batch and:
+//! - **both halves stored**: the core pairs them (`matching.pair`); the trip is filed as
+//!   settled under its opened hour, and, if it counts in the KPIs, as done under the UTC date
+//!   of its start (`kpi.day-of`); the KPI days it touches are marked dirty. A trip the sweeper
+//!   had orphaned is completed all the same (a reconciliation);
+//! - **one half stored**: filed as open under its opened hour, and the hour is marked for the
+//!   sweeper; an image the sweeper's own orphaning wrote is skipped.
 //!
-//! Both halves of a trip share a partition key, so their stream records are in one shard, in
-//! write order, and whichever half is *processed* second finds the first:
-//! - **an end** completes the trip with one conditional update of the start item
-//!   ([`table::completion`] under [`table::COMPLETE_CONDITION`]): no read. The update returns
-//!   the start, and the core pairs the two (`matching.pair`) for the log and the metrics. If
-//!   the condition fails because the start is not there yet, the end is added to the open
-//!   index; if it fails because the trip is complete, this is a redelivery.
-//! - **a start** reads its end (one eventually consistent `GetItem`, ½ read unit) and
-//!   completes the trip if the end is already stored (it arrived first). If that read misses
-//!   an end written just before, both halves stay in the open index and the sweeper pairs
-//!   them with a strongly consistent read before it would orphan either.
-//! - both halves in one batch: one update, no read.
-//!
-//! The conditional update is the exactly-once point: however many invocations race, only one
-//! update finds `end_ts` absent.
-//!
-//! Before the batch is acknowledged, the KPI days its completions touched are marked dirty
-//! ([`dirty::mark`]), so the next KPI run republishes them however late the trip completed. A
-//! redelivered batch finds its trips complete (the failed condition hands the trip back) and
-//! marks their days again, so a mark that failed is never lost.
+//! Each is one manifest item per batch and key ([`crate::manifest`]), written before the batch
+//! is acknowledged; if any write fails the whole batch comes back and files the same items
+//! again. Both halves of a trip share a partition key, so their stream records are in one
+//! shard, in write order: a trip's images never overtake each other.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use aws_lambda_events::event::dynamodb::{Event, EventRecord};
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
-use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, ReturnConsumedCapacity, ReturnValue, ReturnValuesOnConditionCheckFailure,
-};
-use tripflow_runtime::core::{ClosedTrip, EventKind, TripEvent, TripStatus};
+use aws_sdk_dynamodb::types::AttributeValue;
+use tripflow_runtime::core::{ClosedTrip, TripStatus};
 use tripflow_runtime::{CoreProvider, TripCore};
 
-use crate::ingest::is_condition_failed;
-use crate::metrics::{Counters, units};
-use crate::retry::{Budget, describe, retry};
-use crate::table::{self, Item};
+use crate::manifest::{self, DoneEntry, Kind, OpenEntry};
+use crate::metrics::Counters;
+use crate::retry::Budget;
+use crate::table::{self, Item, TripItem};
 use crate::{App, Error, dirty};
 
-/// How an attempt to complete a trip ended.
-#[derive(Debug)]
-pub enum Completion {
-    /// This call completed the trip; the core's verdict on it.
-    Completed(ClosedTrip),
-    /// It was complete already (a redelivery, or the other half's invocation won); the trip
-    /// as stored, when the item could be read back.
-    AlreadyComplete(Option<ClosedTrip>),
-    /// The start is not stored.
-    NoStart,
+/// What one batch files.
+#[derive(Debug, Default, PartialEq)]
+pub struct Filing {
+    /// Open first halves by opened hour.
+    pub open: BTreeMap<i64, Vec<OpenEntry>>,
+    /// Completed trip ids by opened hour.
+    pub settled: BTreeMap<i64, Vec<String>>,
+    /// Trips that count in the KPIs, by UTC date of the start.
+    pub done: BTreeMap<String, Vec<DoneEntry>>,
+    /// Every trip completed in the batch, as the core closed it.
+    pub closed: Vec<ClosedTrip>,
+    /// Completed trips the sweeper had orphaned.
+    pub reconciled: usize,
 }
 
-impl Completion {
-    /// The trip, if it is complete.
-    pub fn trip(&self) -> Option<&ClosedTrip> {
-        match self {
-            Completion::Completed(t) | Completion::AlreadyComplete(Some(t)) => Some(t),
-            _ => None,
+/// What the core says about the latest image of each trip in a batch.
+pub fn filing<C: TripCore>(core: &mut C, trips: &[TripItem]) -> Result<Filing, Error> {
+    let mut f = Filing::default();
+    for t in trips {
+        match (&t.start, &t.end) {
+            (Some(start), Some(end)) => {
+                let trip = core.pair(start, end)?;
+                f.settled
+                    .entry(t.opened_hour)
+                    .or_default()
+                    .push(t.trip_id.clone());
+                if t.orphaned {
+                    f.reconciled += 1;
+                }
+                if let (TripStatus::Completed, Some(fare)) = (trip.status, trip.fare_cents) {
+                    let day = core.day_of("UTC", trip.start_ns)?;
+                    f.done.entry(day).or_default().push((
+                        trip.trip_id.clone(),
+                        trip.start_ns,
+                        fare,
+                    ));
+                }
+                f.closed.push(trip);
+            }
+            _ if t.orphaned => {} // the sweeper's own write
+            (Some(half), None) | (None, Some(half)) => {
+                f.open.entry(t.opened_hour).or_default().push((
+                    t.trip_id.clone(),
+                    half.kind.as_str().to_owned(),
+                    half.timestamp_ns,
+                ))
+            }
+            (None, None) => unreachable!("a trip item holds a half at least"),
         }
     }
+    Ok(f)
 }
 
 /// Handles one batch of stream records.
@@ -72,101 +92,123 @@ pub async fn handle(
     budget: &Budget,
 ) -> Result<DynamoDbEventResponse, Error> {
     let mut counters = Counters::default();
-    // Halves per trip, in the order the trips first appear.
-    let mut trips: Vec<(String, Option<TripEvent>, Option<TripEvent>, usize)> = Vec::new();
+    // The latest image of each trip, in the order the trips first appear.
+    let mut trips: Vec<TripItem> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
-    for (i, r) in event.records.iter().enumerate() {
-        let Some(e) = insert_of_event(r) else {
-            counters.add("Skipped", 1.0);
-            continue;
-        };
-        let e = match e {
-            Ok(e) => e,
-            Err(why) => {
+    for r in &event.records {
+        match trip_write(r) {
+            None => counters.add("Skipped", 1.0),
+            Some(Err(why)) => {
                 // Not an item ingest writes; retrying cannot help.
-                tracing::error!(event_id = %r.event_id, error = %why, "unreadable event item skipped");
+                tracing::error!(event_id = %r.event_id, error = %why, "unreadable trip item skipped");
                 counters.add("Skipped", 1.0);
-                continue;
             }
-        };
-        counters.add("Inserts", 1.0);
-        let slot = *index.entry(e.trip_id.clone()).or_insert_with(|| {
-            trips.push((e.trip_id.clone(), None, None, i));
-            trips.len() - 1
-        });
-        match e.kind {
-            EventKind::Start => trips[slot].1 = Some(e),
-            EventKind::End => trips[slot].2 = Some(e),
-        }
-    }
-
-    let mut first_failure: Option<usize> = None;
-    let mut touched: Vec<ClosedTrip> = Vec::new();
-    for (trip_id, start, end, first_record) in &trips {
-        let outcome = match (start, end) {
-            (Some(_), Some(end)) => complete(app, end, budget).await.map(Some),
-            (None, Some(end)) => match complete(app, end, budget).await {
-                Ok(Completion::NoStart) => mark_open(app, end, budget).await.map(|_| None),
-                other => other.map(Some),
-            },
-            (Some(start), None) => match read_end(app, start, budget).await {
-                Ok(Some((end, end_open))) => {
-                    let done = complete(app, &end, budget).await;
-                    if end_open && done.is_ok() {
-                        clear_open(app, &end, budget).await;
+            Some(Ok(t)) => {
+                counters.add("Writes", 1.0);
+                match index.get(&t.trip_id) {
+                    Some(&i) => trips[i] = t,
+                    None => {
+                        index.insert(t.trip_id.clone(), trips.len());
+                        trips.push(t);
                     }
-                    done.map(Some)
                 }
-                Ok(None) => Ok(None),
-                Err(e) => Err(e),
-            },
-            (None, None) => unreachable!("a trip is recorded with one half at least"),
-        };
-        if let Ok(Some(c)) = &outcome
-            && let Some(t) = c.trip()
-        {
-            touched.push(t.clone());
-        }
-        match outcome {
-            Ok(Some(Completion::Completed(trip))) => {
-                counters.add("TripsCompleted", 1.0);
-                counters.add(status_metric(trip.status), 1.0);
-            }
-            Ok(Some(Completion::AlreadyComplete(_))) => counters.add("AlreadyComplete", 1.0),
-            Ok(Some(Completion::NoStart)) | Ok(None) => counters.add("LeftOpen", 1.0),
-            Err(why) => {
-                tracing::error!(trip_id = %trip_id, error = %why, "trip not matched; the stream will redeliver");
-                first_failure = Some(first_failure.map_or(*first_record, |f| f.min(*first_record)));
             }
         }
     }
-
-    // The KPI days these completions changed, before the batch is acknowledged. If marking
-    // fails, the whole batch comes back: its trips are found complete and marked again.
-    match dirty::mark(app, &touched, budget).await {
-        Ok(days) => counters.add("DirtyDaysMarked", days as f64),
-        Err(why) => {
-            tracing::error!(error = %why, "KPI days not marked dirty; the stream will redeliver");
-            first_failure = trips.iter().map(|t| t.3).min();
-        }
+    if trips.is_empty() {
+        app.emit(&counters);
+        return Ok(DynamoDbEventResponse::default());
     }
+    let batch = format!(
+        "{}#{}",
+        event.records[0].event_id,
+        event.records[event.records.len() - 1].event_id
+    );
 
+    let result = async {
+        let f = filing(&mut app.core_within(budget).session()?, &trips)?;
+        file_all(app, &batch, &f, budget).await?;
+        Ok::<_, Error>(f)
+    }
+    .await;
     let mut response = DynamoDbEventResponse::default();
-    if let Some(i) = first_failure {
-        let mut f = DynamoDbBatchItemFailure::default();
-        f.item_identifier = event.records[i].change.sequence_number.clone();
-        response.batch_item_failures.push(f);
-        counters.add("Failed", 1.0);
+    match result {
+        Ok(f) => {
+            counters.add("TripsCompleted", f.closed.len() as f64);
+            for t in &f.closed {
+                counters.add(status_metric(t.status), 1.0);
+            }
+            counters.add("Reconciled", f.reconciled as f64);
+            counters.add(
+                "LeftOpen",
+                f.open.values().map(Vec::len).sum::<usize>() as f64,
+            );
+            counters.add("DirtyDaysMarked", f.done.len() as f64);
+        }
+        Err(why) => {
+            // Everything filed is filed again under the same names.
+            tracing::error!(error = %why, "batch not filed; the stream will redeliver");
+            let mut failure = DynamoDbBatchItemFailure::default();
+            failure.item_identifier = event.records[0].change.sequence_number.clone();
+            response.batch_item_failures.push(failure);
+            counters.add("Failed", 1.0);
+        }
     }
     tracing::info!(
         records = event.records.len(),
         completed = counters.get("TripsCompleted"),
         left_open = counters.get("LeftOpen"),
-        already_complete = counters.get("AlreadyComplete"),
         "matcher batch"
     );
     app.emit(&counters);
     Ok(response)
+}
+
+/// Writes a batch's manifests side by side, then its sweep marks and dirty days: a mark is
+/// only ever seen after what it points at is stored, so a reader that deletes the marks it
+/// read (if unchanged) never drops an entry filed after it looked.
+async fn file_all(app: &App, batch: &str, f: &Filing, budget: &Budget) -> Result<(), Error> {
+    type Write<'a> =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+    let mut writes: Vec<Write<'_>> = Vec::new();
+    for (hour, entries) in &f.open {
+        writes.push(Box::pin(manifest::file(
+            app,
+            Kind::Open,
+            hour.to_string(),
+            batch,
+            entries,
+            budget,
+        )));
+    }
+    for (hour, entries) in &f.settled {
+        writes.push(Box::pin(manifest::file(
+            app,
+            Kind::Settled,
+            hour.to_string(),
+            batch,
+            entries,
+            budget,
+        )));
+    }
+    for (day, entries) in &f.done {
+        writes.push(Box::pin(manifest::file(
+            app,
+            Kind::Done,
+            day.clone(),
+            batch,
+            entries,
+            budget,
+        )));
+    }
+    futures_util::future::try_join_all(writes).await?;
+    let hours: Vec<String> = f.open.keys().map(|h| manifest::hour_sk(*h)).collect();
+    futures_util::future::try_join(
+        dirty::add_marks(app, manifest::SWEEP_PK, &hours, budget),
+        dirty::mark(app, &f.closed, budget),
+    )
+    .await?;
+    Ok(())
 }
 
 fn status_metric(s: TripStatus) -> &'static str {
@@ -177,20 +219,19 @@ fn status_metric(s: TripStatus) -> &'static str {
     }
 }
 
-/// The event an INSERT record carries, or `None` for anything the matcher does not handle.
-fn insert_of_event(r: &EventRecord) -> Option<Result<TripEvent, String>> {
-    if r.event_name != "INSERT" {
+/// The trip item an `INSERT`/`MODIFY` record carries, or `None` for anything else.
+fn trip_write(r: &EventRecord) -> Option<Result<TripItem, String>> {
+    if r.event_name != "INSERT" && r.event_name != "MODIFY" {
         return None;
     }
-    let image = match item_from_stream(&r.change.new_image) {
+    let image: Item = match item_from_stream(&r.change.new_image) {
         Ok(i) => i,
         Err(e) => return Some(Err(e)),
     };
-    match image.get(table::SK) {
-        Some(AttributeValue::S(sk)) if sk.starts_with("EVENT#") => {}
-        _ => return None,
+    if !table::is_trip(&image) {
+        return None;
     }
-    Some(table::event_from_item(&image).map_err(|e| e.to_string()))
+    Some(table::trip_from_item(&image).map_err(|e| e.to_string()))
 }
 
 /// A stream image (DynamoDB JSON) as an SDK item.
@@ -260,146 +301,73 @@ pub fn attribute_from_json(v: &serde_json::Value) -> Result<AttributeValue, Stri
     })
 }
 
-/// Completes the trip of `end` with one conditional update of its start item.
-pub async fn complete(app: &App, end: &TripEvent, budget: &Budget) -> Result<Completion, String> {
-    let (expr, values) = table::completion(end);
-    let r = retry(budget, "UpdateItem(complete)", || {
-        app.ddb
-            .update_item()
-            .table_name(&app.config.table)
-            .set_key(Some(table::event_key(&end.trip_id, EventKind::Start)))
-            .update_expression(&expr)
-            .condition_expression(table::COMPLETE_CONDITION)
-            .set_expression_attribute_values(Some(values.clone()))
-            .return_values(ReturnValue::AllNew)
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-    })
-    .await;
-    match r {
-        Ok(out) => {
-            app.capacity
-                .write("matcher.complete", units(out.consumed_capacity()));
-            let start = out
-                .attributes()
-                .ok_or("the update returned no item")
-                .and_then(|i| {
-                    table::event_from_item(i).map_err(|_| "the start item is unreadable")
-                })?;
-            let trip = app
-                .core_within(budget)
-                .session()
-                .and_then(|mut c| c.pair(&start, end))
-                .map_err(|e| e.to_string())?;
-            tracing::debug!(trip_id = %trip.trip_id, status = trip.status.as_str(), "trip completed");
-            Ok(Completion::Completed(trip))
-        }
-        Err(SdkError::ServiceError(s))
-            if matches!(s.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
-        {
-            app.capacity.failed_condition("matcher.complete");
-            let UpdateItemError::ConditionalCheckFailedException(c) = s.err() else {
-                unreachable!()
-            };
-            Ok(match c.item() {
-                Some(item) => Completion::AlreadyComplete(stored_trip(app, item, budget)),
-                None => Completion::NoStart,
-            })
-        }
-        Err(e) => Err(format!("UpdateItem(complete): {}", describe(&e))),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tripflow_runtime::NativeCore;
+    use tripflow_runtime::core::{EventKind, TripEvent};
 
-/// The closed trip a completed start item holds, as the core pairs it.
-fn stored_trip(app: &App, item: &Item, budget: &Budget) -> Option<ClosedTrip> {
-    let start = table::event_from_item(item).ok()?;
-    let end = table::end_from_trip_item(item).ok()??;
-    app.core_within(budget)
-        .session()
-        .and_then(|mut c| c.pair(&start, &end))
-        .ok()
-}
-
-/// The stored end of `start`'s trip (eventually consistent) and whether it is in the open
-/// index.
-async fn read_end(
-    app: &App,
-    start: &TripEvent,
-    budget: &Budget,
-) -> Result<Option<(TripEvent, bool)>, String> {
-    let out = retry(budget, "GetItem(end)", || {
-        app.ddb
-            .get_item()
-            .table_name(&app.config.table)
-            .set_key(Some(table::event_key(&start.trip_id, EventKind::End)))
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-    })
-    .await
-    .map_err(|e| format!("GetItem(end): {}", describe(&e)))?;
-    app.capacity
-        .read("matcher.read_end", units(out.consumed_capacity()));
-    match out.item() {
-        None => Ok(None),
-        Some(item) => {
-            let end = table::event_from_item(item).map_err(|e| e.to_string())?;
-            Ok(Some((end, item.contains_key(table::OPEN_PK))))
+    fn half(id: &str, kind: EventKind, ts: i64, fare: Option<i64>) -> TripEvent {
+        TripEvent {
+            trip_id: id.into(),
+            kind,
+            timestamp_ns: ts,
+            fare_cents: fare,
+            extras: String::new(),
         }
     }
-}
 
-/// Adds an end whose start is not stored to the open index.
-async fn mark_open(app: &App, end: &TripEvent, budget: &Budget) -> Result<(), String> {
-    let r = retry(budget, "UpdateItem(open)", || {
-        app.ddb
-            .update_item()
-            .table_name(&app.config.table)
-            .set_key(Some(table::event_key(&end.trip_id, EventKind::End)))
-            .update_expression(format!("SET {} = :o", table::OPEN_PK))
-            .condition_expression(format!(
-                "attribute_exists(pk) AND attribute_not_exists({})",
-                table::OPEN_PK
-            ))
-            .expression_attribute_values(":o", AttributeValue::S(table::open_pk(&end.trip_id)))
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-    })
-    .await;
-    match r {
-        Ok(out) => {
-            app.capacity
-                .write("matcher.mark_open", units(out.consumed_capacity()));
-            Ok(())
-        }
-        Err(e) if is_condition_failed(&e) => {
-            app.capacity.failed_condition("matcher.mark_open");
-            Ok(())
-        }
-        Err(e) => Err(format!("UpdateItem(open): {}", describe(&e))),
-    }
-}
-
-/// Takes an end out of the open index once its trip is complete (best effort: the sweeper
-/// clears what this misses).
-pub async fn clear_open(app: &App, half: &TripEvent, budget: &Budget) {
-    let r = retry(budget, "UpdateItem(clear open)", || {
-        app.ddb
-            .update_item()
-            .table_name(&app.config.table)
-            .set_key(Some(table::event_key(&half.trip_id, half.kind)))
-            .update_expression(format!("REMOVE {}", table::OPEN_PK))
-            .condition_expression("attribute_exists(pk)")
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-    })
-    .await;
-    match r {
-        Ok(out) => app
-            .capacity
-            .write("matcher.clear_open", units(out.consumed_capacity())),
-        Err(e) => {
-            tracing::warn!(trip_id = %half.trip_id, error = %describe(&e), "open mark not cleared")
-        }
+    #[test]
+    fn complete_open_and_orphaned_images_are_filed_apart() {
+        let h = table::HOUR_NS;
+        let day = 17_956 * 24 * h; // 2019-03-01T00:00Z
+        let trip = |id: &str, s: Option<i64>, e: Option<(i64, Option<i64>)>, orphaned| TripItem {
+            trip_id: id.into(),
+            start: s.map(|ts| half(id, EventKind::Start, day + ts, None)),
+            end: e.map(|(ts, fare)| half(id, EventKind::End, day + ts, fare)),
+            opened_hour: table::hour_of(day + s.or(e.map(|x| x.0)).unwrap()),
+            orphaned,
+        };
+        let trips = [
+            trip("done", Some(h), Some((2 * h, Some(1250))), false),
+            trip("late", Some(3 * h), Some((4 * h, Some(700))), true),
+            trip("nofare", Some(h), Some((2 * h, None)), false),
+            trip("open", Some(5 * h), None, false),
+            trip("end-first", None, Some((6 * h, Some(1))), false),
+            trip("gone", Some(7 * h), None, true),
+        ];
+        let f = filing(&mut NativeCore, &trips).unwrap();
+        let hour0 = table::hour_of(day);
+        assert_eq!(
+            f.done,
+            BTreeMap::from([(
+                "2019-03-01".to_owned(),
+                vec![
+                    ("done".to_owned(), day + h, 1250),
+                    ("late".to_owned(), day + 3 * h, 700)
+                ]
+            )])
+        );
+        assert_eq!(
+            f.closed.len(),
+            3,
+            "no-fare trips close too, and are not filed as done"
+        );
+        assert_eq!(f.reconciled, 1);
+        assert_eq!(f.settled[&(hour0 + 1)], ["done", "nofare"]);
+        assert_eq!(f.settled[&(hour0 + 3)], ["late"]);
+        assert_eq!(
+            f.open,
+            BTreeMap::from([
+                (
+                    hour0 + 5,
+                    vec![("open".to_owned(), "trip_start".to_owned(), day + 5 * h)]
+                ),
+                (
+                    hour0 + 6,
+                    vec![("end-first".to_owned(), "trip_end".to_owned(), day + 6 * h)]
+                ),
+            ])
+        );
     }
 }

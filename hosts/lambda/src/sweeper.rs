@@ -1,184 +1,196 @@
-//! sweeper: open trips older than `ORPHAN_AFTER` → orphaned, through the `open` index only.
+//! sweeper: open trips older than `ORPHAN_AFTER` → orphaned, from the open manifests only.
 //!
 //! "Older" is measured in event time, as the CLI's `tripflow sweep` does: back from the
 //! newest event ingest has stored (the watermark item), so replaying old data does not orphan
 //! everything and a stalled producer does not orphan trips that are merely waiting. The core
 //! (`matching.sweep`) decides which candidates are orphans.
 //!
-//! Before orphaning a trip the sweeper reads its partition once, strongly consistent: if
-//! both halves are stored (the matcher's eventually consistent read missed an end written
-//! just before its start) it completes the trip instead; if the trip is complete and only a
-//! stale open mark is left, it clears the mark. An orphan is marked with `orphaned_at` and
-//! leaves the open index; if its other half arrives later the matcher still completes it.
+//! The matcher files every first half under the hour it was opened (`OPEN#<hour>`), every
+//! completion under the same hour (`SETTLED#<hour>`), and marks the hour (`SWEEP`/`HOUR#…`)
+//! after filing ([`crate::manifest`]). A run reads the marks of the hours up to the cut-off's,
+//! oldest first, and for each hour its open entries minus its settled ones: the candidates.
+//! An orphan is one conditional update (`SET orphaned_at` if the other half is absent and it
+//! is not orphaned yet); a trip completed since it was filed fails the condition and is left
+//! to the matcher. Orphans are filed as settled too, and an hour whose candidates are all
+//! decided has its mark deleted — on the condition that the matcher did not mark it again
+//! meanwhile, so an open half filed late into an old hour (late data) is swept by the next run.
+//!
+//! If an orphan's other half arrives later, its write completes the trip and the matcher
+//! files it like any completion (a reconciliation).
 
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
+use std::collections::HashSet;
+
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, ReturnConsumedCapacity, ReturnValuesOnConditionCheckFailure,
+};
 use serde_json::{Value, json};
-use tripflow_runtime::core::{EventKind, TripEvent};
+use tripflow_runtime::core::EventKind;
 use tripflow_runtime::{CoreProvider, TripCore};
 
-use crate::ingest::is_condition_failed;
-use crate::matcher::{Completion, clear_open, complete};
+use crate::manifest::{self, Kind, OpenEntry};
 use crate::metrics::{Counters, units};
 use crate::retry::{Budget, describe, retry};
 use crate::{App, Error, dirty, table};
+
+/// Hours one run sweeps at most; the rest wait for the next run, oldest first.
+pub const MAX_HOURS_PER_RUN: usize = 24 * 31;
 
 /// Handles one scheduled run.
 pub async fn handle(app: &App, budget: &Budget) -> Result<Value, Error> {
     let Some(newest) = watermark(app, budget).await? else {
         tracing::info!("no events stored yet; nothing to sweep");
-        return Ok(json!({"newest_ns": null, "orphaned": 0, "reconciled": 0}));
+        return Ok(json!({"newest_ns": null, "orphaned": 0}));
     };
     let older_than = app.config.orphan_after_ns;
-    // The index query narrows to candidates; the core makes the call.
     let cut = newest.saturating_sub(older_than);
-    let mut candidates: Vec<(String, EventKind, i64)> = Vec::new();
-    for b in 0..table::OPEN_BUCKETS {
-        let query = app
-            .ddb
-            .query()
-            .table_name(&app.config.table)
-            .index_name(table::OPEN_INDEX)
-            .key_condition_expression("#o = :o AND #t <= :cut")
-            .expression_attribute_names("#o", table::OPEN_PK)
-            .expression_attribute_names("#t", table::TS)
-            .expression_attribute_values(":o", AttributeValue::S(format!("OPEN#{b}")))
-            .expression_attribute_values(":cut", AttributeValue::N(cut.to_string()));
-        for item in app.query_all("sweeper.query", query, budget).await? {
-            let (trip_id, kind) = table::parse_key(&item)?;
-            let ts = match item.get(table::TS) {
-                Some(AttributeValue::N(n)) => n.parse()?,
-                _ => return Err(format!("{trip_id}: open item without ts").into()),
-            };
-            candidates.push((trip_id, kind, ts));
+    let upto = manifest::hour_sk(table::hour_of(cut));
+    let mut marks = dirty::marks_under(app, manifest::SWEEP_PK, Some(&upto), budget).await?;
+    let deferred = marks.len().saturating_sub(MAX_HOURS_PER_RUN);
+    marks.truncate(MAX_HOURS_PER_RUN);
+    // Unique per run: names this run's settled filings and its orphan marks.
+    let run_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
+
+    let mut counters = Counters::default();
+    let mut candidates = 0usize;
+    for (sk, marked) in &marks {
+        let Some(hour) = manifest::hour_from_sk(sk) else {
+            tracing::warn!(sk = %sk, "not a sweep mark; ignored");
+            continue;
+        };
+        // One hour that cannot be swept now must not keep the others open.
+        match sweep_hour(app, hour, newest, older_than, run_ns, &mut counters, budget).await {
+            Ok((n, all_decided)) => {
+                candidates += n;
+                if all_decided {
+                    dirty::clear_mark(app, manifest::SWEEP_PK, sk, marked, budget).await?;
+                }
+            }
+            Err(why) => {
+                counters.add("UnsweptHours", 1.0);
+                tracing::error!(hour, error = %why, "hour not swept; the next sweep tries again");
+            }
         }
     }
+    app.emit(&counters);
+    tracing::info!(
+        hours = marks.len(),
+        candidates,
+        orphaned = counters.get("Orphaned"),
+        "sweep"
+    );
+    Ok(json!({
+        "newest_ns": newest,
+        "hours": marks.len(),
+        "hours_deferred": deferred,
+        "candidates": candidates,
+        "orphaned": counters.get("Orphaned") as u64,
+        "completed_meanwhile": counters.get("CompletedMeanwhile") as u64,
+        "already_orphaned": counters.get("AlreadyOrphaned") as u64,
+        "unsettled": counters.get("Unsettled") as u64,
+    }))
+}
+
+/// Sweeps one opened hour: returns its candidates and whether every one was decided.
+async fn sweep_hour(
+    app: &App,
+    hour: i64,
+    newest: i64,
+    older_than: i64,
+    run_ns: i64,
+    counters: &mut Counters,
+    budget: &Budget,
+) -> Result<(usize, bool), Error> {
+    let bucket = hour.to_string();
+    let (open, settled) = futures_util::future::try_join(
+        manifest::read::<OpenEntry>(app, "sweeper.open", Kind::Open, &bucket, budget),
+        manifest::read::<String>(app, "sweeper.settled", Kind::Settled, &bucket, budget),
+    )
+    .await?;
+    let settled: HashSet<String> = settled.into_iter().collect();
+    let mut seen = HashSet::new();
+    let candidates: Vec<&OpenEntry> = open
+        .iter()
+        .filter(|e| !settled.contains(&e.0) && seen.insert(e.0.as_str()))
+        .collect();
     let timestamps: Vec<i64> = candidates.iter().map(|c| c.2).collect();
     let orphans = app
         .core_within(budget)
         .session()?
         .sweep(&timestamps, newest, older_than)?;
 
-    let mut counters = Counters::default();
+    let mut filed = Vec::new();
+    let mut undecided = candidates.len() - orphans.len();
     for i in orphans {
-        let (trip_id, kind, ts) = &candidates[i as usize];
-        // One trip that cannot be settled now (throttling past the budget, an unreadable
-        // item) must not keep the others open: it stays in the open index for the next run.
-        match settle(app, trip_id, *kind, budget).await {
-            Ok(Settled::Completed) => counters.add("Reconciled", 1.0),
-            Ok(Settled::StaleMark) => counters.add("StaleOpenMarks", 1.0),
-            Ok(Settled::Orphaned) => {
+        let (trip_id, half, ts) = candidates[i as usize];
+        let kind = match half.as_str() {
+            "trip_start" => EventKind::Start,
+            "trip_end" => EventKind::End,
+            other => return Err(format!("open entry {trip_id}: half {other:?}").into()),
+        };
+        match orphan(app, trip_id, kind, run_ns, budget).await {
+            Ok(Orphan::Orphaned) => {
                 counters.add("Orphaned", 1.0);
-                tracing::info!(trip_id = %trip_id, half = kind.as_str(), timestamp_ns = ts, "trip orphaned");
+                tracing::info!(trip_id = %trip_id, half, timestamp_ns = ts, "trip orphaned");
+                filed.push(trip_id.clone());
             }
+            Ok(Orphan::Before) => {
+                counters.add("AlreadyOrphaned", 1.0);
+                filed.push(trip_id.clone());
+            }
+            Ok(Orphan::Completed) => counters.add("CompletedMeanwhile", 1.0),
             Err(why) => {
+                undecided += 1;
                 counters.add("Unsettled", 1.0);
                 tracing::error!(trip_id = %trip_id, error = %why, "open trip not settled; the next sweep tries again");
             }
         }
     }
-    app.emit(&counters);
-    tracing::info!(
-        candidates = candidates.len(),
-        orphaned = counters.get("Orphaned"),
-        reconciled = counters.get("Reconciled"),
-        "sweep"
-    );
-    Ok(json!({
-        "newest_ns": newest,
-        "candidates": candidates.len(),
-        "orphaned": counters.get("Orphaned") as u64,
-        "reconciled": counters.get("Reconciled") as u64,
-        "stale_open_marks": counters.get("StaleOpenMarks") as u64,
-        "unsettled": counters.get("Unsettled") as u64,
-    }))
+    manifest::file(
+        app,
+        Kind::Settled,
+        bucket,
+        &format!("sweep#{run_ns}"),
+        &filed,
+        budget,
+    )
+    .await?;
+    Ok((candidates.len(), undecided == 0))
 }
 
-enum Settled {
-    Completed,
-    StaleMark,
+enum Orphan {
+    /// This run orphaned it.
     Orphaned,
+    /// An earlier run did.
+    Before,
+    /// Its other half is stored: the matcher files it.
+    Completed,
 }
 
-/// Reads the trip's partition (strongly consistent) and completes, clears or orphans it.
-async fn settle(
+async fn orphan(
     app: &App,
     trip_id: &str,
     kind: EventKind,
+    run_ns: i64,
     budget: &Budget,
-) -> Result<Settled, Error> {
-    let out = retry(budget, "Query(trip)", || {
-        app.ddb
-            .query()
-            .table_name(&app.config.table)
-            .key_condition_expression("pk = :p")
-            .expression_attribute_values(":p", AttributeValue::S(table::trip_pk(trip_id)))
-            .consistent_read(true)
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-    })
-    .await
-    .map_err(|e| format!("Query(trip): {}", describe(&e)))?;
-    app.capacity
-        .read("sweeper.settle", units(out.consumed_capacity()));
-    let (mut start, mut end): (Option<(TripEvent, bool)>, Option<TripEvent>) = (None, None);
-    for item in out.items() {
-        let e = table::event_from_item(item)?;
-        match e.kind {
-            EventKind::Start => start = Some((e, item.contains_key(table::END_TS))),
-            EventKind::End => end = Some(e),
-        }
-    }
-    // A trip completed here (or found complete with a stale open mark) has its KPI day marked
-    // dirty *before* its end leaves the open index: if the sweeper dies in between, the next
-    // run finds the stale mark again and marks the day again, so no late completion goes
-    // unpublished.
-    match (start, end) {
-        (Some((start, true)), Some(end)) if kind == EventKind::End => {
-            let trip = app
-                .core_within(budget)
-                .session()
-                .and_then(|mut c| c.pair(&start, &end))?;
-            dirty::mark(app, std::slice::from_ref(&trip), budget).await?;
-            clear_open(app, &end, budget).await;
-            Ok(Settled::StaleMark)
-        }
-        (Some((_, false)), Some(end)) => match complete(app, &end, budget).await? {
-            done @ (Completion::Completed(_) | Completion::AlreadyComplete(_)) => {
-                let trip = done.trip().cloned();
-                dirty::mark(app, trip.as_slice(), budget).await?;
-                clear_open(app, &end, budget).await;
-                Ok(Settled::Completed)
-            }
-            Completion::NoStart => Err(format!("{trip_id}: start vanished while settling").into()),
-        },
-        _ => {
-            orphan(app, trip_id, kind, budget).await?;
-            Ok(Settled::Orphaned)
-        }
-    }
-}
-
-async fn orphan(app: &App, trip_id: &str, kind: EventKind, budget: &Budget) -> Result<(), Error> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+) -> Result<Orphan, String> {
+    let other = table::half(kind.other()).ts;
     let r = retry(budget, "UpdateItem(orphan)", || {
         app.ddb
             .update_item()
             .table_name(&app.config.table)
-            .set_key(Some(table::event_key(trip_id, kind)))
-            .update_expression(format!(
-                "SET {} = :now REMOVE {}",
-                table::ORPHANED_AT,
-                table::OPEN_PK
-            ))
+            .set_key(Some(table::trip_key(trip_id)))
+            .update_expression(format!("SET {} = :run", table::ORPHANED_AT))
             .condition_expression(format!(
-                "attribute_exists({}) AND attribute_not_exists({})",
-                table::OPEN_PK,
-                table::END_TS
+                "attribute_exists(pk) AND attribute_not_exists({other}) AND attribute_not_exists({})",
+                table::ORPHANED_AT
             ))
-            .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
+            .expression_attribute_values(":run", AttributeValue::N(run_ns.to_string()))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
     })
@@ -187,14 +199,30 @@ async fn orphan(app: &App, trip_id: &str, kind: EventKind, budget: &Budget) -> R
         Ok(out) => {
             app.capacity
                 .write("sweeper.orphan", units(out.consumed_capacity()));
-            Ok(())
+            Ok(Orphan::Orphaned)
         }
-        // Completed or orphaned meanwhile.
-        Err(e) if is_condition_failed(&e) => {
+        Err(SdkError::ServiceError(s))
+            if matches!(s.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
+        {
             app.capacity.failed_condition("sweeper.orphan");
-            Ok(())
+            let UpdateItemError::ConditionalCheckFailedException(c) = s.err() else {
+                unreachable!()
+            };
+            let Some(item) = c.item() else {
+                return Err(format!(
+                    "{trip_id}: filed as open but not stored (expired?)"
+                ));
+            };
+            if item.contains_key(other) {
+                Ok(Orphan::Completed)
+            } else if item.get(table::ORPHANED_AT) == Some(&AttributeValue::N(run_ns.to_string())) {
+                // This run's own write, whose response was lost.
+                Ok(Orphan::Orphaned)
+            } else {
+                Ok(Orphan::Before)
+            }
         }
-        Err(e) => Err(format!("UpdateItem(orphan): {}", describe(&e)).into()),
+        Err(e) => Err(format!("UpdateItem(orphan): {}", describe(&e))),
     }
 }
 

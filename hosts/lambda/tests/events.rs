@@ -136,13 +136,9 @@ fn budget() -> Budget {
 }
 
 #[tokio::test]
-async fn matcher_ignores_modify_remove_and_ttl_records() {
+async fn matcher_ignores_removals_and_files_trip_writes() {
     let app = offline_app(Function::Matcher).await;
-    for name in [
-        "dynamodb-modify.json",
-        "dynamodb-remove.json",
-        "dynamodb-ttl-remove.json",
-    ] {
+    for name in ["dynamodb-remove.json", "dynamodb-ttl-remove.json"] {
         let event: StreamEvent = serde_json::from_value(fixture(name)).unwrap();
         let out = tripflow_lambda::matcher::handle(&app, event, &budget())
             .await
@@ -153,17 +149,22 @@ async fn matcher_ignores_modify_remove_and_ttl_records() {
         );
     }
     assert_eq!(app.capacity.write_units() + app.capacity.read_units(), 0.0);
-    // An INSERT of an event item does reach DynamoDB — which is offline here — so the record
-    // is reported for redelivery, not dropped.
-    let event: StreamEvent = serde_json::from_value(fixture("dynamodb-insert.json")).unwrap();
-    let out = tripflow_lambda::matcher::handle(&app, event, &budget())
-        .await
-        .unwrap();
-    assert_eq!(out.batch_item_failures.len(), 1);
-    assert_eq!(
-        out.batch_item_failures[0].item_identifier.as_deref(),
-        Some("111")
-    );
+    // A first half (INSERT) and the completing write (MODIFY) are filed in DynamoDB — which
+    // is offline here — so the batch is reported for redelivery, not dropped.
+    for (name, seq) in [
+        ("dynamodb-insert.json", "111"),
+        ("dynamodb-modify.json", "222"),
+    ] {
+        let event: StreamEvent = serde_json::from_value(fixture(name)).unwrap();
+        let out = tripflow_lambda::matcher::handle(&app, event, &budget())
+            .await
+            .unwrap();
+        assert_eq!(out.batch_item_failures.len(), 1, "{name}");
+        assert_eq!(
+            out.batch_item_failures[0].item_identifier.as_deref(),
+            Some(seq)
+        );
+    }
 }
 
 #[tokio::test]

@@ -3,9 +3,13 @@
 //! seed design (PK `TRIP#<id>`, SK `<timestamp>`; per trip put + put + query + update +
 //! delete), in one run on one engine.
 //!
-//! Traffic is what production sees: each trip's start arrives in an earlier batch than its
-//! end. A write whose condition fails is counted as one write unit (AWS bills it; DynamoDB
-//! Local reports nothing for it).
+//! Traffic shapes, each on fresh resources: **in order** (what production mostly sees: each
+//! trip's start arrives in an earlier batch than its end), **out of order** (every end before
+//! its start) and **duplicates** (in order, every event sent twice). tripflow's figures include
+//! the ingest and matcher functions and one sweeper run (`ORPHAN_AFTER` 1 h, so it reads the
+//! manifests of every hour but the last); the KPI run is reported apart, per trip read. A
+//! write whose condition fails is counted as one write unit (AWS bills it; DynamoDB Local
+//! reports nothing for it).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -39,10 +43,25 @@ pub struct Units {
 pub struct Report {
     /// Trips per design.
     pub trips: usize,
-    /// tripflow.
+    /// tripflow, in-order traffic.
     pub tripflow: Units,
-    /// The seed.
+    /// tripflow, every end before its start.
+    pub out_of_order: Units,
+    /// tripflow, in order, every event twice.
+    pub duplicates: Units,
+    /// The seed, in-order traffic.
     pub seed: Units,
+}
+
+/// How the events of the trips arrive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Traffic {
+    /// All starts, then all ends.
+    InOrder,
+    /// All ends, then all starts.
+    OutOfOrder,
+    /// In order, each batch sent twice.
+    Duplicates,
 }
 
 impl fmt::Display for Report {
@@ -54,17 +73,23 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "{:<10} {:>8} {:>8} {:>16}",
-            "design", "WCU", "RCU", "KPI run RCU"
+            "{:<26} {:>8} {:>8} {:>16}",
+            "design, traffic", "WCU", "RCU", "KPI run RCU"
         )?;
-        for (name, u) in [("tripflow", &self.tripflow), ("seed", &self.seed)] {
+        let rows = [
+            ("tripflow, in order", &self.tripflow),
+            ("tripflow, out of order", &self.out_of_order),
+            ("tripflow, every event x2", &self.duplicates),
+            ("seed, in order", &self.seed),
+        ];
+        for (name, u) in rows {
             writeln!(
                 f,
-                "{:<10} {:>8.3} {:>8.3} {:>16.4}",
+                "{:<26} {:>8.3} {:>8.3} {:>16.4}",
                 name, u.write, u.read, u.kpi_read
             )?;
         }
-        for (name, u) in [("tripflow", &self.tripflow), ("seed", &self.seed)] {
+        for (name, u) in rows {
             let ops: Vec<String> = u
                 .by_operation
                 .iter()
@@ -81,7 +106,8 @@ fn events(trips: usize) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     let mut starts = Vec::new();
     let mut ends = Vec::new();
     for i in 0..trips {
-        let t0 = base + (i as i64) * 37;
+        // Spread over one UTC day, whatever the count.
+        let t0 = base + (i as i64) * 80_000 / trips.max(1) as i64;
         let ts = |s: i64| {
             chrono::DateTime::from_timestamp(s, 0)
                 .expect("in range")
@@ -93,53 +119,77 @@ fn events(trips: usize) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     (starts, ends)
 }
 
-/// Runs both designs on `stack`.
+/// Runs both designs on `stack`, tripflow under each [`Traffic`].
 pub async fn measure(stack: &LocalStack, trips: usize) -> anyhow::Result<Report> {
     let sdk = stack.sdk_config().await;
-    let r = resources::create(&sdk, stack, 1).await?;
+    Ok(Report {
+        trips,
+        tripflow: tripflow_design(stack, trips, Traffic::InOrder).await?,
+        out_of_order: tripflow_design(stack, trips, Traffic::OutOfOrder).await?,
+        duplicates: tripflow_design(stack, trips, Traffic::Duplicates).await?,
+        seed: seed_design(stack, &sdk, trips).await?,
+    })
+}
+
+/// tripflow's units per trip under `traffic`, on fresh resources.
+pub async fn tripflow_design(
+    stack: &LocalStack,
+    trips: usize,
+    traffic: Traffic,
+) -> anyhow::Result<Units> {
+    let sdk = stack.sdk_config().await;
+    let name = match traffic {
+        Traffic::InOrder => "cap-in-order",
+        Traffic::OutOfOrder => "cap-out-of-order",
+        Traffic::Duplicates => "cap-duplicates",
+    };
+    let r = resources::create_named(&sdk, stack, 1, name).await?;
     let core = Arc::new(Runtime::load(
         &ComponentSource::Embedded,
         Limits::default(),
         None,
     )?);
-    let env = crate::function_env(&r, "UTC", "24h");
+    let env = crate::function_env(&r, "UTC", "1h");
     let mut pipeline = Pipeline::new(stack, &r, InProcess::new(stack, core, &env).await?).await;
     let kinesis = stack.kinesis_client(&sdk);
     let (starts, ends) = events(trips);
-    crate::send(&kinesis, &r.stream, &starts).await?;
-    pipeline.drain().await?;
-    crate::send(&kinesis, &r.stream, &ends).await?;
-    pipeline.drain().await?;
-    let (ingest, matcher) = (
-        pipeline.invoker.app(Function::Ingest),
-        pipeline.invoker.app(Function::Matcher),
-    );
+    let rounds: Vec<&[Vec<u8>]> = match traffic {
+        Traffic::InOrder => vec![&starts, &ends],
+        Traffic::OutOfOrder => vec![&ends, &starts],
+        Traffic::Duplicates => vec![&starts, &starts, &ends, &ends],
+    };
+    for round in rounds {
+        crate::send(&kinesis, &r.stream, round).await?;
+        pipeline.drain().await?;
+    }
+    pipeline.invoke(Function::Sweeper, json!({})).await?;
+    let apps =
+        [Function::Ingest, Function::Matcher, Function::Sweeper].map(|f| pipeline.invoker.app(f));
     let n = trips as f64;
     let mut by_operation = BTreeMap::new();
-    for app in [ingest, matcher] {
+    for app in apps {
         for (op, u) in app.capacity.by_operation() {
             *by_operation.entry(op.to_owned()).or_insert(0.0) += u / n;
         }
     }
     let kpi = pipeline.invoker.app(Function::Kpi);
     let before = kpi.capacity.read_units();
-    pipeline
+    let out = pipeline
         .invoke(
             Function::Kpi,
             json!({"from": "2019-03-01", "to": "2019-03-02"}),
         )
         .await?;
-    let tripflow = Units {
-        write: (ingest.capacity.write_units() + matcher.capacity.write_units()) / n,
-        read: (ingest.capacity.read_units() + matcher.capacity.read_units()) / n,
+    anyhow::ensure!(
+        out["trips"] == trips,
+        "the KPI run counted {} trips, not {trips}: {out}",
+        out["trips"]
+    );
+    Ok(Units {
+        write: apps.iter().map(|a| a.capacity.write_units()).sum::<f64>() / n,
+        read: apps.iter().map(|a| a.capacity.read_units()).sum::<f64>() / n,
         by_operation,
         kpi_read: (kpi.capacity.read_units() - before) / n,
-    };
-    let seed = seed_design(stack, &sdk, trips).await?;
-    Ok(Report {
-        trips,
-        tripflow,
-        seed,
     })
 }
 

@@ -765,14 +765,17 @@ mod tests {
         assert_eq!(matcher.max_record_age, Duration::MAX);
         assert_eq!(matcher.parallelization_factor, 4);
         assert_eq!(matcher.filters.len(), 1);
-        // The template's filter passes INSERTs of event items only.
+        // The template's filter passes writes of trip items only: no manifests, markers,
+        // watermark or TTL deletions.
         let rec = |name: &str, sk: &str| json!({"eventName": name, "dynamodb": {"Keys": {"pk": {"S": "TRIP#1"}, "sk": {"S": sk}}}});
-        assert!(matches(&matcher.filters[0], &rec("INSERT", "EVENT#end")));
+        assert!(matches(&matcher.filters[0], &rec("INSERT", "TRIP")));
+        assert!(matches(&matcher.filters[0], &rec("MODIFY", "TRIP")));
         assert!(!matches(
             &matcher.filters[0],
             &rec("INSERT", "DAY#2019-03-01")
         ));
-        assert!(!matches(&matcher.filters[0], &rec("MODIFY", "EVENT#end")));
+        assert!(!matches(&matcher.filters[0], &rec("MODIFY", "TRIPS")));
+        assert!(!matches(&matcher.filters[0], &rec("REMOVE", "TRIP")));
         let err = Settings::from_template(TEMPLATE, "kpi").unwrap_err();
         assert!(err.to_string().contains("no stream event source"), "{err}");
     }

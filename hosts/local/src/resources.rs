@@ -1,14 +1,13 @@
 //! The pipeline's resources, created on the local engines as `deploy/template.yaml` creates
-//! them in AWS: the stream, the table (stream, TTL, the two sparse indexes), the KPI bucket,
+//! them in AWS: the stream, the table (stream, TTL, no secondary index), the KPI bucket,
 //! the DLQ and the event source mappings' on-failure queue.
 
 use std::time::Duration;
 
 use anyhow::Context;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ScalarAttributeType, StreamSpecification, StreamViewType,
-    TimeToLiveSpecification,
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    StreamSpecification, StreamViewType, TimeToLiveSpecification,
 };
 use tripflow_lambda::table;
 
@@ -37,11 +36,21 @@ pub async fn create(
     stack: &crate::LocalStack,
     shards: i32,
 ) -> anyhow::Result<Resources> {
+    create_named(sdk, stack, shards, "tripflow").await
+}
+
+/// Creates everything under names that start with `name` (several pipelines on one stack).
+pub async fn create_named(
+    sdk: &aws_config::SdkConfig,
+    stack: &crate::LocalStack,
+    shards: i32,
+    name: &str,
+) -> anyhow::Result<Resources> {
     let kinesis = stack.kinesis_client(sdk);
     let ddb = stack.dynamodb_client(sdk);
     let s3 = stack.s3_client(sdk);
     let sqs = stack.sqs_client(sdk);
-    let (stream, tbl, bucket) = ("tripflow-events", "tripflow", "tripflow-kpi");
+    let (stream, tbl, bucket) = (&format!("{name}-events"), name, &format!("{name}-kpi"));
 
     kinesis
         .create_stream()
@@ -71,7 +80,6 @@ pub async fn create(
         .set_attribute_definitions(Some(table_attributes()))
         .key_schema(key(table::PK, KeyType::Hash))
         .key_schema(key(table::SK, KeyType::Range))
-        .set_global_secondary_indexes(Some(table_indexes()))
         .stream_specification(
             StreamSpecification::builder()
                 .stream_enabled(true)
@@ -105,7 +113,7 @@ pub async fn create(
         .context("CreateBucket")?;
     let dlq_url = sqs
         .create_queue()
-        .queue_name("tripflow-rejected")
+        .queue_name(format!("{name}-rejected"))
         .send()
         .await
         .context("CreateQueue")?
@@ -114,7 +122,7 @@ pub async fn create(
         .to_owned();
     let on_failure_url = sqs
         .create_queue()
-        .queue_name("tripflow-esm-failures")
+        .queue_name(format!("{name}-esm-failures"))
         .send()
         .await
         .context("CreateQueue")?
@@ -148,44 +156,10 @@ fn attr(name: &str, t: ScalarAttributeType) -> AttributeDefinition {
         .expect("name and type are set")
 }
 
-/// The key attributes of the table and its indexes.
+/// The key attributes of the table (it has no secondary index).
 pub fn table_attributes() -> Vec<AttributeDefinition> {
     vec![
         attr(table::PK, ScalarAttributeType::S),
         attr(table::SK, ScalarAttributeType::S),
-        attr(table::KPI_PK, ScalarAttributeType::S),
-        attr(table::OPEN_PK, ScalarAttributeType::S),
-        attr(table::TS, ScalarAttributeType::N),
-    ]
-}
-
-/// The two sparse indexes (see [`tripflow_lambda::table`]).
-pub fn table_indexes() -> Vec<GlobalSecondaryIndex> {
-    vec![
-        GlobalSecondaryIndex::builder()
-            .index_name(table::KPI_INDEX)
-            .key_schema(key(table::KPI_PK, KeyType::Hash))
-            .key_schema(key(table::TS, KeyType::Range))
-            .projection(
-                Projection::builder()
-                    .projection_type(ProjectionType::Include)
-                    .non_key_attributes(table::FARE)
-                    .non_key_attributes(table::END_TS)
-                    .non_key_attributes(table::END_FARE)
-                    .build(),
-            )
-            .build()
-            .expect("index is complete"),
-        GlobalSecondaryIndex::builder()
-            .index_name(table::OPEN_INDEX)
-            .key_schema(key(table::OPEN_PK, KeyType::Hash))
-            .key_schema(key(table::TS, KeyType::Range))
-            .projection(
-                Projection::builder()
-                    .projection_type(ProjectionType::KeysOnly)
-                    .build(),
-            )
-            .build()
-            .expect("index is complete"),
     ]
 }

@@ -186,14 +186,33 @@ async fn combined_csv(stack: &LocalStack, r: &tripflow_local::Resources) -> Stri
     String::from_utf8(body).unwrap()
 }
 
-/// Event items in the table.
+/// Stored events: the halves on the trip items.
 async fn event_items(stack: &LocalStack, table: &str) -> u64 {
-    count_items(stack, table, "begins_with(sk, :e)", Some("EVENT#")).await
+    count_items(
+        stack,
+        table,
+        "sk = :e AND attribute_exists(s_ts)",
+        Some("TRIP"),
+    )
+    .await
+        + count_items(
+            stack,
+            table,
+            "sk = :e AND attribute_exists(e_ts)",
+            Some("TRIP"),
+        )
+        .await
 }
 
-/// Start items that carry a completion.
+/// Trip items that hold both halves: completed trips.
 async fn completed_items(stack: &LocalStack, table: &str) -> u64 {
-    count_items(stack, table, "attribute_exists(end_ts)", None).await
+    count_items(
+        stack,
+        table,
+        "sk = :e AND attribute_exists(s_ts) AND attribute_exists(e_ts)",
+        Some("TRIP"),
+    )
+    .await
 }
 
 /// Items matching a scan filter (`:e` bound to `value`, when given).
@@ -432,7 +451,6 @@ async fn nyc_sample_through_the_pipeline_equals_the_cli_replay() {
     // The sweeper orphans what `tripflow sweep --older-than 24h` orphans, 2200 or not.
     let sweep = pipeline.invoke(Function::Sweeper, json!({})).await.unwrap();
     assert_eq!(sweep["orphaned"], cli12.orphans, "{sweep}");
-    assert_eq!(sweep["reconciled"], 0, "{sweep}");
     let failures = tripflow_local::drain_queue(&stack.sqs_client(&sdk), &r.on_failure_url)
         .await
         .unwrap();
@@ -571,8 +589,8 @@ async fn bootstrap_binary_runs_through_the_runtime_api() {
 /// A batch the ingest mapping really gave up on (every request of the functions throttled, one
 /// retry allowed) reaches the on-failure queue as a description only; `redrive` reads its range
 /// back from the stream and puts it on again, and the pipeline then ends as if nothing had
-/// failed: the same KPIs, the bad record on the DLQ. On the same stack, a trip the sweeper
-/// reconciles is published by the next scheduled KPI run.
+/// failed: the same KPIs, the bad record on the DLQ. On the same stack, an orphan whose other
+/// half arrives later is published by the next scheduled KPI run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_given_up_on_is_redriven_from_the_stream() {
     let mut stack = LocalStack::start(&stack::tools_dir()).await.unwrap();
@@ -642,48 +660,37 @@ async fn a_batch_given_up_on_is_redriven_from_the_stream() {
         .unwrap();
     assert!(left.is_empty(), "{left:?}");
 
-    // The sweeper's reconciliation is a late completion too: two halves stored in the open
-    // index that no matcher paired (its eventually consistent read missed the end) are
-    // completed by the sweep, and the next scheduled KPI run publishes their day.
-    use aws_sdk_dynamodb::types::AttributeValue;
-    use tripflow_runtime::core::{EventKind, TripEvent};
-    let ddb = stack.dynamodb_client(&sdk);
-    let half = |kind, secs: i64, fare| TripEvent {
-        trip_id: "missed".into(),
-        kind,
-        timestamp_ns: secs * 1_000_000_000,
-        fare_cents: fare,
-        extras: String::new(),
+    // An orphan that gets its other half is a late completion too: the sweeper orphans a
+    // start whose end is missing, the end then arrives, and the next scheduled KPI run
+    // publishes its day.
+    let late = |id: &str, kind: &str, ts: &str, fare: Option<&str>| {
+        let mut e = json!({"trip_id": id, "event_type": kind, "timestamp": ts});
+        if let Some(f) = fare {
+            e["fare"] = f.into();
+        }
+        e.to_string().into_bytes()
     };
-    let start = half(EventKind::Start, 1_551_780_000, None); // 2019-03-05T10:00:00Z
-    let end = half(EventKind::End, 1_551_781_200, Some(2_000));
-    for (e, day) in [(&start, Some("2019-03-05")), (&end, None)] {
-        let mut item = tripflow_lambda::table::event_item(e, day, "test/1", None);
-        item.insert(
-            tripflow_lambda::table::OPEN_PK.into(),
-            AttributeValue::S(tripflow_lambda::table::open_pk("missed")),
-        );
-        ddb.put_item()
-            .table_name(&r.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .unwrap();
-    }
-    ddb.update_item()
-        .table_name(&r.table)
-        .set_key(Some(tripflow_lambda::table::watermark_key()))
-        .update_expression("SET newest_ns = :n")
-        .expression_attribute_values(":n", AttributeValue::N("1560000000000000000".into()))
-        .send()
+    let start = late("late", "trip_start", "2019-03-05T10:00:00Z", None);
+    let end = late("late", "trip_end", "2019-03-05T10:20:00Z", Some("20.00"));
+    let clock = late("clock", "trip_start", "2019-03-07T12:00:00Z", None); // moves the watermark
+    tripflow_local::send(&stack.kinesis_client(&sdk), &r.stream, &[start, clock])
         .await
         .unwrap();
+    pipeline.drain().await.unwrap();
     let sweep = pipeline.invoke(Function::Sweeper, json!({})).await.unwrap();
-    assert_eq!(sweep["reconciled"], 1, "{sweep}");
+    assert_eq!(sweep["orphaned"], 1, "{sweep}");
+    let again = pipeline.invoke(Function::Sweeper, json!({})).await.unwrap();
+    assert_eq!(again["orphaned"], 0, "an orphan is orphaned once: {again}");
+    pipeline.invoke(Function::Kpi, json!({})).await.unwrap();
+    tripflow_local::send(&stack.kinesis_client(&sdk), &r.stream, &[end])
+        .await
+        .unwrap();
+    pipeline.drain().await.unwrap();
     let kpi = pipeline.invoke(Function::Kpi, json!({})).await.unwrap();
     assert_eq!(kpi["dirty_days"], json!(["2019-03-05"]), "{kpi}");
     let csv = combined_csv(&stack, &r).await;
     assert!(
-        csv.ends_with("2019-03-01,2,19.75,9.88,7.25,12.50\n2019-03-05,1,20.00,20.00,20.00,20.00\n")
+        csv.ends_with("2019-03-01,2,19.75,9.88,7.25,12.50\n2019-03-05,1,20.00,20.00,20.00,20.00\n"),
+        "{csv}"
     );
 }

@@ -455,8 +455,11 @@ async fn histories_through_the_real_ingest_on_dynamodb_local() {
                 .await
                 .unwrap();
             for item in out.items() {
-                let e = tripflow_lambda::table::event_from_item(item).unwrap();
-                items.insert((e.trip_id.clone(), e.kind), e);
+                for kind in [EventKind::Start, EventKind::End] {
+                    if let Some((e, _)) = tripflow_lambda::table::stored_half(item, kind).unwrap() {
+                        items.insert((e.trip_id.clone(), e.kind), e);
+                    }
+                }
             }
             start = out.last_evaluated_key().cloned();
             if start.is_none() {
