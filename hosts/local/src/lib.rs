@@ -6,6 +6,7 @@
 //! bootstrap processes behind a local Runtime API ([`runtime_api::BootstrapInvoker`]).
 
 pub mod capacity;
+pub mod cpu;
 pub mod esm;
 pub mod faults;
 pub mod redrive;

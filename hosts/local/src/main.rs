@@ -120,6 +120,22 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// Measure the ingest and matcher functions' CPU per record: the bootstrap binary as two
+    /// processes on the local engines, FILE through Kinesis and the table's stream; with
+    /// --seed-script, the seed's Python handlers on the same events in the same run.
+    Cpu {
+        /// The bootstrap binary (build it with `cargo build --release -p tripflow-lambda`).
+        #[arg(long)]
+        bootstrap: PathBuf,
+        /// The seed's handlers (scripts/peers/seed_pipeline.py), to run side by side.
+        #[arg(long, requires = "python")]
+        seed_script: Option<PathBuf>,
+        /// The Python with boto3 to run the seed with (tools/local-aws/venv/bin/python).
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// NDJSON events.
+        file: PathBuf,
+    },
     /// Measure DynamoDB capacity per completed trip for tripflow's table design and the seed's.
     Capacity {
         /// Trips to run through each design.
@@ -336,6 +352,47 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 times[times.len() - 1],
                 component.map_or("embedded component".into(), |c| c.display().to_string())
             );
+            Ok(())
+        }
+        Command::Cpu {
+            bootstrap,
+            seed_script,
+            python,
+            file,
+        } => {
+            let text = std::fs::read(&file)
+                .with_context(|| format!("cannot read {}: check the path", file.display()))?;
+            let records = tripflow_local::records_of(&text);
+            let stack = LocalStack::start(&tools).await?;
+            let r = tripflow_local::cpu::measure(&stack, &bootstrap, &records).await?;
+            println!(
+                "tripflow ingest:  {:>7.1} us CPU per record ({} records, {:.2} s CPU)",
+                r.ingest_us(),
+                r.ingest_records,
+                r.ingest_cpu_s
+            );
+            println!(
+                "tripflow matcher: {:>7.1} us CPU per record ({} records, {:.2} s CPU)",
+                r.matcher_us(),
+                r.matcher_records,
+                r.matcher_cpu_s
+            );
+            println!(
+                "tripflow: {} events through ingest and matcher in {:.1} s wall",
+                r.events, r.wall_s
+            );
+            if let (Some(script), Some(python)) = (seed_script, python) {
+                let seed = tripflow_local::cpu::seed(&stack, &python, &script, &file)?;
+                let seed_us = seed["lambda1_cpu_us_per_event"]
+                    .as_f64()
+                    .context("the seed reported no lambda1_cpu_us_per_event")?;
+                println!("seed ingest:      {seed_us:>7.1} us CPU per event ({seed})");
+                println!(
+                    "ratio: tripflow's ingest uses {:.2}x the seed's CPU per event ({:.1}x less)",
+                    r.ingest_us() / seed_us,
+                    seed_us / r.ingest_us()
+                );
+            }
             Ok(())
         }
         Command::Capacity { trips } => {

@@ -286,6 +286,11 @@ impl BootstrapInvoker {
         Ok(())
     }
 
+    /// The process id of `function`'s bootstrap, while it runs.
+    pub async fn pid(&self, function: Function) -> Option<u32> {
+        self.children.get(function.name())?.lock().await.id()
+    }
+
     /// The endpoint serving `function`.
     pub fn api(&self, function: Function) -> Option<&RuntimeApi> {
         self.apis.get(function.name())
