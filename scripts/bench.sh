@@ -1,33 +1,67 @@
 #!/usr/bin/env bash
-# Reproduces BENCHMARKS.md: replay of 1M generated events with the component vs the same core
-# linked natively (hyperfine, same session), peak memory at 100k and 1M events, and the
-# criterion benchmark of the core alone. Needs hyperfine and GNU time (Debian: hyperfine, time).
+# Reproduces BENCHMARKS.md.
+#   scripts/bench.sh replay   replay of 1M generated events with the component vs the same core
+#                             linked natively (hyperfine, same session), peak memory, criterion
+#   scripts/bench.sh aws      the AWS functions on the local engines next to the seed's design,
+#                             same run, same events: DynamoDB units per trip, CPU per record,
+#                             cold start
+#   scripts/bench.sh          both
+# Needs hyperfine and GNU time for the replay part (Debian: hyperfine, time), and the local
+# engines (scripts/install-local-aws.sh) for the AWS part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v hyperfine >/dev/null || { echo "install hyperfine (apt-get install hyperfine)"; exit 1; }
-[ -x /usr/bin/time ] || { echo "install GNU time (apt-get install time)"; exit 1; }
-
-cargo build --release --locked -q -p tripflow
-bin=target/release/tripflow
+what=${1:-all}
 work=${BENCH_DIR:-target/bench}
 mkdir -p "$work"
-export TRIPFLOW_CACHE_DIR="$work/cache"
 
-# 500,000 trips = 1,000,000 events in time order, plus 1% exact duplicates.
-[ -f "$work/1m.ndjson" ] || $bin generate --trips 500000 --seed 7 --duplicates 0.01 --out "$work/1m.ndjson"
-[ -f "$work/100k.ndjson" ] || $bin generate --trips 50000 --seed 7 --duplicates 0.01 --out "$work/100k.ndjson"
-[ -f "$work/2m.ndjson" ] || $bin generate --trips 1000000 --seed 7 --duplicates 0.01 --out "$work/2m.ndjson"
-[ -f "$work/1m-shuffled.ndjson" ] || $bin generate --trips 500000 --seed 7 --duplicates 0.01 --shuffle --out "$work/1m-shuffled.ndjson"
-$bin component >/dev/null # fills the compile cache so no run pays for compilation
+replay() {
+  command -v hyperfine >/dev/null || { echo "install hyperfine (apt-get install hyperfine)"; exit 1; }
+  [ -x /usr/bin/time ] || { echo "install GNU time (apt-get install time)"; exit 1; }
+  cargo build --release --locked -q -p tripflow
+  local bin=target/release/tripflow
+  export TRIPFLOW_CACHE_DIR="$work/cache"
 
-hyperfine --runs 3 --export-markdown "$work/replay-1m.md" \
-  --prepare "rm -rf $work/state-*" \
-  -n "component 1m" "$bin replay --state $work/state-wasm $work/1m.ndjson" \
-  -n "native 1m" "$bin --native replay --state $work/state-native $work/1m.ndjson"
+  # 500,000 trips = 1,000,000 events in time order, plus 1% exact duplicates.
+  [ -f "$work/1m.ndjson" ] || $bin generate --trips 500000 --seed 7 --duplicates 0.01 --out "$work/1m.ndjson"
+  [ -f "$work/100k.ndjson" ] || $bin generate --trips 50000 --seed 7 --duplicates 0.01 --out "$work/100k.ndjson"
+  [ -f "$work/2m.ndjson" ] || $bin generate --trips 1000000 --seed 7 --duplicates 0.01 --out "$work/2m.ndjson"
+  [ -f "$work/1m-shuffled.ndjson" ] || $bin generate --trips 500000 --seed 7 --duplicates 0.01 --shuffle --out "$work/1m-shuffled.ndjson"
+  $bin component >/dev/null # fills the compile cache so no run pays for compilation
 
-for input in 100k 1m 2m 1m-shuffled; do
-  rm -rf "$work/state-mem"
-  /usr/bin/time -f "peak RSS $input: %M KiB, %e s" $bin replay --state "$work/state-mem" "$work/$input.ndjson" >/dev/null
-done
+  hyperfine --runs 3 --export-markdown "$work/replay-1m.md" \
+    --prepare "rm -rf $work/state-*" \
+    -n "component 1m" "$bin replay --state $work/state-wasm $work/1m.ndjson" \
+    -n "native 1m" "$bin --native replay --state $work/state-native $work/1m.ndjson"
 
-cargo bench --locked -p tripflow-runtime --bench core
+  for input in 100k 1m 2m 1m-shuffled; do
+    rm -rf "$work/state-mem"
+    /usr/bin/time -f "peak RSS $input: %M KiB, %e s" $bin replay --state "$work/state-mem" "$work/$input.ndjson" >/dev/null
+  done
+
+  cargo bench --locked -p tripflow-runtime --bench core
+}
+
+aws() {
+  scripts/install-local-aws.sh >/dev/null
+  # The deployable artifact: the bootstrap and the component precompiled for its wasmtime.
+  scripts/package-lambda.sh >/dev/null
+  cargo build --release --locked -q -p tripflow -p tripflow-local
+  local local=target/release/tripflow-local python=tools/local-aws/venv/bin/python
+  # 10,000 generated trips (20,000 events, time order) for both designs.
+  [ -f "$work/aws-20k.ndjson" ] || target/release/tripflow generate --trips 10000 --seed 7 --out "$work/aws-20k.ndjson"
+
+  echo "== DynamoDB units per completed trip: tripflow (in order, out of order, duplicates) and the seed"
+  $local capacity --trips 2000
+  echo "== CPU per record: tripflow's ingest and matcher bootstraps, and the seed's ingest handler, same events"
+  $local cpu --bootstrap dist/lambda/bootstrap --seed-script scripts/peers/seed_pipeline.py \
+    --python "$python" "$work/aws-20k.ndjson"
+  echo "== cold start, process start to first batch answered (precompiled component)"
+  $local cold-start --bootstrap dist/lambda/bootstrap --component dist/lambda/tripflow.cwasm --runs 21
+}
+
+case $what in
+  replay) replay ;;
+  aws) aws ;;
+  all) replay; aws ;;
+  *) echo "usage: scripts/bench.sh [replay|aws|all]" >&2; exit 2 ;;
+esac

@@ -25,6 +25,7 @@ use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, ReturnConsumedCapacity, ReturnValuesOnConditionCheckFailure,
 };
+use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 use tripflow_runtime::core::EventKind;
 use tripflow_runtime::{CoreProvider, TripCore};
@@ -33,6 +34,9 @@ use crate::manifest::{self, Kind, OpenEntry};
 use crate::metrics::{Counters, units};
 use crate::retry::{Budget, describe, retry};
 use crate::{App, Error, dirty, table};
+
+/// Orphaning writes in flight at once.
+const ORPHAN_CONCURRENCY: usize = 16;
 
 /// Hours one run sweeps at most; the rest wait for the next run, oldest first.
 pub const MAX_HOURS_PER_RUN: usize = 24 * 31;
@@ -125,6 +129,7 @@ async fn sweep_hour(
 
     let mut filed = Vec::new();
     let mut undecided = candidates.len() - orphans.len();
+    let mut decided = Vec::with_capacity(orphans.len());
     for i in orphans {
         let (trip_id, half, ts) = candidates[i as usize];
         let kind = match half.as_str() {
@@ -132,7 +137,18 @@ async fn sweep_hour(
             "trip_end" => EventKind::End,
             other => return Err(format!("open entry {trip_id}: half {other:?}").into()),
         };
-        match orphan(app, trip_id, kind, run_ns, budget).await {
+        decided.push((trip_id, half, *ts, kind));
+    }
+    // Orphans are written ORPHAN_CONCURRENCY at a time.
+    let mut outcomes = futures_util::stream::iter(decided.iter().map(
+        |(trip_id, _, _, kind)| async move { orphan(app, trip_id, *kind, run_ns, budget).await },
+    ))
+    .buffered(ORPHAN_CONCURRENCY);
+    let mut k = 0;
+    while let Some(outcome) = outcomes.next().await {
+        let (trip_id, half, ts, _) = decided[k];
+        k += 1;
+        match outcome {
             Ok(Orphan::Orphaned) => {
                 counters.add("Orphaned", 1.0);
                 tracing::info!(trip_id = %trip_id, half, timestamp_ns = ts, "trip orphaned");
