@@ -140,9 +140,11 @@ async fn sweep_hour(
         decided.push((trip_id, half, *ts, kind));
     }
     // Orphans are written ORPHAN_CONCURRENCY at a time.
-    let mut outcomes = futures_util::stream::iter(decided.iter().map(
-        |(trip_id, _, _, kind)| async move { orphan(app, trip_id, *kind, run_ns, budget).await },
-    ))
+    let decided_ref = &decided;
+    let mut outcomes = futures_util::stream::iter((0..decided.len()).map(|k| {
+        let (trip_id, _, _, kind) = decided_ref[k];
+        orphan(app, trip_id, kind, run_ns, budget)
+    }))
     .buffered(ORPHAN_CONCURRENCY);
     let mut k = 0;
     while let Some(outcome) = outcomes.next().await {
