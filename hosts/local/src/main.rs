@@ -387,11 +387,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .as_f64()
                     .context("the seed reported no lambda1_cpu_us_per_event")?;
                 println!("seed ingest:      {seed_us:>7.1} us CPU per event ({seed})");
-                println!(
-                    "ratio: tripflow's ingest uses {:.2}x the seed's CPU per event ({:.1}x less)",
-                    r.ingest_us() / seed_us,
-                    seed_us / r.ingest_us()
-                );
+                let ratio = r.ingest_us() / seed_us;
+                if ratio >= 1.0 {
+                    println!(
+                        "ratio tripflow/seed: {ratio:.2} (tripflow's ingest uses {ratio:.2}x the seed's CPU per event)"
+                    );
+                } else {
+                    println!(
+                        "ratio tripflow/seed: {ratio:.2} (tripflow's ingest uses {:.1}x less CPU per event than the seed's)",
+                        1.0 / ratio
+                    );
+                }
             }
             Ok(())
         }
