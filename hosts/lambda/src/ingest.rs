@@ -305,13 +305,7 @@ pub async fn handle(
     let mut plan = Plan::new(&core, &bytes, app.record_limit()?, clock)?;
 
     // Conditional puts of the first copies; a failed condition hands back what is stored.
-    let expires_at = app.config.retention_days.map(|d| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        now + i64::from(d) * 86_400
-    });
+    let expires_at = app.expires_at();
     let mut puts: Vec<Option<PutOutcome>> = vec![None; plan.first_copies.len()];
     let writes: Vec<(usize, usize, TripEvent)> = plan
         .first_copies

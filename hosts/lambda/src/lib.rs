@@ -180,6 +180,18 @@ impl App {
         self.core.bounded(budget.remaining())
     }
 
+    /// The TTL (`expires_at`, epoch seconds) of an item written now: `RETENTION_DAYS` from now,
+    /// or `None` when items are kept.
+    pub fn expires_at(&self) -> Option<i64> {
+        self.config.retention_days.map(|d| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            now + i64::from(d) * 86_400
+        })
+    }
+
     /// The component's `max-record-bytes`, asked of it once per process.
     pub fn record_limit(&self) -> Result<u32, CoreError> {
         if let Some(n) = self.record_limit.get() {

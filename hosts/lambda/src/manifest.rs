@@ -107,13 +107,7 @@ pub async fn file<T: Serialize>(
     budget: &Budget,
 ) -> Result<(), String> {
     let shard = table::spread(batch) % SHARDS;
-    let expires_at = app.config.retention_days.map(|d| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        now + i64::from(d) * 86_400
-    });
+    let expires_at = app.expires_at();
     for (sk, json) in chunks(batch, entries) {
         let mut item: Item = HashMap::from([
             (

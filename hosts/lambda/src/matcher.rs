@@ -168,38 +168,29 @@ pub async fn handle(
 /// only ever seen after what it points at is stored, so a reader that deletes the marks it
 /// read (if unchanged) never drops an entry filed after it looked.
 async fn file_all(app: &App, batch: &str, f: &Filing, budget: &Budget) -> Result<(), Error> {
-    type Write<'a> =
-        std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
-    let mut writes: Vec<Write<'_>> = Vec::new();
+    let mut writes = Vec::new();
     for (hour, entries) in &f.open {
-        writes.push(Box::pin(manifest::file(
+        writes.push(filed(
             app,
             Kind::Open,
             hour.to_string(),
             batch,
             entries,
             budget,
-        )));
+        ));
     }
     for (hour, entries) in &f.settled {
-        writes.push(Box::pin(manifest::file(
+        writes.push(filed(
             app,
             Kind::Settled,
             hour.to_string(),
             batch,
             entries,
             budget,
-        )));
+        ));
     }
     for (day, entries) in &f.done {
-        writes.push(Box::pin(manifest::file(
-            app,
-            Kind::Done,
-            day.clone(),
-            batch,
-            entries,
-            budget,
-        )));
+        writes.push(filed(app, Kind::Done, day.clone(), batch, entries, budget));
     }
     futures_util::future::try_join_all(writes).await?;
     let hours: Vec<String> = f.open.keys().map(|h| manifest::hour_sk(*h)).collect();
@@ -209,6 +200,21 @@ async fn file_all(app: &App, batch: &str, f: &Filing, budget: &Budget) -> Result
     )
     .await?;
     Ok(())
+}
+
+type Filed<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// One [`manifest::file`] call, boxed so calls for different entry types run side by side.
+fn filed<'a, T: serde::Serialize + Sync>(
+    app: &'a App,
+    kind: Kind,
+    bucket: String,
+    batch: &'a str,
+    entries: &'a [T],
+    budget: &'a Budget,
+) -> Filed<'a> {
+    Box::pin(manifest::file(app, kind, bucket, batch, entries, budget))
 }
 
 fn status_metric(s: TripStatus) -> &'static str {

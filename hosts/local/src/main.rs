@@ -212,8 +212,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let client = aws_sdk_kinesis::Client::new(&sdk);
             let mut records = Vec::new();
             for f in &files {
-                let text = std::fs::read(f)
-                    .with_context(|| format!("cannot read {}: check the path", f.display()))?;
+                let text = read(f)?;
                 records.extend(tripflow_local::records_of(&text));
             }
             let records =
@@ -259,8 +258,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             kill_every,
             file,
         } => {
-            let text = std::fs::read(&file)
-                .with_context(|| format!("cannot read {}: check the path", file.display()))?;
+            let text = read(&file)?;
             let records = tripflow_local::shuffle_with_duplicates(
                 &tripflow_local::records_of(&text),
                 shuffle_seed,
@@ -360,8 +358,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             python,
             file,
         } => {
-            let text = std::fs::read(&file)
-                .with_context(|| format!("cannot read {}: check the path", file.display()))?;
+            let text = read(&file)?;
             let records = tripflow_local::records_of(&text);
             let stack = LocalStack::start(&tools).await?;
             let r = tripflow_local::cpu::measure(&stack, &bootstrap, &records).await?;
@@ -408,6 +405,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A file's bytes, or an error that names it.
+fn read(file: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(file).with_context(|| format!("cannot read {}: check the path", file.display()))
 }
 
 async fn run_pipeline<I: Invoker>(
