@@ -218,13 +218,14 @@ async fn compute(
     let mut totals: Vec<DayTotals> = Vec::new();
     let mut chunk: Vec<TripFare> = Vec::with_capacity(CHUNK);
     let mut trips_read = 0u64;
-    let mut seen: HashSet<String> = HashSet::new();
     let mut day = first;
     while day <= last {
         let entries: Vec<DoneEntry> =
             manifest::read(app, "kpi.done", Kind::Done, &day.to_string(), budget).await?;
+        // A trip filed twice (a retried matcher batch) counts once; all its filings are under
+        // its start's date, so one day's ids are enough to tell.
+        let mut seen: HashSet<String> = HashSet::with_capacity(entries.len());
         for (trip_id, start_ns, fare) in entries {
-            // A trip filed twice (a retried matcher batch) counts once.
             if !seen.insert(trip_id) {
                 continue;
             }
