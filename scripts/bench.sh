@@ -38,6 +38,21 @@ replay() {
     /usr/bin/time -f "peak RSS $input: %M KiB, %e s" $bin replay --state "$work/state-mem" "$work/$input.ndjson" >/dev/null
   done
 
+  # DuckDB, what an analyst would pick instead, on the file: 1M trips, 2M shuffled
+  # events (gen_events.py), same run; then peak memory of a 10M-event replay.
+  local venv=target/peers-venv
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q -r scripts/peers/requirements.txt
+  [ -f "$work/ev2m.ndjson" ] || python3 scripts/peers/gen_events.py 1000000 "$work/ev2m.ndjson"
+  hyperfine --runs 3 --export-markdown "$work/replay-vs-duckdb.md" \
+    --prepare "rm -rf $work/state-2m" \
+    -n "tripflow replay, 2M events, fresh state" "$bin replay --state $work/state-2m $work/ev2m.ndjson" \
+    -n "duckdb, 2 threads" "$venv/bin/python scripts/peers/duckdb_kpis.py $work/ev2m.ndjson 2"
+  [ -f "$work/ev10m.ndjson" ] || python3 scripts/peers/gen_events.py 5000000 "$work/ev10m.ndjson"
+  rm -rf "$work/state-10m"
+  /usr/bin/time -f "peak RSS 10M events: %M KiB, %e s" $bin replay --state "$work/state-10m" "$work/ev10m.ndjson" >/dev/null
+  rm -rf "$work/state-10m"
+
   cargo bench --locked -p tripflow-runtime --bench core
 }
 
