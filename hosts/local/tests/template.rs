@@ -40,7 +40,7 @@ fn every_alarm_is_on_the_dashboard_and_points_at_its_runbook() {
         let end = rest[i..].find('}').unwrap() + i;
         referenced.insert(rest[i + 2..end].to_owned());
         substituted.push_str(&rest[..i]);
-        substituted.push_str("X");
+        substituted.push('X');
         rest = &rest[end + 1..];
     }
     substituted.push_str(rest);
