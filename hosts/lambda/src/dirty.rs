@@ -1,10 +1,10 @@
 //! Dirty KPI days: which days a completion changed, so the next scheduled KPI run republishes
-//! them however late the trip completed (a late end, a backlog, a backfill of old files, a
-//! reconciliation by the sweeper, an orphan that got its other half).
+//! them however late the trip completed (a late end, a backlog, a backfill of old files, an
+//! orphan that got its other half).
 //!
-//! The core decides which days a set of completed trips touches (`kpi.utc-days-touched`: the
-//! UTC dates of their starts, the dates of the `DONE` manifests); a marker item per UTC date
-//! records it:
+//! The days a matcher batch changes are the dates of the `DONE` manifests it files: the UTC
+//! dates of the starts of the trips that count, as the core's `kpi.day-of` names them. A
+//! marker item per UTC date records it:
 //!
 //! | item        | `pk`    | `sk`             | attributes                                   |
 //! |-------------|---------|------------------|----------------------------------------------|
@@ -17,8 +17,6 @@
 //! read: a day marked again during the run stays dirty for the next run.
 
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
-use tripflow_runtime::core::{ClosedTrip, TripFare};
-use tripflow_runtime::{CoreProvider, TripCore};
 
 use crate::App;
 use crate::ingest::is_condition_failed;
@@ -38,24 +36,8 @@ fn key(pk: &str, sk: &str) -> Item {
     ])
 }
 
-/// Marks the days the `trips` touch (the core decides which); returns how many were marked.
-pub async fn mark(app: &App, trips: &[ClosedTrip], budget: &Budget) -> Result<usize, String> {
-    if trips.is_empty() {
-        return Ok(0);
-    }
-    let fares: Vec<TripFare> = trips.iter().map(TripFare::from).collect();
-    let days = app
-        .core_within(budget)
-        .session()
-        .and_then(|mut c| c.utc_days_touched(&fares))
-        .map_err(|e| e.to_string())?;
-    let sks: Vec<String> = days.iter().map(|d| table::day_pk(d)).collect();
-    add_marks(app, DIRTY_PK, &sks, budget).await?;
-    Ok(days.len())
-}
-
-/// `ADD marks 1` on each `pk`/`sk` marker: the generic half of [`mark`], also used for the
-/// sweeper's hour marks.
+/// `ADD marks 1` on each `pk`/`sk` marker: dirty days (`DIRTY`/`DAY#<date>`) and the
+/// sweeper's hours (`SWEEP`/`HOUR#…`).
 pub async fn add_marks(app: &App, pk: &str, sks: &[String], budget: &Budget) -> Result<(), String> {
     for sk in sks {
         let out = retry(budget, "UpdateItem(mark)", || {

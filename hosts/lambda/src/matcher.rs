@@ -194,9 +194,12 @@ async fn file_all(app: &App, batch: &str, f: &Filing, budget: &Budget) -> Result
     }
     futures_util::future::try_join_all(writes).await?;
     let hours: Vec<String> = f.open.keys().map(|h| manifest::hour_sk(*h)).collect();
+    // The dirty days are the done manifests' dates: the UTC dates of the starts of the trips
+    // that count, as the core's `day-of` named them.
+    let days: Vec<String> = f.done.keys().map(|d| table::day_pk(d)).collect();
     futures_util::future::try_join(
         dirty::add_marks(app, manifest::SWEEP_PK, &hours, budget),
-        dirty::mark(app, &f.closed, budget),
+        dirty::add_marks(app, dirty::DIRTY_PK, &days, budget),
     )
     .await?;
     Ok(())
