@@ -1,4 +1,4 @@
-//! The tripflow core as a WASI component: only the `tripflow:core@0.2.0` export glue.
+//! The tripflow core as a WASI component: only the `tripflow:core@0.3.0` export glue.
 //!
 //! Every function converts the WIT types to `tripflow_core`'s, calls the library and converts
 //! the answer back; there is no logic here to test on its own.
@@ -17,6 +17,7 @@ use bindings::exports::tripflow::core::matching::{
     self, Clock, ClosedTrip, Closing, Conflict, Decision, EventRef, OpenTrip, Resolution,
     TripStatus,
 };
+use bindings::exports::tripflow::core::report;
 use bindings::exports::tripflow::core::types::{
     ContractLimits, EventKind, RejectReason, Span, TripEvent,
 };
@@ -135,18 +136,62 @@ impl kpi::Guest for Component {
     }
 
     fn render_csv(rows: Vec<DayKpi>) -> String {
-        let rows: Vec<core::DayKpi> = rows
-            .into_iter()
-            .map(|r| core::DayKpi {
-                date: r.date,
-                trip_count: r.trip_count,
-                total_cents: r.total_cents,
-                average_cents: r.average_cents,
-                min_cents: r.min_cents,
-                max_cents: r.max_cents,
-            })
-            .collect();
+        let rows: Vec<core::DayKpi> = rows.into_iter().map(kpi_in).collect();
         core::render_csv(&rows)
+    }
+}
+
+impl report::Guest for Component {
+    fn read_csv(csv: String) -> Result<Vec<DayKpi>, KpiError> {
+        core::report::read_csv(&csv)
+            .map(|rows| rows.into_iter().map(kpi_out).collect())
+            .map_err(kpi_error_out)
+    }
+
+    fn render_html(request: report::ReportRequest) -> Result<String, KpiError> {
+        let p = request.provenance;
+        let request = core::report::ReportRequest {
+            zone: request.zone,
+            from: request.from,
+            to: request.to,
+            rows: request.rows.into_iter().map(kpi_in).collect(),
+            accounting: request.accounting.map(|a| core::report::Accounting {
+                records_read: a.records_read,
+                blank_lines: a.blank_lines,
+                duplicates: a.duplicates,
+                stored_events: a.stored_events,
+                completed: a.completed,
+                invalid: a.invalid,
+                no_fare: a.no_fare,
+                open: a.open,
+                orphaned: a.orphaned,
+                rejected: a
+                    .rejected
+                    .into_iter()
+                    .map(|g| core::report::RejectGroup {
+                        reason: g.reason,
+                        count: g.count,
+                        examples: g
+                            .examples
+                            .into_iter()
+                            .map(|e| core::report::RejectExample {
+                                source: e.source,
+                                line: e.line,
+                                detail: e.detail,
+                                raw: e.raw,
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            }),
+            provenance: core::report::Provenance {
+                host: p.host,
+                component_sha256: p.component_sha256,
+                inputs: p.inputs,
+                accounting_note: p.accounting_note,
+            },
+        };
+        core::report::render_html(&request).map_err(kpi_error_out)
     }
 }
 
@@ -258,6 +303,17 @@ fn totals_out(t: core::DayTotals) -> DayTotals {
         total_cents: t.total_cents,
         min_cents: t.min_cents,
         max_cents: t.max_cents,
+    }
+}
+
+fn kpi_in(r: DayKpi) -> core::DayKpi {
+    core::DayKpi {
+        date: r.date,
+        trip_count: r.trip_count,
+        total_cents: r.total_cents,
+        average_cents: r.average_cents,
+        min_cents: r.min_cents,
+        max_cents: r.max_cents,
     }
 }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use tripflow_runtime::{ComponentSource, CoreProvider, Limits, NativeCore, Runtime, TripCore};
-use tripflow_store::{Input, KpiOptions, KpiReport, ReplayOptions, StateDir};
+use tripflow_store::{Input, KpiOptions, KpiReport, ReplayOptions, ReportOptions, StateDir};
 
 /// Replay taxi trip events through the tripflow core and compute exact daily fare KPIs.
 ///
@@ -55,6 +55,9 @@ enum Command {
         /// this file. They are always kept in the store too.
         #[arg(long, value_name = "FILE")]
         quarantine: Option<PathBuf>,
+        /// Also write the report page of the store after the replay (as `tripflow report`).
+        #[arg(long, value_name = "FILE.html")]
+        report: Option<PathBuf>,
         /// Print the summary as JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -84,6 +87,24 @@ enum Command {
         /// Write the KPI CSV to this file (`-` for stdout) instead of printing a table.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+    },
+    /// Write the KPI report page: one self-contained HTML file (charts, KPI table,
+    /// accounting with example rejects, provenance) that opens in any browser, offline.
+    Report {
+        #[command(flatten)]
+        state: StateArg,
+        /// IANA time zone whose calendar dates are the KPI days.
+        #[arg(long, default_value = "UTC", value_name = "ZONE")]
+        timezone: String,
+        /// First day shown, YYYY-MM-DD (default: the first day with trips).
+        #[arg(long, value_name = "DATE")]
+        from: Option<String>,
+        /// Last day shown, YYYY-MM-DD (default: the last day with trips).
+        #[arg(long, value_name = "DATE")]
+        to: Option<String>,
+        /// Where to write the page.
+        #[arg(long, value_name = "FILE.html")]
+        out: PathBuf,
     },
     /// Mark open trips that waited too long for their other half as orphans, and list them.
     Sweep {
@@ -235,6 +256,7 @@ fn dispatch<P: CoreProvider>(cli: &Cli, core: &P) -> Result<()> {
             timezone,
             kpi_out,
             quarantine,
+            report: report_out,
             json,
             batch_lines,
             max_clock_skew,
@@ -279,6 +301,13 @@ fn dispatch<P: CoreProvider>(cli: &Cli, core: &P) -> Result<()> {
             if let Some(path) = kpi_out {
                 write_kpi_csv(path, &report, core)?;
             }
+            if let Some(path) = report_out {
+                let opts = KpiOptions {
+                    zone: timezone.clone(),
+                    ..KpiOptions::default()
+                };
+                write_report(path, core, &state_dir, opts)?;
+            }
             let mut stdout = io::stdout().lock();
             if *json {
                 serde_json::to_writer_pretty(&mut stdout, &summary)?;
@@ -316,6 +345,21 @@ fn dispatch<P: CoreProvider>(cli: &Cli, core: &P) -> Result<()> {
                 }
             }
             Ok(())
+        }
+        Command::Report {
+            state,
+            timezone,
+            from,
+            to,
+            out,
+        } => {
+            let state_dir = open_existing(&state.dir)?;
+            let opts = KpiOptions {
+                zone: timezone.clone(),
+                from: from.clone(),
+                to: to.clone(),
+            };
+            write_report(out, core, &state_dir, opts)
         }
         Command::Sweep {
             state,
@@ -372,6 +416,28 @@ fn write_kpi_csv<P: CoreProvider>(path: &Path, report: &KpiReport, core: &P) -> 
         "tripflow: wrote {} ({} days) with {}",
         path.display(),
         report.rows.len(),
+        core.describe()
+    );
+    Ok(())
+}
+
+/// Renders the store's report page to `path` and logs which core rendered it.
+fn write_report<P: CoreProvider>(
+    path: &Path,
+    core: &P,
+    state: &StateDir,
+    kpi: KpiOptions,
+) -> Result<()> {
+    let opts = ReportOptions {
+        kpi,
+        host: concat!("tripflow ", env!("CARGO_PKG_VERSION")).to_owned(),
+    };
+    let html = tripflow_store::report(core, state, &opts)?;
+    write_file(path, html.as_bytes())?;
+    eprintln!(
+        "tripflow: wrote the report {} ({} KiB) with {}",
+        path.display(),
+        html.len().div_ceil(1024),
         core.describe()
     );
     Ok(())

@@ -1,7 +1,7 @@
 //! Field-by-field conversions between the bindgen types and `tripflow_core`'s.
 
 use crate::bindings::exports::tripflow::core::{
-    events as we, kpi as wk, matching as wm, types as wt,
+    events as we, kpi as wk, matching as wm, report as wr, types as wt,
 };
 use tripflow_core as c;
 
@@ -180,5 +180,49 @@ pub(crate) fn kpi_error_in(e: wk::KpiError) -> c::KpiError {
         wk::KpiError::UnknownTimeZone(d) => c::KpiError::UnknownTimeZone(d),
         wk::KpiError::BadDate(d) => c::KpiError::BadDate(d),
         wk::KpiError::Overflow(d) => c::KpiError::Overflow(d),
+    }
+}
+
+pub(crate) fn report_out(r: &c::report::ReportRequest) -> wr::ReportRequest {
+    wr::ReportRequest {
+        zone: r.zone.clone(),
+        from: r.from.clone(),
+        to: r.to.clone(),
+        rows: r.rows.iter().map(kpi_out).collect(),
+        accounting: r.accounting.as_ref().map(|a| wr::Accounting {
+            records_read: a.records_read,
+            blank_lines: a.blank_lines,
+            duplicates: a.duplicates,
+            stored_events: a.stored_events,
+            completed: a.completed,
+            invalid: a.invalid,
+            no_fare: a.no_fare,
+            open: a.open,
+            orphaned: a.orphaned,
+            rejected: a
+                .rejected
+                .iter()
+                .map(|g| wr::RejectGroup {
+                    reason: g.reason.clone(),
+                    count: g.count,
+                    examples: g
+                        .examples
+                        .iter()
+                        .map(|e| wr::RejectExample {
+                            source: e.source.clone(),
+                            line: e.line,
+                            detail: e.detail.clone(),
+                            raw: e.raw.clone(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }),
+        provenance: wr::Provenance {
+            host: r.provenance.host.clone(),
+            component_sha256: r.provenance.component_sha256.clone(),
+            inputs: r.provenance.inputs.clone(),
+            accounting_note: r.provenance.accounting_note.clone(),
+        },
     }
 }

@@ -1,6 +1,6 @@
 //! The one crate that owns wasmtime.
 //!
-//! It runs `bindgen!` once for `tripflow:core@0.2.0`, defines the single engine configuration
+//! It runs `bindgen!` once for `tripflow:core@0.3.0`, defines the single engine configuration
 //! used by every host and by the precompiler, loads a component (`.wasm`, or a precompiled
 //! `.cwasm`), builds the [`InstancePre`](wasmtime::component::InstancePre) once, and gives every
 //! batch a fresh, bounded [`Store`]: a memory cap and an epoch deadline stop a runaway guest
@@ -27,6 +27,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub use native::NativeCore;
 pub use tripflow_core as core;
+use tripflow_core::report::ReportRequest;
 use tripflow_core::{
     Clock, ClosedTrip, DayKpi, DayTotals, KpiError, ParseOutcome, Resolution, Span, TripEvent,
     TripFare,
@@ -131,6 +132,10 @@ pub trait TripCore {
     fn utc_days_touched(&mut self, trips: &[TripFare]) -> Result<Vec<String>, CoreError>;
     /// See `kpi.local-days`: the local dates in `zone` that overlap these UTC dates.
     fn local_days(&mut self, zone: &str, utc_days: &[String]) -> Result<Vec<String>, CoreError>;
+    /// See `report.read-csv`: KPI rows back from a KPI CSV.
+    fn read_csv(&mut self, csv: &str) -> Result<Vec<DayKpi>, CoreError>;
+    /// See `report.render-html`: the report page.
+    fn render_html(&mut self, request: &ReportRequest) -> Result<String, CoreError>;
 }
 
 /// Something that opens [`TripCore`] sessions: the component ([`Runtime`]) or the library
@@ -142,6 +147,9 @@ pub trait CoreProvider: Send + Sync {
     fn session(&self) -> Result<Self::Session, CoreError>;
     /// A one-line description for logs: what runs, and its sha256 for a component.
     fn describe(&self) -> String;
+    /// What decides, for provenance: the component's sha256 (lowercase hex), or a description
+    /// of a core that is not a component.
+    fn fingerprint(&self) -> String;
 }
 
 /// Limits applied to every session.
@@ -341,6 +349,10 @@ impl CoreProvider for Runtime {
         })
     }
 
+    fn fingerprint(&self) -> String {
+        self.info.sha256.clone()
+    }
+
     fn describe(&self) -> String {
         format!(
             "component {} sha256:{}{}",
@@ -381,6 +393,10 @@ impl CoreProvider for Bounded<'_> {
         let mut s = self.runtime.session()?;
         s.limits.call_deadline = s.limits.call_deadline.min(self.deadline);
         Ok(s)
+    }
+
+    fn fingerprint(&self) -> String {
+        self.runtime.fingerprint()
     }
 
     fn describe(&self) -> String {
@@ -587,6 +603,18 @@ impl TripCore for WasmSession {
 
     fn local_days(&mut self, zone: &str, utc_days: &[String]) -> Result<Vec<String>, CoreError> {
         let r = self.call(|c, s| c.tripflow_core_kpi().call_local_days(s, zone, utc_days))?;
+        r.map_err(|e| CoreError::Kpi(convert::kpi_error_in(e)))
+    }
+
+    fn read_csv(&mut self, csv: &str) -> Result<Vec<DayKpi>, CoreError> {
+        let r = self.call(|c, s| c.tripflow_core_report().call_read_csv(s, csv))?;
+        r.map(|v| v.into_iter().map(convert::kpi_in).collect())
+            .map_err(|e| CoreError::Kpi(convert::kpi_error_in(e)))
+    }
+
+    fn render_html(&mut self, request: &ReportRequest) -> Result<String, CoreError> {
+        let request = convert::report_out(request);
+        let r = self.call(|c, s| c.tripflow_core_report().call_render_html(s, &request))?;
         r.map_err(|e| CoreError::Kpi(convert::kpi_error_in(e)))
     }
 }

@@ -5,6 +5,8 @@ use tripflow_core::{
     Clock, ClosedTrip, DayKpi, DayTotals, ParseOutcome, Resolution, Span, TripEvent, TripFare,
 };
 
+use tripflow_core::report::ReportRequest;
+
 use crate::{CoreError, CoreProvider, TripCore};
 
 /// `tripflow_core` called directly, without wasm.
@@ -19,6 +21,10 @@ impl CoreProvider for NativeCore {
     }
 
     fn describe(&self) -> String {
+        "native tripflow-core (no component)".to_owned()
+    }
+
+    fn fingerprint(&self) -> String {
         "native tripflow-core (no component)".to_owned()
     }
 }
@@ -90,5 +96,13 @@ impl TripCore for NativeCore {
 
     fn local_days(&mut self, zone: &str, utc_days: &[String]) -> Result<Vec<String>, CoreError> {
         Ok(tripflow_core::local_days(zone, utc_days)?)
+    }
+
+    fn read_csv(&mut self, csv: &str) -> Result<Vec<DayKpi>, CoreError> {
+        Ok(tripflow_core::report::read_csv(csv)?)
+    }
+
+    fn render_html(&mut self, request: &ReportRequest) -> Result<String, CoreError> {
+        Ok(tripflow_core::report::render_html(request)?)
     }
 }

@@ -12,7 +12,7 @@ use tripflow_runtime::core::{EventKind, TripEvent, TripStatus};
 use crate::error::{DbContext, Error, IoContext};
 
 /// The schema version this build reads and writes.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -64,6 +64,14 @@ CREATE TABLE IF NOT EXISTS quarantine (
 );
 -- A record is quarantined once: replaying the same file again does not add its rejects again.
 CREATE UNIQUE INDEX IF NOT EXISTS quarantine_once ON quarantine (source, line, raw);
+-- What every replay read from each input (re-reads included), for the report's accounting;
+-- updated in each batch's transaction.
+CREATE TABLE IF NOT EXISTS sources (
+    name       TEXT PRIMARY KEY,
+    records    INTEGER NOT NULL,
+    blank      INTEGER NOT NULL,
+    duplicates INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// Version 1 stores lack `quarantine_once`; re-replays may have left exact repeats, which
@@ -71,6 +79,12 @@ CREATE UNIQUE INDEX IF NOT EXISTS quarantine_once ON quarantine (source, line, r
 const MIGRATE_FROM_1: &str = "
 DELETE FROM quarantine WHERE id NOT IN (SELECT min(id) FROM quarantine GROUP BY source, line, raw);
 UPDATE meta SET value = 2 WHERE key = 'schema_version';
+";
+
+/// Version 2 stores did not count records per input: their counts start at the upgrade, so
+/// `sources_complete` stays unset and the report says "not counted".
+const MIGRATE_FROM_2: &str = "
+UPDATE meta SET value = 3 WHERE key = 'schema_version';
 ";
 
 /// An open state directory.
@@ -96,6 +110,18 @@ pub struct StoreTotals {
     pub orphaned: u64,
     /// Quarantined records.
     pub quarantined: u64,
+}
+
+/// What every replay read from one input.
+pub(crate) struct SourceCounts {
+    /// The input's name.
+    pub name: String,
+    /// Non-blank records.
+    pub records: u64,
+    /// Blank lines.
+    pub blank: u64,
+    /// Exact duplicates.
+    pub duplicates: u64,
 }
 
 impl StateDir {
@@ -147,6 +173,10 @@ impl StateDir {
                 .db("migrating the store from schema version 1")?;
         }
         conn.execute_batch(SCHEMA).db("creating the schema")?;
+        if matches!(old, Some(1 | 2)) {
+            conn.execute_batch(MIGRATE_FROM_2)
+                .db("migrating the store from schema version 2")?;
+        }
         let version: Option<i64> = conn
             .query_row(
                 "SELECT value FROM meta WHERE key = 'schema_version'",
@@ -158,7 +188,7 @@ impl StateDir {
         match version {
             None => {
                 conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?1), ('sources_complete', 1)",
                     [SCHEMA_VERSION],
                 )
                 .db("writing the schema version")?;
@@ -231,6 +261,106 @@ impl StateDir {
             orphaned: count("SELECT count(*) FROM open_trips WHERE orphaned_ns IS NOT NULL")?,
             quarantined: count("SELECT count(*) FROM quarantine")?,
         })
+    }
+
+    /// Adds a batch's counts to its input's row in `sources`.
+    pub(crate) fn count_source(
+        &self,
+        name: &str,
+        records: u64,
+        blank: u64,
+        duplicates: u64,
+    ) -> Result<(), Error> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO sources (name, records, blank, duplicates) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (name) DO UPDATE SET records = records + excluded.records,
+                 blank = blank + excluded.blank, duplicates = duplicates + excluded.duplicates",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    name,
+                    records as i64,
+                    blank as i64,
+                    duplicates as i64
+                ])
+            })
+            .db("counting the input's records")?;
+        Ok(())
+    }
+
+    /// Every input replayed into the store with what was read from it, by name; and whether
+    /// the counts go back to the store's creation.
+    pub(crate) fn sources(&self) -> Result<(Vec<SourceCounts>, bool), Error> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, records, blank, duplicates FROM sources ORDER BY name")
+            .db("preparing the input listing")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(SourceCounts {
+                    name: r.get(0)?,
+                    records: r.get::<_, i64>(1)? as u64,
+                    blank: r.get::<_, i64>(2)? as u64,
+                    duplicates: r.get::<_, i64>(3)? as u64,
+                })
+            })
+            .db("listing inputs")?
+            .collect::<Result<Vec<_>, _>>()
+            .db("reading an input")?;
+        let complete = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'sources_complete'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .db("reading the store's meta")?
+            == Some(1);
+        Ok((rows, complete))
+    }
+
+    /// Rejected records by reason (sorted by reason): `(reason, count, first `examples`
+    /// records)`.
+    pub(crate) fn quarantine_groups(
+        &self,
+        examples: usize,
+    ) -> Result<Vec<(String, u64, Vec<crate::QuarantineRecord>)>, Error> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT reason, count(*) FROM quarantine GROUP BY reason ORDER BY reason")
+            .db("preparing the quarantine summary")?;
+        let groups: Vec<(String, u64)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+            .db("summarising the quarantine")?
+            .collect::<Result<_, _>>()
+            .db("reading the quarantine summary")?;
+        let mut first = self
+            .conn
+            .prepare(
+                "SELECT source, line, detail, raw FROM quarantine WHERE reason = ?1 ORDER BY id LIMIT ?2",
+            )
+            .db("preparing the quarantine examples")?;
+        let mut out = Vec::with_capacity(groups.len());
+        for (reason, count) in groups {
+            let records = first
+                .query_map(params![reason, examples as i64], |r| {
+                    Ok(crate::QuarantineRecord {
+                        source: r.get(0)?,
+                        line: r.get::<_, i64>(1)? as u64,
+                        reason: reason.clone(),
+                        detail: r.get(2)?,
+                        raw: crate::quarantine::RawBytes(r.get(3)?),
+                        first_copy: None,
+                    })
+                })
+                .db("reading quarantine examples")?
+                .collect::<Result<Vec<_>, _>>()
+                .db("reading a quarantined record")?;
+            out.push((reason, count, records));
+        }
+        Ok(out)
     }
 
     /// Appends every stored event of `trip_id` to `out`.

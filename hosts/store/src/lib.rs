@@ -1,7 +1,7 @@
 //! tripflow's embedded store and the jobs that run the core over it.
 //!
 //! The store is one SQLite database in a state directory. The jobs — [`replay`], [`kpi`],
-//! [`sweep`] — are the offline twin of the AWS pipeline: they read input, ask a
+//! [`sweep`], [`report`] — are the offline twin of the AWS pipeline: they read input, ask a
 //! [`CoreProvider`](tripflow_runtime::CoreProvider) (the component, or the native library)
 //! what to do, and perform only the I/O. The CLI and the conformance runner both use them, so
 //! a conformance pass is a statement about the CLI too.
@@ -12,6 +12,7 @@ mod input;
 mod kpi;
 mod quarantine;
 mod replay;
+mod report;
 mod sweep;
 
 pub use db::{StateDir, StoreTotals};
@@ -20,5 +21,6 @@ pub use input::{Input, InputSource};
 pub use kpi::{KpiOptions, KpiReport, kpi};
 pub use quarantine::QuarantineRecord;
 pub use replay::{Progress, ReplayOptions, Summary, replay};
+pub use report::{ReportOptions, report};
 pub use sweep::{Orphan, SweepReport, sweep};
 pub use tripflow_runtime::core::duration::parse_duration;

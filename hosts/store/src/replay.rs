@@ -160,6 +160,8 @@ fn apply_batch<P: CoreProvider>(
 ) -> Result<Vec<QuarantineRecord>, Error> {
     let outcomes = parse_isolating(provider, &batch.buf, &batch.spans)?;
     let mut core = provider.session()?;
+    let (records_before, blank_before, duplicates_before) =
+        (summary.records, summary.blank_lines, summary.duplicates);
 
     let mut incoming: Vec<TripEvent> = Vec::with_capacity(outcomes.len());
     let mut incoming_span: Vec<usize> = Vec::with_capacity(outcomes.len());
@@ -221,6 +223,12 @@ fn apply_batch<P: CoreProvider>(
         )?;
         rejects.sort_by_key(|r| r.line);
         write_quarantine(state, &rejects)?;
+        state.count_source(
+            &input.name,
+            summary.records - records_before,
+            summary.blank_lines - blank_before,
+            summary.duplicates - duplicates_before,
+        )?;
         if let Some(newest) = resolution.newest_ns {
             state
                 .conn
