@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every check of the project, as CI runs it: formatting, lints, the CloudFormation linter on
 # the SAM template, and all tests (unit, property, component-vs-native, CLI, the conformance
-# runner over the freshly built component, and the AWS pipeline end to end on DynamoDB Local,
-# kinesis-mock and moto, which scripts/install-local-aws.sh installs first).
+# runner over the freshly built component, the report page in headless Chromium, and the AWS
+# pipeline end to end on DynamoDB Local, kinesis-mock and moto, which
+# scripts/install-local-aws.sh installs first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,8 @@ rustup component add rustfmt clippy >/dev/null
 
 # The local AWS engines and cfn-lint (pinned, into tools/local-aws; a no-op when present).
 scripts/install-local-aws.sh
+# Debian's Chromium and playwright-core for the report's browser test (a no-op when present).
+scripts/install-browser.sh
 
 cargo fmt --all -- --check
 tools/local-aws/venv/bin/cfn-lint deploy/template.yaml
