@@ -12,12 +12,15 @@
 //!
 //! Output: `<KPI_DAILY_PREFIX>date=YYYY-MM-DD/daily_trip_kpis.csv` per day (a partition layout
 //! Athena and Glue read directly), and the combined file at `KPI_KEY`, in which only the
-//! recomputed days' lines change: lines of other days are kept byte for byte.
+//! recomputed days' lines change: lines of other days are kept byte for byte. Next to it, the
+//! report page of the combined file (`KPI_KEY` with `.html` for `.csv`), rendered by the core
+//! (`report.render-html`) from the rows it reads back from the combined CSV.
 
 use std::collections::{BTreeSet, HashSet};
 
 use chrono::NaiveDate;
 use serde_json::{Value, json};
+use tripflow_runtime::core::report::{Provenance, ReportRequest};
 use tripflow_runtime::core::{DayKpi, DayTotals, TripFare, TripStatus};
 use tripflow_runtime::{CoreProvider, TripCore};
 
@@ -127,7 +130,7 @@ pub async fn handle(app: &App, payload: Value, budget: &Budget) -> Result<Value,
             app.config.kpi_daily_prefix, row.date
         );
         let body = core.render_csv(std::slice::from_ref(row))?;
-        put(app, &bucket, &key, body, None, budget).await?;
+        put(app, &bucket, &key, CSV, body, None, budget).await?;
         daily.push(key);
     }
 
@@ -137,7 +140,7 @@ pub async fn handle(app: &App, payload: Value, budget: &Budget) -> Result<Value,
     let recomputed: BTreeSet<String> = days.iter().map(NaiveDate::to_string).collect();
     let header = core.render_csv(&[])?;
     let mut attempt = 0;
-    loop {
+    let published = loop {
         let previous = get(app, &bucket, &app.config.kpi_key, budget).await?;
         let combined = merge(
             &header,
@@ -147,8 +150,18 @@ pub async fn handle(app: &App, payload: Value, budget: &Budget) -> Result<Value,
             &mut core,
         )?;
         let expect = Some(previous.as_ref().map(|(_, etag)| etag.as_str()));
-        match put(app, &bucket, &app.config.kpi_key, combined, expect, budget).await {
-            Ok(()) => break,
+        match put(
+            app,
+            &bucket,
+            &app.config.kpi_key,
+            CSV,
+            combined.clone(),
+            expect,
+            budget,
+        )
+        .await
+        {
+            Ok(()) => break combined,
             Err(Put::Conflict) if attempt < 5 => {
                 attempt += 1;
                 tracing::warn!(
@@ -158,7 +171,8 @@ pub async fn handle(app: &App, payload: Value, budget: &Budget) -> Result<Value,
             }
             Err(e) => return Err(e.into()),
         }
-    }
+    };
+    let report_key = publish_report(app, &bucket, published, budget).await?;
 
     // Published: the markers read are done, unless marked again meanwhile.
     let mut cleared = 0;
@@ -188,8 +202,69 @@ pub async fn handle(app: &App, payload: Value, budget: &Budget) -> Result<Value,
         "trips": rows.iter().map(|r| r.trip_count).sum::<u64>(),
         "bucket": bucket,
         "combined_key": app.config.kpi_key,
+        "report_key": report_key,
         "daily_keys": daily,
     }))
+}
+
+/// Content types of what the job writes.
+const CSV: &str = "text/csv; charset=utf-8";
+const HTML: &str = "text/html; charset=utf-8";
+
+/// The report page's key: the combined CSV's, with `.html` for its extension.
+pub fn report_key(kpi_key: &str) -> String {
+    let stem = kpi_key.strip_suffix(".csv").unwrap_or(kpi_key);
+    format!("{stem}.html")
+}
+
+/// Publishes the report page of `combined` (the combined CSV this run wrote) next to it, and
+/// makes sure the last page written is that of the last CSV written: after its put, the CSV is
+/// read again, and if a concurrent run replaced it meanwhile, that run's CSV is rendered and
+/// published too. Returns the page's key.
+async fn publish_report(
+    app: &App,
+    bucket: &str,
+    mut combined: String,
+    budget: &Budget,
+) -> Result<String, Error> {
+    let key = report_key(&app.config.kpi_key);
+    for _ in 0..5 {
+        let mut core = app.core_within(budget).session()?;
+        let rows = core.read_csv(&combined)?;
+        let page = core.render_html(&report_request(app, bucket, rows))?;
+        put(app, bucket, &key, HTML, page, None, budget).await?;
+        match get(app, bucket, &app.config.kpi_key, budget).await? {
+            Some((now, _)) if now != combined => combined = now,
+            _ => return Ok(key),
+        }
+    }
+    Err("the combined CSV kept changing while this run published its report page".into())
+}
+
+/// The page request for the combined CSV's rows: every day it holds. Only the provenance's
+/// host and inputs and the accounting note differ from the CLI's page of the same events; the
+/// pipeline's accounting lives in CloudWatch, not in a table the KPI job reads.
+pub fn report_request(app: &App, bucket: &str, rows: Vec<DayKpi>) -> ReportRequest {
+    ReportRequest {
+        zone: app.config.timezone.clone(),
+        from: None,
+        to: None,
+        rows,
+        accounting: None,
+        provenance: Provenance {
+            host: concat!("tripflow KPI function ", env!("CARGO_PKG_VERSION")).to_owned(),
+            component_sha256: app.core.fingerprint(),
+            inputs: vec![
+                format!("dynamodb://{}/DONE manifests", app.config.table),
+                format!("s3://{bucket}/{}", app.config.kpi_key),
+            ],
+            accounting_note: "The pipeline counts events in, stored, duplicates, rejected by \
+                reason, trips completed and orphaned as CloudWatch metrics: see the stack's \
+                dashboard (tripflow-<stack name>). Rejected records, with their original bytes, \
+                are in the dead-letter queue."
+                .to_owned(),
+        },
+    }
 }
 
 /// `(first, last)` of each run of consecutive days.
@@ -324,6 +399,7 @@ async fn put(
     app: &App,
     bucket: &str,
     key: &str,
+    content_type: &str,
     body: String,
     expect: Option<Option<&str>>,
     budget: &Budget,
@@ -334,7 +410,7 @@ async fn put(
             .put_object()
             .bucket(bucket)
             .key(key)
-            .content_type("text/csv; charset=utf-8")
+            .content_type(content_type)
             .body(body.clone().into_bytes().into());
         let req = match expect {
             None => req,

@@ -18,7 +18,7 @@ use tripflow_local::faults::FaultSpec;
 use tripflow_local::runtime_api::BootstrapInvoker;
 use tripflow_local::{InProcess, Kills, LocalStack, Pipeline, resources, stack};
 use tripflow_runtime::{ComponentSource, Limits, Runtime};
-use tripflow_store::{Input, InputSource, KpiOptions, ReplayOptions, StateDir};
+use tripflow_store::{Input, InputSource, KpiOptions, ReplayOptions, ReportOptions, StateDir};
 
 const ZONE: &str = "America/New_York";
 
@@ -30,6 +30,8 @@ fn repo() -> PathBuf {
 /// CSV, the summary, and (reason, raw bytes) of each quarantined record.
 struct CliRun {
     csv: String,
+    /// `tripflow report` of the store (whole range).
+    report: String,
     orphans: usize,
     stored: u64,
     duplicates: u64,
@@ -68,6 +70,18 @@ fn cli_replay(core: &Runtime, files: &[&Path]) -> CliRun {
         },
     )
     .unwrap();
+    let report = tripflow_store::report(
+        core,
+        &state,
+        &ReportOptions {
+            kpi: KpiOptions {
+                zone: ZONE.into(),
+                ..KpiOptions::default()
+            },
+            host: "tripflow".into(),
+        },
+    )
+    .unwrap();
     let totals = state.totals().unwrap();
     let orphans = tripflow_store::sweep(core, &mut state, 24 * 3_600_000_000_000)
         .unwrap()
@@ -91,6 +105,7 @@ fn cli_replay(core: &Runtime, files: &[&Path]) -> CliRun {
     rejected.sort();
     CliRun {
         csv: kpi.csv,
+        report,
         orphans,
         stored: summary.stored,
         duplicates: summary.duplicates,
@@ -184,6 +199,51 @@ async fn combined_csv(stack: &LocalStack, r: &tripflow_local::Resources) -> Stri
     .await
     .unwrap();
     String::from_utf8(body).unwrap()
+}
+
+/// The report page the KPI job published next to the combined CSV.
+async fn published_report(stack: &LocalStack, r: &tripflow_local::Resources) -> String {
+    let sdk = stack.sdk_config().await;
+    let body = tripflow_local::get_object(
+        &stack.s3_client(&sdk),
+        &r.bucket,
+        "kpi_results/daily_trip_kpis.html",
+    )
+    .await
+    .unwrap();
+    String::from_utf8(body).unwrap()
+}
+
+/// A page without what only its host knows: the accounting section and the provenance's host
+/// and input rows (the replay's files; the function's table and object).
+fn shared_part(page: &str) -> String {
+    let start = page
+        .find("<section id=\"accounting\">")
+        .expect("accounting section");
+    let end = start + page[start..].find("</section>\n").unwrap() + "</section>\n".len();
+    let page = format!("{}{}", &page[..start], &page[end..]);
+    page.lines()
+        .filter(|l| {
+            !l.starts_with("<tr><td class=\"l\">rendered by<")
+                && !l.starts_with("<tr><td class=\"l\">input<")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The published page is the CLI's for the same events, apart from what only one host knows.
+async fn assert_report_is_the_clis(
+    stack: &LocalStack,
+    r: &tripflow_local::Resources,
+    cli: &CliRun,
+) {
+    let page = published_report(stack, r).await;
+    assert_eq!(shared_part(&page), shared_part(&cli.report));
+    assert!(
+        page.contains("dynamodb://") && page.contains("CloudWatch"),
+        "host fields"
+    );
+    assert!(cli.report.contains("id=\"accounting-table\""));
 }
 
 /// Stored events: the halves on the trip items.
@@ -421,6 +481,7 @@ async fn nyc_sample_through_the_pipeline_equals_the_cli_replay() {
     pipeline.drain().await.unwrap();
     pipeline.invoke(Function::Kpi, json!({})).await.unwrap();
     assert_eq!(combined().await, cli1.csv);
+    assert_report_is_the_clis(&stack, &r, &cli1).await;
     assert_eq!(event_items(&stack, &r.table).await, stored);
     let bad_again = again
         .iter()
@@ -435,6 +496,8 @@ async fn nyc_sample_through_the_pipeline_equals_the_cli_replay() {
     pipeline.drain().await.unwrap();
     let out = pipeline.invoke(Function::Kpi, json!({})).await.unwrap();
     assert_eq!(combined().await, cli12.csv, "{out}");
+    assert_report_is_the_clis(&stack, &r, &cli12).await;
+    assert_eq!(out["report_key"], "kpi_results/daily_trip_kpis.html");
     let (rejected2, _) = dlq_records(&stack, &r).await;
     assert_eq!(
         rejected2,
