@@ -154,6 +154,42 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum Convert {
+    /// Any CSV with one trip per row: name the columns. Times may be local date-times
+    /// (YYYY-MM-DD HH:MM[:SS], read in --timezone), RFC 3339 with an offset, or Unix seconds.
+    /// An empty end or duration means the trip has not ended yet (only its start is written).
+    #[command(group(clap::ArgGroup::new("trip_end").required(true).args(["end", "duration_seconds"])))]
+    Csv {
+        /// The CSV file (with a header row).
+        #[arg(value_name = "FILE.csv")]
+        file: PathBuf,
+        /// Column with the trip's start time.
+        #[arg(long, value_name = "COL")]
+        start: String,
+        /// Column with the trip's end time.
+        #[arg(long, value_name = "COL")]
+        end: Option<String>,
+        /// Column with the trip's duration in seconds (instead of --end).
+        #[arg(long, value_name = "COL")]
+        duration_seconds: Option<String>,
+        /// Column with the fare (a decimal, e.g. 12.50).
+        #[arg(long, value_name = "COL")]
+        fare: String,
+        /// Column with the trip id (default: PREFIX-<row number>).
+        #[arg(long, value_name = "COL")]
+        id: Option<String>,
+        /// Trip ids are PREFIX-<row number> when there is no --id.
+        #[arg(long, default_value = "trip", value_name = "PREFIX")]
+        prefix: String,
+        /// IANA time zone of times written without an offset.
+        #[arg(long, default_value = "UTC", value_name = "ZONE")]
+        timezone: String,
+        /// Field delimiter, one character (e.g. ';' or '\t' for a tab).
+        #[arg(long, default_value = ",", value_name = "CHAR", value_parser = delimiter)]
+        delimiter: u8,
+        /// Write here instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
     /// NYC TLC trip records (CSV with tpep_pickup_datetime, tpep_dropoff_datetime,
     /// fare_amount in naive New York time) to trip_start/trip_end events with offsets.
     NycTlc {
@@ -174,6 +210,16 @@ struct StateArg {
     /// State directory holding the embedded store.
     #[arg(long = "state", default_value = "tripflow-state", value_name = "DIR")]
     dir: PathBuf,
+}
+
+fn delimiter(s: &str) -> Result<u8, String> {
+    match s {
+        "\\t" | "tab" => Ok(b'\t'),
+        _ if s.len() == 1 && s.is_ascii() => Ok(s.as_bytes()[0]),
+        _ => Err(format!(
+            "{s:?} is not a delimiter: give one ASCII character, e.g. ';', or '\\t' for a tab"
+        )),
+    }
 }
 
 fn probability(s: &str) -> Result<f64, String> {
@@ -204,6 +250,48 @@ fn run(cli: Cli) -> Result<()> {
             })?;
             let stats = with_output(out.as_deref(), |w| {
                 tripflow_core::convert::nyc_tlc(io::BufReader::new(input), w, prefix)
+                    .with_context(|| format!("converting {}", file.display()))
+            })?;
+            eprintln!(
+                "tripflow: converted {} rows into {} events",
+                stats.rows, stats.events
+            );
+            Ok(())
+        }
+        Command::Convert(Convert::Csv {
+            file,
+            start,
+            end,
+            duration_seconds,
+            fare,
+            id,
+            prefix,
+            timezone,
+            delimiter,
+            out,
+        }) => {
+            use tripflow_core::convert::{CsvMapping, EndColumn};
+            let mapping = CsvMapping {
+                start: start.clone(),
+                end: match (end, duration_seconds) {
+                    (Some(c), _) => EndColumn::Time(c.clone()),
+                    (None, Some(c)) => EndColumn::DurationSeconds(c.clone()),
+                    (None, None) => unreachable!("clap requires --end or --duration-seconds"),
+                },
+                fare: fare.clone(),
+                id: id.clone(),
+                prefix: prefix.clone(),
+                zone: timezone.clone(),
+                delimiter: *delimiter,
+            };
+            let input = File::open(file).with_context(|| {
+                format!(
+                    "cannot read {}: pass the path of a CSV of trips",
+                    file.display()
+                )
+            })?;
+            let stats = with_output(out.as_deref(), |w| {
+                tripflow_core::convert::mapped_csv(io::BufReader::new(input), w, &mapping)
                     .with_context(|| format!("converting {}", file.display()))
             })?;
             eprintln!(

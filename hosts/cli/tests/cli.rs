@@ -42,7 +42,15 @@ fn failed(out: &Output) -> String {
 fn help_lists_every_command() {
     let dir = tempfile::tempdir().unwrap();
     let help = ok(&tripflow(dir.path(), &["--help"]));
-    for cmd in ["replay", "kpi", "sweep", "convert", "generate", "component"] {
+    for cmd in [
+        "replay",
+        "kpi",
+        "report",
+        "sweep",
+        "convert",
+        "generate",
+        "component",
+    ] {
         assert!(help.contains(cmd), "{cmd} missing from --help:\n{help}");
     }
     let replay = ok(&tripflow(dir.path(), &["replay", "--help"]));
@@ -340,4 +348,187 @@ fn convert_generate_and_component() {
         &["--native", "replay", "--state", "native", "nyc.ndjson"],
     ));
     assert!(native.contains("trips closed            6490"), "{native}");
+}
+
+/// `convert csv` on two schemas unlike TLC's, each through a replay to its KPIs (worked out by
+/// hand in fixtures/convert/README.md).
+#[test]
+fn convert_csv_maps_other_schemas_to_the_same_kpis() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let convert = fixtures().join("convert");
+    let berlin = convert.join("rides-berlin.csv");
+    let unix = convert.join("trips-unix.csv");
+
+    // Local Berlin times (one in the skipped DST hour), ids from a column, an open ride, a
+    // negative fare and an unreadable date.
+    let err = String::from_utf8(
+        tripflow(
+            d,
+            &[
+                "convert",
+                "csv",
+                berlin.to_str().unwrap(),
+                "--start",
+                "started_at",
+                "--end",
+                "ended_at",
+                "--fare",
+                "price_eur",
+                "--id",
+                "ride_id",
+                "--timezone",
+                "Europe/Berlin",
+                "--out",
+                "berlin.ndjson",
+            ],
+        )
+        .stderr,
+    )
+    .unwrap();
+    assert!(err.contains("converted 8 rows into 15 events"), "{err}");
+    let summary: serde_json::Value = serde_json::from_str(&ok(&tripflow(
+        d,
+        &[
+            "replay",
+            "--state",
+            "berlin",
+            "--timezone",
+            "Europe/Berlin",
+            "--kpi-out",
+            "berlin.csv",
+            "--json",
+            "berlin.ndjson",
+        ],
+    )))
+    .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(d.join("berlin.csv")).unwrap(),
+        "date,trip_count,total_fare,average_fare,min_fare,max_fare\n\
+         2024-03-30,2,10.50,5.25,4.50,6.00\n\
+         2024-03-31,2,8.30,4.15,3.10,5.20\n\
+         2024-04-01,1,7.25,7.25,7.25,7.25\n"
+    );
+    assert_eq!(summary["rejected"]["bad_fare"], 1);
+    assert_eq!(summary["rejected"]["bad_timestamp"], 1);
+    assert_eq!(summary["store"]["open"], 3);
+
+    // Unix seconds, durations with decimals, semicolons, ids from row numbers, an empty and an
+    // unreadable duration.
+    ok(&tripflow(
+        d,
+        &[
+            "convert",
+            "csv",
+            unix.to_str().unwrap(),
+            "--start",
+            "pickup_unix",
+            "--duration-seconds",
+            "duration_s",
+            "--fare",
+            "fare",
+            "--delimiter",
+            ";",
+            "--prefix",
+            "hail",
+            "--out",
+            "unix.ndjson",
+        ],
+    ));
+    let events = std::fs::read_to_string(d.join("unix.ndjson")).unwrap();
+    assert!(events.starts_with(
+        "{\"trip_id\":\"hail-1\",\"event_type\":\"trip_start\",\"timestamp\":\"2024-06-01T00:00:00Z\"}\n"
+    ));
+    let summary: serde_json::Value = serde_json::from_str(&ok(&tripflow(
+        d,
+        &[
+            "replay",
+            "--state",
+            "unix",
+            "--kpi-out",
+            "unix.csv",
+            "--json",
+            "unix.ndjson",
+        ],
+    )))
+    .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(d.join("unix.csv")).unwrap(),
+        "date,trip_count,total_fare,average_fare,min_fare,max_fare\n\
+         2024-06-01,2,42.40,21.20,12.40,30.00\n\
+         2024-06-02,1,8.00,8.00,8.00,8.00\n\
+         2024-06-03,1,15.55,15.55,15.55,15.55\n"
+    );
+    assert_eq!(summary["rejected"]["bad_timestamp"], 1);
+    assert_eq!(summary["store"]["open"], 2);
+
+    // Mistakes say what to do.
+    let err = failed(&tripflow(
+        d,
+        &[
+            "convert",
+            "csv",
+            unix.to_str().unwrap(),
+            "--start",
+            "pickup_unix",
+            "--end",
+            "x",
+            "--fare",
+            "fare",
+        ],
+    ));
+    assert!(
+        err.contains("no column \"pickup_unix\"") || err.contains("its columns are"),
+        "{err}"
+    );
+    let err = failed(&tripflow(
+        d,
+        &[
+            "convert",
+            "csv",
+            berlin.to_str().unwrap(),
+            "--start",
+            "started_at",
+            "--fare",
+            "price_eur",
+        ],
+    ));
+    assert!(
+        err.contains("--end") && err.contains("--duration-seconds"),
+        "{err}"
+    );
+    let err = failed(&tripflow(
+        d,
+        &[
+            "convert",
+            "csv",
+            berlin.to_str().unwrap(),
+            "--start",
+            "started_at",
+            "--end",
+            "ended_at",
+            "--duration-seconds",
+            "x",
+            "--fare",
+            "price_eur",
+        ],
+    ));
+    assert!(err.contains("cannot be used with"), "{err}");
+    let err = failed(&tripflow(
+        d,
+        &[
+            "convert",
+            "csv",
+            berlin.to_str().unwrap(),
+            "--start",
+            "started_at",
+            "--end",
+            "ended_at",
+            "--fare",
+            "price_eur",
+            "--delimiter",
+            "ab",
+        ],
+    ));
+    assert!(err.contains("one ASCII character"), "{err}");
 }
