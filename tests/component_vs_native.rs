@@ -1,18 +1,27 @@
 //! The component, run through the runtime crate, must give byte-identical results to the
 //! library linked natively, on generated data with duplicates, poison and any order; and a
-//! shuffled, duplicated copy of an input must give the same KPI CSV bytes.
+//! shuffled, duplicated copy of an input must give the same KPI CSV bytes. The report page is
+//! the same bytes too, apart from the core's own fingerprint.
 
 use std::path::Path;
 
 use proptest::prelude::*;
+use tripflow_core::DayKpi;
 use tripflow_core::generate::{GenerateOptions, generate};
-use tripflow_runtime::{ComponentSource, CoreProvider, Limits, NativeCore, Runtime};
-use tripflow_store::{Input, InputSource, KpiOptions, ReplayOptions, StateDir, Summary};
+use tripflow_runtime::{ComponentSource, CoreProvider, Limits, NativeCore, Runtime, TripCore};
+use tripflow_store::{
+    Input, InputSource, KpiOptions, ReplayOptions, ReportOptions, StateDir, Summary,
+};
 
 struct Outcome {
     summary: Summary,
     quarantine: Vec<u8>,
     csv: String,
+    /// The report page, with the core's fingerprint (sha256 or "native") taken out.
+    report: String,
+    /// The KPI rows read back from the CSV by the core.
+    rows_from_csv: Vec<DayKpi>,
+    rows: Vec<DayKpi>,
 }
 
 fn replay<P: CoreProvider>(core: &P, file: &Path, batch_lines: usize, zone: &str) -> Outcome {
@@ -44,10 +53,27 @@ fn replay<P: CoreProvider>(core: &P, file: &Path, batch_lines: usize, zone: &str
         },
     )
     .unwrap();
+    let report = tripflow_store::report(
+        core,
+        &state,
+        &ReportOptions {
+            kpi: KpiOptions {
+                zone: zone.into(),
+                ..KpiOptions::default()
+            },
+            host: "test".into(),
+        },
+    )
+    .unwrap()
+    .replace(&core.fingerprint(), "<core>");
+    let rows_from_csv = core.session().unwrap().read_csv(&kpi.csv).unwrap();
     Outcome {
         summary,
         quarantine,
         csv: kpi.csv,
+        report,
+        rows_from_csv,
+        rows: kpi.rows,
     }
 }
 
@@ -79,6 +105,8 @@ proptest! {
         prop_assert_eq!(&wasm.summary, &native.summary);
         prop_assert_eq!(&wasm.quarantine, &native.quarantine);
         prop_assert_eq!(&wasm.csv, &native.csv);
+        prop_assert_eq!(&wasm.report, &native.report);
+        prop_assert_eq!(&wasm.rows_from_csv, &wasm.rows, "read-csv inverts render-csv");
 
         let ordered = replay(&runtime, &plain_file, 8192, zone);
         prop_assert_eq!(&ordered.csv, &wasm.csv, "shuffling and duplicating changed the KPI bytes");
