@@ -17,10 +17,10 @@ use bindings::exports::tripflow::core::matching::{
     self, Clock, ClosedTrip, Closing, Conflict, Decision, EventRef, OpenTrip, Resolution,
     TripStatus,
 };
-use bindings::exports::tripflow::core::report;
 use bindings::exports::tripflow::core::types::{
     ContractLimits, EventKind, RejectReason, Span, TripEvent,
 };
+use bindings::exports::tripflow::core::{batches, report};
 
 use tripflow_core as core;
 
@@ -67,21 +67,7 @@ impl matching::Guest for Component {
             arrival_ns: clock.arrival_ns,
             max_skew_ns: clock.max_skew_ns,
         };
-        let r = core::resolve(&incoming, &stored, clock);
-        Resolution {
-            decisions: r.decisions.into_iter().map(decision_out).collect(),
-            closed: r
-                .closed
-                .into_iter()
-                .map(|c| Closing {
-                    closed_by: c.closed_by,
-                    trip: closed_out(c.trip),
-                })
-                .collect(),
-            opened: r.opened,
-            newest_ns: r.newest_ns,
-            skewed: r.skewed,
-        }
+        resolution_out(core::resolve(&incoming, &stored, clock))
     }
 
     fn pair(start: TripEvent, end: TripEvent) -> ClosedTrip {
@@ -141,6 +127,65 @@ impl kpi::Guest for Component {
     }
 }
 
+impl batches::Guest for Component {
+    type Batch = BatchResource;
+}
+
+/// `batches.batch`: the core's [`core::batch::Batch`] behind a WIT resource.
+struct BatchResource(core::batch::Batch);
+
+impl batches::GuestBatch for BatchResource {
+    fn parse(buffer: Vec<u8>, spans: Vec<Span>) -> (batches::Batch, batches::ParsedBatch) {
+        let spans: Vec<core::Span> = spans
+            .into_iter()
+            .map(|s| core::Span {
+                offset: s.offset,
+                len: s.len,
+            })
+            .collect();
+        let (batch, parsed) = core::batch::Batch::parse(&buffer, &spans);
+        let parsed = batches::ParsedBatch {
+            outcomes: parsed
+                .outcomes
+                .into_iter()
+                .map(|o| match o {
+                    core::batch::Parsed::Accepted(t) => batches::Parsed::Accepted(t),
+                    core::batch::Parsed::Rejected(r) => batches::Parsed::Rejected(reject_out(r)),
+                    core::batch::Parsed::Blank => batches::Parsed::Blank,
+                })
+                .collect(),
+            trip_ids: parsed.trip_ids,
+        };
+        (batches::Batch::new(BatchResource(batch)), parsed)
+    }
+
+    fn resolve(&self, stored: Vec<TripEvent>, clock: Clock) -> batches::BatchResolution {
+        let stored: Vec<core::TripEvent> = stored.into_iter().map(event_in).collect();
+        let r = self.0.resolve(
+            &stored,
+            core::Clock {
+                arrival_ns: clock.arrival_ns,
+                max_skew_ns: clock.max_skew_ns,
+            },
+        );
+        batches::BatchResolution {
+            resolution: resolution_out(r.resolution),
+            new_events: r
+                .new_events
+                .into_iter()
+                .map(|e| batches::NewEvent {
+                    incoming: e.incoming,
+                    trip: e.trip,
+                    kind: kind_out(e.kind),
+                    timestamp_ns: e.timestamp_ns,
+                    fare_cents: e.fare_cents,
+                    extras: e.extras,
+                })
+                .collect(),
+        }
+    }
+}
+
 impl report::Guest for Component {
     fn read_csv(csv: String) -> Result<Vec<DayKpi>, KpiError> {
         core::report::read_csv(&csv)
@@ -192,6 +237,30 @@ impl report::Guest for Component {
             },
         };
         core::report::render_html(&request).map_err(kpi_error_out)
+    }
+}
+
+fn resolution_out(r: core::Resolution) -> Resolution {
+    Resolution {
+        decisions: r.decisions.into_iter().map(decision_out).collect(),
+        closed: r
+            .closed
+            .into_iter()
+            .map(|c| Closing {
+                closed_by: c.closed_by,
+                trip: closed_out(c.trip),
+            })
+            .collect(),
+        opened: r.opened,
+        newest_ns: r.newest_ns,
+        skewed: r.skewed,
+    }
+}
+
+fn kind_out(k: core::EventKind) -> EventKind {
+    match k {
+        core::EventKind::Start => EventKind::TripStart,
+        core::EventKind::End => EventKind::TripEnd,
     }
 }
 

@@ -19,21 +19,26 @@ pub const MAX_TRIP_ID_CHARS: usize = 128;
 
 /// Parses every span of `buffer`, one outcome per span.
 pub fn parse_batch(buffer: &[u8], spans: &[Span]) -> Vec<ParseOutcome> {
-    spans
-        .iter()
-        .map(|span| {
-            let start = span.offset as usize;
-            match buffer.get(start..start + span.len as usize) {
-                Some(record) => parse_record(record),
-                None => ParseOutcome::Rejected(Reject::MalformedJson(format!(
-                    "span {}+{} lies outside the {}-byte buffer the host passed",
-                    span.offset,
-                    span.len,
-                    buffer.len()
-                ))),
-            }
-        })
-        .collect()
+    parse_batch_iter(buffer, spans).collect()
+}
+
+/// [`parse_batch`], one outcome at a time.
+pub fn parse_batch_iter<'a>(
+    buffer: &'a [u8],
+    spans: &'a [Span],
+) -> impl Iterator<Item = ParseOutcome> + 'a {
+    spans.iter().map(|span| {
+        let start = span.offset as usize;
+        match buffer.get(start..start + span.len as usize) {
+            Some(record) => parse_record(record),
+            None => ParseOutcome::Rejected(Reject::MalformedJson(format!(
+                "span {}+{} lies outside the {}-byte buffer the host passed",
+                span.offset,
+                span.len,
+                buffer.len()
+            ))),
+        }
+    })
 }
 
 /// Parses and validates one record.

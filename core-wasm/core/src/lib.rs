@@ -8,6 +8,7 @@
 //! Nothing here reads a clock, a file or the environment: every answer depends on the
 //! arguments alone.
 
+pub mod batch;
 pub mod duration;
 pub mod event;
 pub mod kpi;

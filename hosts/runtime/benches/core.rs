@@ -78,10 +78,35 @@ fn run<P: CoreProvider>(core: &P, batches: &[Batch]) -> Vec<TripFare> {
     fares
 }
 
+/// [`run`] through the batch resource: parse, (no stored events), resolve.
+fn run_batch<P: CoreProvider>(core: &P, batches: &[Batch]) -> Vec<TripFare> {
+    let mut fares = Vec::new();
+    for b in batches {
+        let (_, r) = core
+            .session()
+            .unwrap()
+            .parse_resolve::<tripflow_runtime::CoreError>(&b.buf, &b.spans, CLOCK, |_| {
+                Ok(Vec::new())
+            })
+            .unwrap();
+        fares.extend(r.resolution.closed.into_iter().map(|c| TripFare {
+            status: c.trip.status,
+            start_ns: c.trip.start_ns,
+            fare_cents: c.trip.fare_cents,
+        }));
+    }
+    fares
+}
+
 fn bench(c: &mut Criterion) {
     let runtime = Runtime::load(&ComponentSource::Embedded, Limits::default(), None).unwrap();
     let (batches, lines) = batches(100_000);
     let fares = run(&NativeCore, &batches);
+    assert_eq!(
+        run_batch(&runtime, &batches),
+        fares,
+        "the batch resource decides the same"
+    );
 
     let mut group = c.benchmark_group("parse+resolve");
     group.throughput(Throughput::Elements(lines));
@@ -91,6 +116,18 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("component", |b| {
         b.iter(|| black_box(run(&runtime, &batches)))
+    });
+    group.finish();
+
+    // The same work as one batch resource (`batches.batch`): the events stay in the guest.
+    let mut group = c.benchmark_group("parse+resolve (batch)");
+    group.throughput(Throughput::Elements(lines));
+    group.sample_size(10);
+    group.bench_function("native", |b| {
+        b.iter(|| black_box(run_batch(&NativeCore, &batches)))
+    });
+    group.bench_function("component", |b| {
+        b.iter(|| black_box(run_batch(&runtime, &batches)))
     });
     group.finish();
 

@@ -1,7 +1,7 @@
 //! Field-by-field conversions between the bindgen types and `tripflow_core`'s.
 
 use crate::bindings::exports::tripflow::core::{
-    events as we, kpi as wk, matching as wm, report as wr, types as wt,
+    batches as wb, events as we, kpi as wk, matching as wm, report as wr, types as wt,
 };
 use tripflow_core as c;
 
@@ -38,20 +38,60 @@ pub(crate) fn event_in(e: wt::TripEvent) -> c::TripEvent {
     }
 }
 
+fn reject_in(r: wt::RejectReason) -> c::Reject {
+    match r {
+        wt::RejectReason::MalformedJson(d) => c::Reject::MalformedJson(d),
+        wt::RejectReason::MissingField(d) => c::Reject::MissingField(d),
+        wt::RejectReason::BadEventType(d) => c::Reject::BadEventType(d),
+        wt::RejectReason::BadTimestamp(d) => c::Reject::BadTimestamp(d),
+        wt::RejectReason::BadFare(d) => c::Reject::BadFare(d),
+        wt::RejectReason::BadTripId(d) => c::Reject::BadTripId(d),
+        wt::RejectReason::TooLarge(d) => c::Reject::TooLarge(d),
+        wt::RejectReason::ConflictingDuplicate(d) => c::Reject::ConflictingDuplicate(d),
+    }
+}
+
 pub(crate) fn parse_outcome_in(o: we::ParseOutcome) -> c::ParseOutcome {
     match o {
         we::ParseOutcome::Accepted(e) => c::ParseOutcome::Accepted(event_in(e)),
-        we::ParseOutcome::Rejected(r) => c::ParseOutcome::Rejected(match r {
-            wt::RejectReason::MalformedJson(d) => c::Reject::MalformedJson(d),
-            wt::RejectReason::MissingField(d) => c::Reject::MissingField(d),
-            wt::RejectReason::BadEventType(d) => c::Reject::BadEventType(d),
-            wt::RejectReason::BadTimestamp(d) => c::Reject::BadTimestamp(d),
-            wt::RejectReason::BadFare(d) => c::Reject::BadFare(d),
-            wt::RejectReason::BadTripId(d) => c::Reject::BadTripId(d),
-            wt::RejectReason::TooLarge(d) => c::Reject::TooLarge(d),
-            wt::RejectReason::ConflictingDuplicate(d) => c::Reject::ConflictingDuplicate(d),
-        }),
+        we::ParseOutcome::Rejected(r) => c::ParseOutcome::Rejected(reject_in(r)),
         we::ParseOutcome::Blank => c::ParseOutcome::Blank,
+    }
+}
+
+pub(crate) fn parsed_batch_in(p: wb::ParsedBatch) -> c::batch::ParsedBatch {
+    c::batch::ParsedBatch {
+        outcomes: p
+            .outcomes
+            .into_iter()
+            .map(|o| match o {
+                wb::Parsed::Accepted(t) => c::batch::Parsed::Accepted(t),
+                wb::Parsed::Rejected(r) => c::batch::Parsed::Rejected(reject_in(r)),
+                wb::Parsed::Blank => c::batch::Parsed::Blank,
+            })
+            .collect(),
+        trip_ids: p.trip_ids,
+    }
+}
+
+pub(crate) fn batch_resolution_in(r: wb::BatchResolution) -> c::batch::BatchResolution {
+    c::batch::BatchResolution {
+        resolution: resolution_in(r.resolution),
+        new_events: r
+            .new_events
+            .into_iter()
+            .map(|e| c::batch::NewEvent {
+                incoming: e.incoming,
+                trip: e.trip,
+                kind: match e.kind {
+                    wt::EventKind::TripStart => c::EventKind::Start,
+                    wt::EventKind::TripEnd => c::EventKind::End,
+                },
+                timestamp_ns: e.timestamp_ns,
+                fare_cents: e.fare_cents,
+                extras: e.extras,
+            })
+            .collect(),
     }
 }
 

@@ -27,6 +27,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub use native::NativeCore;
 pub use tripflow_core as core;
+use tripflow_core::batch::{BatchResolution, ParsedBatch};
 use tripflow_core::report::ReportRequest;
 use tripflow_core::{
     Clock, ClosedTrip, DayKpi, DayTotals, KpiError, ParseOutcome, Resolution, Span, TripEvent,
@@ -99,6 +100,17 @@ pub trait TripCore {
         stored: &[TripEvent],
         clock: Clock,
     ) -> Result<Resolution, CoreError>;
+    /// See `batches.batch`: parses a batch, asks `lookup` for the stored events of its trip
+    /// ids, and resolves the batch against them; the parsed events stay in the core between the
+    /// two steps. Decides as [`TripCore::parse`] then [`TripCore::resolve`] over the accepted
+    /// events.
+    fn parse_resolve<E: From<CoreError>>(
+        &mut self,
+        buffer: &[u8],
+        spans: &[Span],
+        clock: Clock,
+        lookup: impl FnOnce(&ParsedBatch) -> Result<Vec<TripEvent>, E>,
+    ) -> Result<(ParsedBatch, BatchResolution), E>;
     /// See `matching.pair`: the closed trip a start and an end make.
     fn pair(&mut self, start: &TripEvent, end: &TripEvent) -> Result<ClosedTrip, CoreError>;
     /// See `matching.sweep`; `open` holds the timestamp of each open trip's stored half.
@@ -525,6 +537,34 @@ impl TripCore for WasmSession {
                 .call_resolve(s, &incoming, &stored, clock)
         })?;
         Ok(convert::resolution_in(r))
+    }
+
+    fn parse_resolve<E: From<CoreError>>(
+        &mut self,
+        buffer: &[u8],
+        spans: &[Span],
+        clock: Clock,
+        lookup: impl FnOnce(&ParsedBatch) -> Result<Vec<TripEvent>, E>,
+    ) -> Result<(ParsedBatch, BatchResolution), E> {
+        let spans: Vec<_> = spans.iter().map(convert::span_out).collect();
+        let (batch, parsed) = self.call(|c, s| {
+            c.tripflow_core_batches()
+                .batch()
+                .call_parse(s, buffer, &spans)
+        })?;
+        let parsed = convert::parsed_batch_in(parsed);
+        let stored = lookup(&parsed)?;
+        let stored: Vec<_> = stored.iter().map(convert::event_out).collect();
+        let clock = convert::clock_out(clock);
+        let r = self.call(|c, s| {
+            let r = c
+                .tripflow_core_batches()
+                .batch()
+                .call_resolve(&mut *s, batch, &stored, clock)?;
+            batch.resource_drop(s)?;
+            Ok(r)
+        })?;
+        Ok((parsed, convert::batch_resolution_in(r)))
     }
 
     fn pair(&mut self, start: &TripEvent, end: &TripEvent) -> Result<ClosedTrip, CoreError> {

@@ -5,6 +5,7 @@ use tripflow_core::{
     Clock, ClosedTrip, DayKpi, DayTotals, ParseOutcome, Resolution, Span, TripEvent, TripFare,
 };
 
+use tripflow_core::batch::{Batch, BatchResolution, ParsedBatch};
 use tripflow_core::report::ReportRequest;
 
 use crate::{CoreError, CoreProvider, TripCore};
@@ -45,6 +46,19 @@ impl TripCore for NativeCore {
         clock: Clock,
     ) -> Result<Resolution, CoreError> {
         Ok(tripflow_core::resolve(incoming, stored, clock))
+    }
+
+    fn parse_resolve<E: From<CoreError>>(
+        &mut self,
+        buffer: &[u8],
+        spans: &[Span],
+        clock: Clock,
+        lookup: impl FnOnce(&ParsedBatch) -> Result<Vec<TripEvent>, E>,
+    ) -> Result<(ParsedBatch, BatchResolution), E> {
+        let (batch, parsed) = Batch::parse(buffer, spans);
+        let stored = lookup(&parsed)?;
+        let r = batch.resolve(&stored, clock);
+        Ok((parsed, r))
     }
 
     fn pair(&mut self, start: &TripEvent, end: &TripEvent) -> Result<ClosedTrip, CoreError> {

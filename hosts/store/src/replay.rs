@@ -1,8 +1,8 @@
 //! `replay`: push NDJSON events through the core into the store.
 //!
-//! Per batch of lines: the core parses them; the store is asked, inside one write
-//! transaction, for what it holds of the batch's trips; the core decides; the decisions are
-//! written and the transaction commits. The host decides nothing: it stores what the core says
+//! Per batch of lines, inside one write transaction: the core parses them and keeps the
+//! events; the store is asked for what it holds of the batch's trips; the core decides; the
+//! decisions are written and the transaction commits. The host decides nothing: it stores what the core says
 //! to store and quarantines what the core rejects, with the original bytes.
 
 use std::collections::BTreeMap;
@@ -10,8 +10,10 @@ use std::io::Write;
 
 use rusqlite::params;
 use serde::Serialize;
+use tripflow_runtime::core::batch::Parsed;
 use tripflow_runtime::core::{
-    Clock, DEFAULT_MAX_SKEW_NS, Decision, EventRef, ParseOutcome, Reject, TripEvent, TripStatus,
+    Clock, DEFAULT_MAX_SKEW_NS, Decision, EventRef, ParseOutcome, Reject, Resolution, TripEvent,
+    TripStatus,
 };
 use tripflow_runtime::{CORE_FAILURE, CoreProvider, TripCore, parse_isolating};
 
@@ -150,6 +152,11 @@ pub fn replay<P: CoreProvider>(
 
 /// Runs one batch through the core and the store in one transaction; returns its quarantine
 /// records in line order.
+///
+/// The core parses the batch and keeps its events (`batches.batch`) while the store looks up
+/// the stored events of the batch's trips; then it resolves, and only the events to store come
+/// back. If the core fails on the batch, the batch is run again the older way, parse (record by
+/// record, isolating the records the core fails on) then resolve, which decides the same.
 fn apply_batch<P: CoreProvider>(
     provider: &P,
     state: &mut StateDir,
@@ -158,69 +165,27 @@ fn apply_batch<P: CoreProvider>(
     clock: Clock,
     summary: &mut Summary,
 ) -> Result<Vec<QuarantineRecord>, Error> {
-    let outcomes = parse_isolating(provider, &batch.buf, &batch.spans)?;
-    let mut core = provider.session()?;
     let (records_before, blank_before, duplicates_before) =
         (summary.records, summary.blank_lines, summary.duplicates);
-
-    let mut incoming: Vec<TripEvent> = Vec::with_capacity(outcomes.len());
-    let mut incoming_span: Vec<usize> = Vec::with_capacity(outcomes.len());
-    let mut rejects = Vec::new();
-    for (i, outcome) in outcomes.into_iter().enumerate() {
-        match outcome {
-            Ok(ParseOutcome::Blank) => summary.blank_lines += 1,
-            Ok(ParseOutcome::Accepted(event)) => {
-                summary.records += 1;
-                incoming.push(event);
-                incoming_span.push(i);
-            }
-            Ok(ParseOutcome::Rejected(reject)) => {
-                summary.records += 1;
-                rejects.push(quarantine_record(
-                    input,
-                    batch,
-                    i,
-                    reject.code(),
-                    reject.detail(),
-                    None,
-                ));
-            }
-            Err(failure) => {
-                summary.records += 1;
-                rejects.push(quarantine_record(
-                    input,
-                    batch,
-                    i,
-                    CORE_FAILURE,
-                    &failure.to_string(),
-                    None,
-                ));
+    let rejects = state.write_transaction(|state| {
+        let decided = match decide_in_core(provider, state, batch, clock) {
+            Err(Error::Core(_)) => decide_isolating(provider, state, batch, clock)?,
+            other => other?,
+        };
+        let mut rejects = Vec::new();
+        for (i, outcome) in decided.outcomes.iter().enumerate() {
+            match outcome {
+                Outcome::Blank => summary.blank_lines += 1,
+                Outcome::Accepted => summary.records += 1,
+                Outcome::Rejected(code, detail) => {
+                    summary.records += 1;
+                    rejects.push(quarantine_record(input, batch, i, code, detail, None));
+                }
             }
         }
-    }
-
-    state.write_transaction(|state| {
-        // Visit the B-tree in key order: neighbouring lookups then share pages.
-        let mut ids: Vec<&str> = incoming.iter().map(|e| e.trip_id.as_str()).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let mut stored = Vec::new();
-        for id in ids {
-            state.stored_events(id, &mut stored)?;
-        }
-        let resolution = core.resolve(&incoming, &stored, clock)?;
+        let resolution = &decided.resolution;
         summary.skewed += resolution.skewed.len() as u64;
-        write_resolution(
-            state,
-            input,
-            batch,
-            &incoming,
-            &incoming_span,
-            &stored,
-            &resolution,
-            &mut rejects,
-            summary,
-        )?;
+        write_resolution(state, input, batch, &decided, &mut rejects, summary)?;
         rejects.sort_by_key(|r| r.line);
         write_quarantine(state, &rejects)?;
         state.count_source(
@@ -239,7 +204,7 @@ fn apply_batch<P: CoreProvider>(
                 .and_then(|mut s| s.execute([newest]))
                 .db("recording the newest event time")?;
         }
-        Ok(())
+        Ok(rejects)
     })?;
     for r in &rejects {
         *summary.rejected.entry(r.reason.clone()).or_default() += 1;
@@ -247,18 +212,147 @@ fn apply_batch<P: CoreProvider>(
     Ok(rejects)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What became of one line of a batch.
+enum Outcome {
+    Blank,
+    Accepted,
+    /// Reason code and detail.
+    Rejected(String, String),
+}
+
+/// The core's decisions on a batch, in the shape the store writes.
+struct Decided {
+    /// One per line.
+    outcomes: Vec<Outcome>,
+    /// For each accepted event (the resolution's `incoming`), its line in the batch.
+    incoming_span: Vec<usize>,
+    /// For each accepted event decided `store`, the event; `None` for the others.
+    incoming: Vec<Option<TripEvent>>,
+    /// What the store held of the batch's trips (what `EventRef::Stored` indexes).
+    stored: Vec<TripEvent>,
+    resolution: Resolution,
+}
+
+/// Looks up the stored events of `ids`, visiting the B-tree in key order (neighbouring
+/// lookups then share pages).
+fn lookup(state: &StateDir, mut ids: Vec<&str>) -> Result<Vec<TripEvent>, Error> {
+    ids.sort_unstable();
+    ids.dedup();
+    let mut stored = Vec::new();
+    for id in ids {
+        state.stored_events(id, &mut stored)?;
+    }
+    Ok(stored)
+}
+
+/// The batch in one guest: parse, look up, resolve (`batches.batch`).
+fn decide_in_core<P: CoreProvider>(
+    provider: &P,
+    state: &StateDir,
+    batch: &Batch,
+    clock: Clock,
+) -> Result<Decided, Error> {
+    let mut stored = Vec::new();
+    let (parsed, r) =
+        provider
+            .session()?
+            .parse_resolve::<Error>(&batch.buf, &batch.spans, clock, |parsed| {
+                stored = lookup(state, parsed.trip_ids.iter().map(String::as_str).collect())?;
+                Ok(stored.clone())
+            })?;
+    let mut outcomes = Vec::with_capacity(parsed.outcomes.len());
+    let mut incoming_span = Vec::with_capacity(parsed.outcomes.len());
+    for (i, o) in parsed.outcomes.into_iter().enumerate() {
+        outcomes.push(match o {
+            Parsed::Accepted(_) => {
+                incoming_span.push(i);
+                Outcome::Accepted
+            }
+            Parsed::Rejected(reject) => {
+                Outcome::Rejected(reject.code().to_owned(), reject.detail().to_owned())
+            }
+            Parsed::Blank => Outcome::Blank,
+        });
+    }
+    let mut incoming: Vec<Option<TripEvent>> = vec![None; incoming_span.len()];
+    for e in r.new_events {
+        incoming[e.incoming as usize] = Some(TripEvent {
+            trip_id: parsed.trip_ids[e.trip as usize].clone(),
+            kind: e.kind,
+            timestamp_ns: e.timestamp_ns,
+            fare_cents: e.fare_cents,
+            extras: e.extras,
+        });
+    }
+    Ok(Decided {
+        outcomes,
+        incoming_span,
+        incoming,
+        stored,
+        resolution: r.resolution,
+    })
+}
+
+/// The batch the older way: parse (isolating the records the core fails on), look up, resolve.
+fn decide_isolating<P: CoreProvider>(
+    provider: &P,
+    state: &StateDir,
+    batch: &Batch,
+    clock: Clock,
+) -> Result<Decided, Error> {
+    let parsed = parse_isolating(provider, &batch.buf, &batch.spans)?;
+    let mut outcomes = Vec::with_capacity(parsed.len());
+    let mut events: Vec<TripEvent> = Vec::with_capacity(parsed.len());
+    let mut incoming_span = Vec::with_capacity(parsed.len());
+    for (i, outcome) in parsed.into_iter().enumerate() {
+        outcomes.push(match outcome {
+            Ok(ParseOutcome::Blank) => Outcome::Blank,
+            Ok(ParseOutcome::Accepted(event)) => {
+                events.push(event);
+                incoming_span.push(i);
+                Outcome::Accepted
+            }
+            Ok(ParseOutcome::Rejected(reject)) => {
+                Outcome::Rejected(reject.code().to_owned(), reject.detail().to_owned())
+            }
+            Err(failure) => Outcome::Rejected(CORE_FAILURE.to_owned(), failure.to_string()),
+        });
+    }
+    let stored = lookup(state, events.iter().map(|e| e.trip_id.as_str()).collect())?;
+    let resolution = provider.session()?.resolve(&events, &stored, clock)?;
+    let incoming = events
+        .into_iter()
+        .zip(&resolution.decisions)
+        .map(|(e, d)| matches!(d, Decision::Store).then_some(e))
+        .collect();
+    Ok(Decided {
+        outcomes,
+        incoming_span,
+        incoming,
+        stored,
+        resolution,
+    })
+}
+
 fn write_resolution(
     state: &StateDir,
     input: &Input,
     batch: &Batch,
-    incoming: &[TripEvent],
-    incoming_span: &[usize],
-    stored: &[TripEvent],
-    resolution: &tripflow_runtime::core::Resolution,
+    decided: &Decided,
     rejects: &mut Vec<QuarantineRecord>,
     summary: &mut Summary,
 ) -> Result<(), Error> {
+    let (incoming, incoming_span, stored, resolution) = (
+        &decided.incoming,
+        &decided.incoming_span,
+        &decided.stored,
+        &decided.resolution,
+    );
+    let new_event = |i: usize| -> &TripEvent {
+        incoming[i]
+            .as_ref()
+            .expect("every event decided `store` is handed back")
+    };
     let conn = &state.conn;
     let mut insert_raw = conn
         .prepare_cached("INSERT INTO event_raw (raw, source, line) VALUES (?1, ?2, ?3)")
@@ -271,12 +365,15 @@ fn write_resolution(
         .db("preparing the event insert")?;
     // Insert in key order (decisions do not depend on it): far fewer B-tree pages touched.
     let mut order: Vec<usize> = (0..incoming.len()).collect();
-    order.sort_unstable_by(|&a, &b| incoming[a].trip_id.cmp(&incoming[b].trip_id));
+    order.sort_unstable_by(|&a, &b| {
+        let id = |i: usize| incoming[i].as_ref().map(|e| e.trip_id.as_str());
+        id(a).cmp(&id(b))
+    });
     for i in order {
         let span = incoming_span[i];
         match &resolution.decisions[i] {
             Decision::Store => {
-                let e = &incoming[i];
+                let e = new_event(i);
                 let raw_id = insert_raw
                     .insert(params![
                         batch.raw(span),
@@ -355,12 +452,12 @@ fn write_resolution(
         .db("preparing the open-trip insert")?;
     let mut opened = resolution.opened.clone();
     opened.sort_unstable_by(|&a, &b| {
-        incoming[a as usize]
+        new_event(a as usize)
             .trip_id
-            .cmp(&incoming[b as usize].trip_id)
+            .cmp(&new_event(b as usize).trip_id)
     });
     for i in opened {
-        let e = &incoming[i as usize];
+        let e = new_event(i as usize);
         open.execute(params![e.trip_id, kind_to(e.kind), e.timestamp_ns])
             .db("recording an open trip")?;
     }
