@@ -149,7 +149,7 @@ impl batches::GuestBatch for BatchResource {
                 .outcomes
                 .into_iter()
                 .map(|o| match o {
-                    core::batch::Parsed::Accepted(t) => batches::Parsed::Accepted(t),
+                    core::batch::Parsed::Accepted => batches::Parsed::Accepted,
                     core::batch::Parsed::Rejected(r) => batches::Parsed::Rejected(reject_out(r)),
                     core::batch::Parsed::Blank => batches::Parsed::Blank,
                 })
@@ -175,7 +175,6 @@ impl batches::GuestBatch for BatchResource {
                 .into_iter()
                 .map(|e| batches::NewEvent {
                     incoming: e.incoming,
-                    trip: e.trip,
                     kind: kind_out(e.kind),
                     timestamp_ns: e.timestamp_ns,
                     fare_cents: e.fare_cents,

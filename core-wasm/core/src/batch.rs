@@ -4,10 +4,8 @@
 //! component boundary twice: lifted out whole, then lowered back in. A [`Batch`] keeps the
 //! parsed events; the host learns only what it must look up (the distinct trip ids) and, after
 //! [`Batch::resolve`], only what it must write (the events to store, without their trip id
-//! strings again). The decisions are those of [`crate::parse_batch`] and [`crate::resolve`]:
+//! strings again: the host has them). The decisions are those of [`crate::parse_batch`] and [`crate::resolve`]:
 //! the same functions run.
-
-use std::collections::HashMap;
 
 use crate::matching::resolve;
 use crate::types::{Clock, EventKind, ParseOutcome, Reject, Resolution, Span, TripEvent};
@@ -15,8 +13,8 @@ use crate::types::{Clock, EventKind, ParseOutcome, Reject, Resolution, Span, Tri
 /// What became of one record, without the event itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Parsed {
-    /// A valid event of the trip `trip_ids[index]`.
-    Accepted(u32),
+    /// A valid event (the next of [`ParsedBatch::trip_ids`] is its trip's id).
+    Accepted,
     /// Rejected, and why.
     Rejected(Reject),
     /// Only white space.
@@ -28,17 +26,17 @@ pub enum Parsed {
 pub struct ParsedBatch {
     /// One per span, in order.
     pub outcomes: Vec<Parsed>,
-    /// The distinct trip ids of the accepted events, in order of first appearance.
+    /// The trip id of each accepted event, in order (an id repeats when the batch holds
+    /// several events of its trip).
     pub trip_ids: Vec<String>,
 }
 
 /// An accepted event decided `store`, with what a store writes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewEvent {
-    /// Index among the accepted events (the order of the resolution's decisions).
+    /// Index among the accepted events (the order of the resolution's decisions and of
+    /// [`ParsedBatch::trip_ids`]).
     pub incoming: u32,
-    /// Index into [`ParsedBatch::trip_ids`].
-    pub trip: u32,
     /// Start or end.
     pub kind: EventKind,
     /// The event's instant, ns.
@@ -63,8 +61,6 @@ pub struct BatchResolution {
 pub struct Batch {
     /// The accepted events, in order.
     events: Vec<TripEvent>,
-    /// For each accepted event, its trip's index in the sorted ids.
-    trip_of: Vec<u32>,
 }
 
 impl Batch {
@@ -76,34 +72,14 @@ impl Batch {
             outcomes.push(match outcome {
                 ParseOutcome::Accepted(e) => {
                     events.push(e);
-                    Parsed::Accepted(0)
+                    Parsed::Accepted
                 }
                 ParseOutcome::Rejected(r) => Parsed::Rejected(r),
                 ParseOutcome::Blank => Parsed::Blank,
             });
         }
-        // Distinct ids in order of first appearance; each event's index among them.
-        let mut index: HashMap<&str, u32> = HashMap::with_capacity(events.len());
-        let mut trip_ids: Vec<String> = Vec::new();
-        let trip_of: Vec<u32> = events
-            .iter()
-            .map(|e| {
-                *index.entry(e.trip_id.as_str()).or_insert_with(|| {
-                    trip_ids.push(e.trip_id.clone());
-                    (trip_ids.len() - 1) as u32
-                })
-            })
-            .collect();
-        let mut accepted = trip_of.iter();
-        for o in &mut outcomes {
-            if let Parsed::Accepted(t) = o {
-                *t = *accepted.next().expect("one index per accepted event");
-            }
-        }
-        (
-            Batch { events, trip_of },
-            ParsedBatch { outcomes, trip_ids },
-        )
+        let trip_ids = events.iter().map(|e| e.trip_id.clone()).collect();
+        (Batch { events }, ParsedBatch { outcomes, trip_ids })
     }
 
     /// Resolves the accepted events against `stored` (as [`crate::resolve`]).
@@ -118,7 +94,6 @@ impl Batch {
                 let e = &self.events[i];
                 NewEvent {
                     incoming: i as u32,
-                    trip: self.trip_of[i],
                     kind: e.kind,
                     timestamp_ns: e.timestamp_ns,
                     fare_cents: e.fare_cents,
@@ -162,10 +137,10 @@ mod tests {
             max_skew_ns: 0,
         };
         let (batch, parsed) = Batch::parse(&buf, &spans);
-        assert_eq!(parsed.trip_ids, ["b", "a"]);
-        assert_eq!(parsed.outcomes[0], Parsed::Accepted(0));
+        assert_eq!(parsed.trip_ids, ["b", "a", "b", "b"]);
+        assert_eq!(parsed.outcomes[0], Parsed::Accepted);
         assert_eq!(parsed.outcomes[1], Parsed::Blank);
-        assert_eq!(parsed.outcomes[2], Parsed::Accepted(1));
+        assert_eq!(parsed.outcomes[2], Parsed::Accepted);
         assert!(matches!(
             parsed.outcomes[5],
             Parsed::Rejected(Reject::MalformedJson(_))
@@ -191,7 +166,6 @@ mod tests {
         );
         let stores: Vec<u32> = r.new_events.iter().map(|e| e.incoming).collect();
         assert_eq!(stores, [0, 1, 2]);
-        assert_eq!(r.new_events[1].trip, 1);
         assert_eq!(r.new_events[1].fare_cents, Some(700));
     }
 }

@@ -65,7 +65,7 @@ pub(crate) fn parsed_batch_in(p: wb::ParsedBatch) -> c::batch::ParsedBatch {
             .outcomes
             .into_iter()
             .map(|o| match o {
-                wb::Parsed::Accepted(t) => c::batch::Parsed::Accepted(t),
+                wb::Parsed::Accepted => c::batch::Parsed::Accepted,
                 wb::Parsed::Rejected(r) => c::batch::Parsed::Rejected(reject_in(r)),
                 wb::Parsed::Blank => c::batch::Parsed::Blank,
             })
@@ -82,7 +82,6 @@ pub(crate) fn batch_resolution_in(r: wb::BatchResolution) -> c::batch::BatchReso
             .into_iter()
             .map(|e| c::batch::NewEvent {
                 incoming: e.incoming,
-                trip: e.trip,
                 kind: match e.kind {
                     wt::EventKind::TripStart => c::EventKind::Start,
                     wt::EventKind::TripEnd => c::EventKind::End,

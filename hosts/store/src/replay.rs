@@ -264,7 +264,7 @@ fn decide_in_core<P: CoreProvider>(
     let mut incoming_span = Vec::with_capacity(parsed.outcomes.len());
     for (i, o) in parsed.outcomes.into_iter().enumerate() {
         outcomes.push(match o {
-            Parsed::Accepted(_) => {
+            Parsed::Accepted => {
                 incoming_span.push(i);
                 Outcome::Accepted
             }
@@ -274,10 +274,12 @@ fn decide_in_core<P: CoreProvider>(
             Parsed::Blank => Outcome::Blank,
         });
     }
+    let mut trip_ids: Vec<Option<String>> = parsed.trip_ids.into_iter().map(Some).collect();
     let mut incoming: Vec<Option<TripEvent>> = vec![None; incoming_span.len()];
     for e in r.new_events {
-        incoming[e.incoming as usize] = Some(TripEvent {
-            trip_id: parsed.trip_ids[e.trip as usize].clone(),
+        let i = e.incoming as usize;
+        incoming[i] = Some(TripEvent {
+            trip_id: trip_ids[i].take().unwrap_or_default(),
             kind: e.kind,
             timestamp_ns: e.timestamp_ns,
             fare_cents: e.fare_cents,
