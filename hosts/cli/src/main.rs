@@ -62,7 +62,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Lines handed to the core per call.
-        #[arg(long, default_value_t = 8192, value_name = "N", hide = true)]
+        #[arg(long, default_value_t = 65536, value_name = "N", hide = true)]
         batch_lines: usize,
         /// Events dated more than this after the moment they are read (e.g. 15m, 1h, 2d) are
         /// stored and matched but do not move the event-time clock that `sweep` measures

@@ -145,10 +145,13 @@ impl StateDir {
     }
 
     fn init(path: PathBuf, conn: Connection) -> Result<StateDir, Error> {
+        // A 64 MiB page cache: the replay writes each batch's keys in sorted order, so it
+        // touches pages in order and the operating system's cache serves the rest; a larger
+        // cache measured slower (more dirty pages to sort at each commit) and costs memory.
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
-             PRAGMA cache_size = -131072;
+             PRAGMA cache_size = -65536;
              PRAGMA wal_autocheckpoint = 65536;
              PRAGMA temp_store = MEMORY;",
         )

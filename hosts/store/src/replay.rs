@@ -40,7 +40,7 @@ pub struct ReplayOptions {
 impl Default for ReplayOptions {
     fn default() -> Self {
         ReplayOptions {
-            batch_lines: 8192,
+            batch_lines: 65_536,
             batch_bytes: 8 << 20,
             max_skew_ns: DEFAULT_MAX_SKEW_NS,
             arrival_ns: None,
