@@ -266,10 +266,7 @@ fn kind_out(k: core::EventKind) -> EventKind {
 fn event_out(e: core::TripEvent) -> TripEvent {
     TripEvent {
         trip_id: e.trip_id,
-        kind: match e.kind {
-            core::EventKind::Start => EventKind::TripStart,
-            core::EventKind::End => EventKind::TripEnd,
-        },
+        kind: kind_out(e.kind),
         timestamp_ns: e.timestamp_ns,
         fare_cents: e.fare_cents,
         extras: e.extras,

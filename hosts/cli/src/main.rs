@@ -75,15 +75,8 @@ enum Command {
     Kpi {
         #[command(flatten)]
         state: StateArg,
-        /// IANA time zone whose calendar dates are the KPI days.
-        #[arg(long, default_value = "UTC", value_name = "ZONE")]
-        timezone: String,
-        /// First day to report, YYYY-MM-DD (inclusive).
-        #[arg(long, value_name = "DATE")]
-        from: Option<String>,
-        /// Last day to report, YYYY-MM-DD (inclusive).
-        #[arg(long, value_name = "DATE")]
-        to: Option<String>,
+        #[command(flatten)]
+        days: DaysArg,
         /// Write the KPI CSV to this file (`-` for stdout) instead of printing a table.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
@@ -93,15 +86,8 @@ enum Command {
     Report {
         #[command(flatten)]
         state: StateArg,
-        /// IANA time zone whose calendar dates are the KPI days.
-        #[arg(long, default_value = "UTC", value_name = "ZONE")]
-        timezone: String,
-        /// First day shown, YYYY-MM-DD (default: the first day with trips).
-        #[arg(long, value_name = "DATE")]
-        from: Option<String>,
-        /// Last day shown, YYYY-MM-DD (default: the last day with trips).
-        #[arg(long, value_name = "DATE")]
-        to: Option<String>,
+        #[command(flatten)]
+        days: DaysArg,
         /// Where to write the page.
         #[arg(long, value_name = "FILE.html")]
         out: PathBuf,
@@ -203,6 +189,30 @@ enum Convert {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+}
+
+/// The KPI days: their time zone and range.
+#[derive(clap::Args, Debug)]
+struct DaysArg {
+    /// IANA time zone whose calendar dates are the KPI days.
+    #[arg(long, default_value = "UTC", value_name = "ZONE")]
+    timezone: String,
+    /// First day, YYYY-MM-DD (inclusive; default: the first day with trips).
+    #[arg(long, value_name = "DATE")]
+    from: Option<String>,
+    /// Last day, YYYY-MM-DD (inclusive; default: the last day with trips).
+    #[arg(long, value_name = "DATE")]
+    to: Option<String>,
+}
+
+impl DaysArg {
+    fn options(&self) -> KpiOptions {
+        KpiOptions {
+            zone: self.timezone.clone(),
+            from: self.from.clone(),
+            to: self.to.clone(),
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -407,20 +417,9 @@ fn dispatch<P: CoreProvider>(cli: &Cli, core: &P) -> Result<()> {
             }
             Ok(())
         }
-        Command::Kpi {
-            state,
-            timezone,
-            from,
-            to,
-            out,
-        } => {
+        Command::Kpi { state, days, out } => {
             let state_dir = open_existing(&state.dir)?;
-            let opts = KpiOptions {
-                zone: timezone.clone(),
-                from: from.clone(),
-                to: to.clone(),
-            };
-            let report = tripflow_store::kpi(core, &state_dir, &opts)?;
+            let report = tripflow_store::kpi(core, &state_dir, &days.options())?;
             match out {
                 Some(path) if path.as_os_str() != "-" => write_kpi_csv(path, &report, core)?,
                 Some(_) => {
@@ -429,25 +428,14 @@ fn dispatch<P: CoreProvider>(cli: &Cli, core: &P) -> Result<()> {
                 }
                 None => {
                     eprintln!("tripflow: KPIs computed with {}", core.describe());
-                    output::print_kpi_table(&mut io::stdout().lock(), &report.rows, timezone)?
+                    output::print_kpi_table(&mut io::stdout().lock(), &report.rows, &days.timezone)?
                 }
             }
             Ok(())
         }
-        Command::Report {
-            state,
-            timezone,
-            from,
-            to,
-            out,
-        } => {
+        Command::Report { state, days, out } => {
             let state_dir = open_existing(&state.dir)?;
-            let opts = KpiOptions {
-                zone: timezone.clone(),
-                from: from.clone(),
-                to: to.clone(),
-            };
-            write_report(out, core, &state_dir, opts)
+            write_report(out, core, &state_dir, days.options())
         }
         Command::Sweep {
             state,

@@ -1,42 +1,10 @@
 //! The `tripflow` binary as a user meets it: help, bad input, replays, KPIs, sweeps.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
+use std::process::{Command, Stdio};
 
-fn nyc_events() -> PathBuf {
-    fixtures().join("cases/nyc-tlc-2019-03/input-1.ndjson")
-}
-
-/// Runs `tripflow` in `dir` without a compile cache (tests must not write to $HOME).
-fn tripflow(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tripflow"))
-        .args(args)
-        .current_dir(dir)
-        .env("TRIPFLOW_CACHE_DIR", dir.join("cache"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-fn failed(out: &Output) -> String {
-    assert!(!out.status.success(), "expected a failure, got success");
-    String::from_utf8(out.stderr.clone()).unwrap()
-}
+use common::{failed, fixtures, nyc_events, ok, tripflow};
 
 #[test]
 fn help_lists_every_command() {
@@ -350,6 +318,29 @@ fn convert_generate_and_component() {
     assert!(native.contains("trips closed            6490"), "{native}");
 }
 
+/// Replays `<name>.ndjson` in `d` into the store `<name>`: the KPI CSV and the JSON summary.
+fn replay_into(d: &std::path::Path, name: &str, zone: &str) -> (String, serde_json::Value) {
+    let (events, csv) = (format!("{name}.ndjson"), format!("{name}.csv"));
+    let summary = ok(&tripflow(
+        d,
+        &[
+            "replay",
+            "--state",
+            name,
+            "--timezone",
+            zone,
+            "--kpi-out",
+            &csv,
+            "--json",
+            &events,
+        ],
+    ));
+    (
+        std::fs::read_to_string(d.join(&csv)).unwrap(),
+        serde_json::from_str(&summary).unwrap(),
+    )
+}
+
 /// `convert csv` on two schemas unlike TLC's, each through a replay to its KPIs (worked out by
 /// hand in fixtures/convert/README.md).
 #[test]
@@ -387,23 +378,9 @@ fn convert_csv_maps_other_schemas_to_the_same_kpis() {
     )
     .unwrap();
     assert!(err.contains("converted 8 rows into 15 events"), "{err}");
-    let summary: serde_json::Value = serde_json::from_str(&ok(&tripflow(
-        d,
-        &[
-            "replay",
-            "--state",
-            "berlin",
-            "--timezone",
-            "Europe/Berlin",
-            "--kpi-out",
-            "berlin.csv",
-            "--json",
-            "berlin.ndjson",
-        ],
-    )))
-    .unwrap();
+    let (csv, summary) = replay_into(d, "berlin", "Europe/Berlin");
     assert_eq!(
-        std::fs::read_to_string(d.join("berlin.csv")).unwrap(),
+        csv,
         "date,trip_count,total_fare,average_fare,min_fare,max_fare\n\
          2024-03-30,2,10.50,5.25,4.50,6.00\n\
          2024-03-31,2,8.30,4.15,3.10,5.20\n\
@@ -439,21 +416,9 @@ fn convert_csv_maps_other_schemas_to_the_same_kpis() {
     assert!(events.starts_with(
         "{\"trip_id\":\"hail-1\",\"event_type\":\"trip_start\",\"timestamp\":\"2024-06-01T00:00:00Z\"}\n"
     ));
-    let summary: serde_json::Value = serde_json::from_str(&ok(&tripflow(
-        d,
-        &[
-            "replay",
-            "--state",
-            "unix",
-            "--kpi-out",
-            "unix.csv",
-            "--json",
-            "unix.ndjson",
-        ],
-    )))
-    .unwrap();
+    let (csv, summary) = replay_into(d, "unix", "UTC");
     assert_eq!(
-        std::fs::read_to_string(d.join("unix.csv")).unwrap(),
+        csv,
         "date,trip_count,total_fare,average_fare,min_fare,max_fare\n\
          2024-06-01,2,42.40,21.20,12.40,30.00\n\
          2024-06-02,1,8.00,8.00,8.00,8.00\n\

@@ -2,35 +2,17 @@
 //! Chromium (Debian's `chromium`, driven by `tools/browser/inspect-report.mjs`; both installed
 //! by `scripts/install-browser.sh`), its numbers checked against the KPI CSV.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
+use common::{fixtures, ok, tripflow};
 use serde_json::Value;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn tripflow(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tripflow"))
-        .args(args)
-        .current_dir(dir)
-        .env("TRIPFLOW_CACHE_DIR", dir.join("cache"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    fixtures().join("..")
 }
 
 /// What Chromium shows of `page` (and a full-page screenshot, when asked).
@@ -183,7 +165,7 @@ fn report_in_chromium_shows_the_csv_accounting_and_provenance() {
     .unwrap();
     let zone = "America/New_York";
 
-    let summary: Value = serde_json::from_str(&ok(tripflow(
+    let summary: Value = serde_json::from_str(&ok(&tripflow(
         d,
         &[
             "replay",
@@ -200,7 +182,7 @@ fn report_in_chromium_shows_the_csv_accounting_and_provenance() {
     .unwrap();
     let csv = std::fs::read_to_string(d.join("kpi.csv")).unwrap();
     // `tripflow report` renders the same bytes as `replay --report` for the same store.
-    ok(tripflow(
+    ok(&tripflow(
         d,
         &["report", "--timezone", zone, "--out", "report.html"],
     ));
@@ -251,7 +233,7 @@ fn report_in_chromium_shows_the_csv_accounting_and_provenance() {
     assert_eq!(rejects[0]["examples"], 3);
 
     // Provenance: the component that computed the numbers, the contract, the zone, the input.
-    let component = ok(tripflow(d, &["component"]));
+    let component = ok(&tripflow(d, &["component"]));
     let sha = component.split("sha256:").nth(1).unwrap()[..64].to_owned();
     let prov: Vec<Vec<String>> = seen["provenance"]
         .as_array()
@@ -294,7 +276,7 @@ fn report_in_chromium_shows_the_csv_accounting_and_provenance() {
 
     // A range that starts before the first trip: the days without trips are gaps, everywhere.
     let (from, to) = ("2019-02-25", "2019-03-03");
-    ok(tripflow(
+    ok(&tripflow(
         d,
         &[
             "kpi",
@@ -308,7 +290,7 @@ fn report_in_chromium_shows_the_csv_accounting_and_provenance() {
             "range.csv",
         ],
     ));
-    ok(tripflow(
+    ok(&tripflow(
         d,
         &[
             "report",
@@ -342,7 +324,7 @@ fn report_refuses_what_it_cannot_show() {
         "{err}"
     );
     let nyc = root().join("fixtures/cases/nyc-tlc-2019-03/input-1.ndjson");
-    ok(tripflow(d, &["replay", nyc.to_str().unwrap()]));
+    ok(&tripflow(d, &["replay", nyc.to_str().unwrap()]));
     for (args, says) in [
         (&["--from", "2019-3-1"][..], "YYYY-MM-DD"),
         (

@@ -25,13 +25,17 @@ pub(crate) fn event_out(e: &c::TripEvent) -> wt::TripEvent {
     }
 }
 
+fn kind_in(k: wt::EventKind) -> c::EventKind {
+    match k {
+        wt::EventKind::TripStart => c::EventKind::Start,
+        wt::EventKind::TripEnd => c::EventKind::End,
+    }
+}
+
 pub(crate) fn event_in(e: wt::TripEvent) -> c::TripEvent {
     c::TripEvent {
         trip_id: e.trip_id,
-        kind: match e.kind {
-            wt::EventKind::TripStart => c::EventKind::Start,
-            wt::EventKind::TripEnd => c::EventKind::End,
-        },
+        kind: kind_in(e.kind),
         timestamp_ns: e.timestamp_ns,
         fare_cents: e.fare_cents,
         extras: e.extras,
@@ -82,10 +86,7 @@ pub(crate) fn batch_resolution_in(r: wb::BatchResolution) -> c::batch::BatchReso
             .into_iter()
             .map(|e| c::batch::NewEvent {
                 incoming: e.incoming,
-                kind: match e.kind {
-                    wt::EventKind::TripStart => c::EventKind::Start,
-                    wt::EventKind::TripEnd => c::EventKind::End,
-                },
+                kind: kind_in(e.kind),
                 timestamp_ns: e.timestamp_ns,
                 fare_cents: e.fare_cents,
                 extras: e.extras,
