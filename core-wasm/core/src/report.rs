@@ -292,6 +292,7 @@ pre{white-space:pre-wrap;word-break:break-all;background:#f6f8fa;padding:6px;bor
 details{margin:4px 0}
 code{font-size:.9em}
 .empty{padding:12px;border:1px dashed var(--line)}
+@media (max-width:640px){svg text{font-size:20px}}
 @media print{main{max-width:none;padding:0}figure,table,section{break-inside:avoid}.scroll{overflow:visible}a{color:inherit}}
 ";
 
@@ -368,10 +369,10 @@ fn summary(h: &mut Html, days: &[(i64, Option<&DayKpi>)]) {
 /// Chart geometry, in SVG units (the view box scales to the page width).
 const W: i64 = 960;
 const H: i64 = 220;
-const LEFT: i64 = 78;
+const LEFT: i64 = 96;
 const RIGHT: i64 = 10;
 const TOP: i64 = 10;
-const BOTTOM: i64 = 34;
+const BOTTOM: i64 = 40;
 
 /// A "nice" axis maximum (1, 2 or 5 × 10^k, at least `max`) and its tick step.
 fn nice_axis(max: i64) -> (i64, i64) {
@@ -461,7 +462,7 @@ fn frame(
         let date = format_date(*d);
         h.raw("<text x=\"");
         h.coord((c.x(i) + c.x(i + 1)) / 2);
-        let _ = write!(h.0, "\" y=\"{}\" text-anchor=\"middle\">", H - BOTTOM + 16);
+        let _ = write!(h.0, "\" y=\"{}\" text-anchor=\"middle\">", H - BOTTOM + 24);
         h.text(&date[5..]);
         h.raw("</text>\n");
     }
