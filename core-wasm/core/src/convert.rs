@@ -92,17 +92,9 @@ pub fn nyc_tlc(
         .filter_map(|(column, key)| headers.iter().position(|h| h == *column).map(|i| (i, *key)))
         .collect();
 
-    let mut stats = ConvertStats::default();
-    let mut record = csv::StringRecord::new();
     let mut line = String::with_capacity(256);
-    loop {
-        let row = stats.rows + 1;
-        match reader.read_record(&mut record) {
-            Ok(true) => {}
-            Ok(false) => break,
-            Err(source) => return Err(ConvertError::Csv { row, source }),
-        }
-        stats.rows = row;
+    let stats = each_row(&mut reader, |row, record| {
+        let mut events = 0;
         let trip_id = format!("{prefix}-{row:06}");
         let mut extras = String::new();
         for (i, key) in &carried {
@@ -123,9 +115,10 @@ pub fn nyc_tlc(
             line.push_str(&extras);
             line.push_str("}\n");
             output.write_all(line.as_bytes())?;
-            stats.events += 1;
+            events += 1;
         }
-    }
+        Ok(events)
+    })?;
     output.flush()?;
     Ok(stats)
 }
@@ -201,17 +194,8 @@ pub fn mapped_csv(
     let fare = col(&mapping.fare, "--fare")?;
     let id = mapping.id.as_deref().map(|c| col(c, "--id")).transpose()?;
 
-    let mut stats = ConvertStats::default();
-    let mut record = csv::StringRecord::new();
     let mut line = String::with_capacity(256);
-    loop {
-        let row = stats.rows + 1;
-        match reader.read_record(&mut record) {
-            Ok(true) => {}
-            Ok(false) => break,
-            Err(source) => return Err(ConvertError::Csv { row, source }),
-        }
-        stats.rows = row;
+    let stats = each_row(&mut reader, |row, record| {
         let cell = |i: usize| record.get(i).unwrap_or("").trim();
         let trip_id = match id {
             Some(i) => cell(i).to_owned(),
@@ -253,12 +237,12 @@ pub fn mapped_csv(
             output.write_all(line.as_bytes())
         };
         write("trip_start", &start_at.text(tz), end_at.is_none())?;
-        stats.events += 1;
         if let Some(end) = end_at {
             write("trip_end", &end, true)?;
-            stats.events += 1;
+            return Ok(2);
         }
-    }
+        Ok(1)
+    })?;
     output.flush()?;
     Ok(stats)
 }
@@ -326,6 +310,26 @@ fn duration_ns(text: &str) -> Option<i64> {
         .ok()?
         .checked_mul(1_000_000_000)?
         .checked_add(frac_ns)
+}
+
+/// Calls `row_events` with each data row (1-based) and its record; it returns how many events
+/// it wrote. A CSV error names its row.
+fn each_row<R: Read>(
+    reader: &mut csv::Reader<R>,
+    mut row_events: impl FnMut(u64, &csv::StringRecord) -> Result<u64, ConvertError>,
+) -> Result<ConvertStats, ConvertError> {
+    let mut stats = ConvertStats::default();
+    let mut record = csv::StringRecord::new();
+    loop {
+        let row = stats.rows + 1;
+        match reader.read_record(&mut record) {
+            Ok(true) => {}
+            Ok(false) => return Ok(stats),
+            Err(source) => return Err(ConvertError::Csv { row, source }),
+        }
+        stats.rows = row;
+        stats.events += row_events(row, &record)?;
+    }
 }
 
 /// A naive `YYYY-MM-DD HH:MM:SS` local time in `tz` as RFC 3339 with its offset; text that is

@@ -82,7 +82,7 @@ fn run<P: CoreProvider>(core: &P, batches: &[Batch]) -> Vec<TripFare> {
 fn run_batch<P: CoreProvider>(core: &P, batches: &[Batch]) -> Vec<TripFare> {
     let mut fares = Vec::new();
     for b in batches {
-        let (_, r) = core
+        let (_, _, r) = core
             .session()
             .unwrap()
             .parse_resolve::<tripflow_runtime::CoreError>(&b.buf, &b.spans, CLOCK, |_| {

@@ -103,14 +103,15 @@ pub trait TripCore {
     /// See `batches.batch`: parses a batch, asks `lookup` for the stored events of its trip
     /// ids, and resolves the batch against them; the parsed events stay in the core between the
     /// two steps. Decides as [`TripCore::parse`] then [`TripCore::resolve`] over the accepted
-    /// events.
+    /// events. Hands back what `lookup` returned, which the resolution's `EventRef::Stored`
+    /// indexes.
     fn parse_resolve<E: From<CoreError>>(
         &mut self,
         buffer: &[u8],
         spans: &[Span],
         clock: Clock,
         lookup: impl FnOnce(&ParsedBatch) -> Result<Vec<TripEvent>, E>,
-    ) -> Result<(ParsedBatch, BatchResolution), E>;
+    ) -> Result<(ParsedBatch, Vec<TripEvent>, BatchResolution), E>;
     /// See `matching.pair`: the closed trip a start and an end make.
     fn pair(&mut self, start: &TripEvent, end: &TripEvent) -> Result<ClosedTrip, CoreError>;
     /// See `matching.sweep`; `open` holds the timestamp of each open trip's stored half.
@@ -545,7 +546,7 @@ impl TripCore for WasmSession {
         spans: &[Span],
         clock: Clock,
         lookup: impl FnOnce(&ParsedBatch) -> Result<Vec<TripEvent>, E>,
-    ) -> Result<(ParsedBatch, BatchResolution), E> {
+    ) -> Result<(ParsedBatch, Vec<TripEvent>, BatchResolution), E> {
         let spans: Vec<_> = spans.iter().map(convert::span_out).collect();
         let (batch, parsed) = self.call(|c, s| {
             c.tripflow_core_batches()
@@ -554,17 +555,17 @@ impl TripCore for WasmSession {
         })?;
         let parsed = convert::parsed_batch_in(parsed);
         let stored = lookup(&parsed)?;
-        let stored: Vec<_> = stored.iter().map(convert::event_out).collect();
+        let lowered: Vec<_> = stored.iter().map(convert::event_out).collect();
         let clock = convert::clock_out(clock);
         let r = self.call(|c, s| {
             let r = c
                 .tripflow_core_batches()
                 .batch()
-                .call_resolve(&mut *s, batch, &stored, clock)?;
+                .call_resolve(&mut *s, batch, &lowered, clock)?;
             batch.resource_drop(s)?;
             Ok(r)
         })?;
-        Ok((parsed, convert::batch_resolution_in(r)))
+        Ok((parsed, stored, convert::batch_resolution_in(r)))
     }
 
     fn pair(&mut self, start: &TripEvent, end: &TripEvent) -> Result<ClosedTrip, CoreError> {

@@ -54,11 +54,11 @@ impl TripCore for NativeCore {
         spans: &[Span],
         clock: Clock,
         lookup: impl FnOnce(&ParsedBatch) -> Result<Vec<TripEvent>, E>,
-    ) -> Result<(ParsedBatch, BatchResolution), E> {
+    ) -> Result<(ParsedBatch, Vec<TripEvent>, BatchResolution), E> {
         let (batch, parsed) = Batch::parse(buffer, spans);
         let stored = lookup(&parsed)?;
         let r = batch.resolve(&stored, clock);
-        Ok((parsed, r))
+        Ok((parsed, stored, r))
     }
 
     fn pair(&mut self, start: &TripEvent, end: &TripEvent) -> Result<ClosedTrip, CoreError> {

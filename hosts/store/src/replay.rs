@@ -252,13 +252,11 @@ fn decide_in_core<P: CoreProvider>(
     batch: &Batch,
     clock: Clock,
 ) -> Result<Decided, Error> {
-    let mut stored = Vec::new();
-    let (parsed, r) =
+    let (parsed, stored, r) =
         provider
             .session()?
             .parse_resolve::<Error>(&batch.buf, &batch.spans, clock, |parsed| {
-                stored = lookup(state, parsed.trip_ids.iter().map(String::as_str).collect())?;
-                Ok(stored.clone())
+                lookup(state, parsed.trip_ids.iter().map(String::as_str).collect())
             })?;
     let mut outcomes = Vec::with_capacity(parsed.outcomes.len());
     let mut incoming_span = Vec::with_capacity(parsed.outcomes.len());
