@@ -1,7 +1,8 @@
 //! The component, run through the runtime crate, must give byte-identical results to the
 //! library linked natively, on generated data with duplicates, poison and any order; and a
 //! shuffled, duplicated copy of an input must give the same KPI CSV bytes. The report page is
-//! the same bytes too, apart from the core's own fingerprint.
+//! the same bytes too, apart from the core's own fingerprint. The number of replay threads
+//! changes nothing either.
 
 use std::path::Path;
 
@@ -22,16 +23,25 @@ struct Outcome {
     /// The KPI rows read back from the CSV by the core.
     rows_from_csv: Vec<DayKpi>,
     rows: Vec<DayKpi>,
+    /// Every stored event, by trip id and half.
+    events: Vec<tripflow_core::TripEvent>,
 }
 
-fn replay<P: CoreProvider>(core: &P, file: &Path, batch_lines: usize, zone: &str) -> Outcome {
-    let mut state = StateDir::in_memory().unwrap();
+fn replay<P: CoreProvider>(
+    core: &P,
+    file: &Path,
+    batch_lines: usize,
+    threads: usize,
+    zone: &str,
+) -> Outcome {
+    let mut state = StateDir::temporary().unwrap();
     let input = Input {
         name: "events.ndjson".into(),
         source: InputSource::File(file.to_path_buf()),
     };
     let opts = ReplayOptions {
         batch_lines,
+        threads,
         ..ReplayOptions::default()
     };
     let mut quarantine = Vec::new();
@@ -74,6 +84,7 @@ fn replay<P: CoreProvider>(core: &P, file: &Path, batch_lines: usize, zone: &str
         report,
         rows_from_csv,
         rows: kpi.rows,
+        events: state.events().unwrap(),
     }
 }
 
@@ -91,6 +102,7 @@ proptest! {
         seed in any::<u64>(),
         trips in 1u64..400,
         batch_lines in 1usize..300,
+        threads in 1usize..5,
         zone in prop::sample::select(vec!["UTC", "America/New_York", "Australia/Lord_Howe"]),
     ) {
         let runtime = Runtime::load(&ComponentSource::Embedded, Limits::default(), None).unwrap();
@@ -100,15 +112,16 @@ proptest! {
         let plain_file = generated(dir.path(), "plain.ndjson", &plain);
         let messy_file = generated(dir.path(), "messy.ndjson", &messy);
 
-        let wasm = replay(&runtime, &messy_file, batch_lines, zone);
-        let native = replay(&NativeCore, &messy_file, batch_lines, zone);
+        let wasm = replay(&runtime, &messy_file, batch_lines, threads, zone);
+        let native = replay(&NativeCore, &messy_file, batch_lines, 1, zone);
         prop_assert_eq!(&wasm.summary, &native.summary);
         prop_assert_eq!(&wasm.quarantine, &native.quarantine);
         prop_assert_eq!(&wasm.csv, &native.csv);
         prop_assert_eq!(&wasm.report, &native.report);
+        prop_assert_eq!(&wasm.events, &native.events);
         prop_assert_eq!(&wasm.rows_from_csv, &wasm.rows, "read-csv inverts render-csv");
 
-        let ordered = replay(&runtime, &plain_file, 8192, zone);
+        let ordered = replay(&runtime, &plain_file, 8192, 2, zone);
         prop_assert_eq!(&ordered.csv, &wasm.csv, "shuffling and duplicating changed the KPI bytes");
         prop_assert_eq!(ordered.summary.store.completed, trips);
         // Nothing is lost: every record read is stored, a duplicate, or rejected.

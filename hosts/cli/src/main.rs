@@ -62,8 +62,13 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Lines handed to the core per call.
-        #[arg(long, default_value_t = 65536, value_name = "N", hide = true)]
+        #[arg(long, default_value_t = 8192, value_name = "N", hide = true)]
         batch_lines: usize,
+        /// Threads running the core, each on its own batch; batches still commit one at a
+        /// time in input order, so the result is the same for any number [default: the
+        /// machine's cores, at most 4].
+        #[arg(long, value_name = "N")]
+        threads: Option<usize>,
         /// Events dated more than this after the moment they are read (e.g. 15m, 1h, 2d) are
         /// stored and matched but do not move the event-time clock that `sweep` measures
         /// from, so one device with a broken clock cannot orphan every open trip. The AWS
@@ -357,6 +362,7 @@ fn dispatch<P: CoreProvider>(cli: &Cli, core: &P) -> Result<()> {
             report: report_out,
             json,
             batch_lines,
+            threads,
             max_clock_skew,
         } => {
             core.session()?.check_time_zone(timezone)?;
@@ -366,6 +372,9 @@ fn dispatch<P: CoreProvider>(cli: &Cli, core: &P) -> Result<()> {
             }
             if *batch_lines == 0 {
                 bail!("--batch-lines must be at least 1");
+            }
+            if *threads == Some(0) {
+                bail!("--threads must be at least 1");
             }
             let mut state_dir = StateDir::open(&state.dir)?;
             let mut quarantine_file = quarantine
@@ -377,6 +386,7 @@ fn dispatch<P: CoreProvider>(cli: &Cli, core: &P) -> Result<()> {
             let opts = ReplayOptions {
                 batch_lines: *batch_lines,
                 max_skew_ns: *max_clock_skew,
+                threads: threads.unwrap_or(ReplayOptions::default().threads),
                 ..ReplayOptions::default()
             };
             let summary = tripflow_store::replay(

@@ -536,7 +536,15 @@ fn a_replay_killed_mid_file_and_rerun_equals_one_that_was_not() {
     ));
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_tripflow"))
-        .args(["replay", "--state", "killed", "events.ndjson"])
+        // Small batches: many commits, so the kill lands between two of them.
+        .args([
+            "replay",
+            "--state",
+            "killed",
+            "--batch-lines",
+            "2048",
+            "events.ndjson",
+        ])
         .current_dir(d)
         .env("TRIPFLOW_CACHE_DIR", d.join("cache"))
         .stdin(Stdio::null())
@@ -544,11 +552,10 @@ fn a_replay_killed_mid_file_and_rerun_equals_one_that_was_not() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // Wait for the first committed batch (megabytes of WAL frames; the schema alone is a few
-    // pages), then kill during a later one.
-    let wal = d.join("killed/tripflow.sqlite-wal");
+    // Wait for a few batches' events (each batch appends ~200 KB to the log), then kill.
+    let log = d.join("killed/events.log");
     let started = std::time::Instant::now();
-    while std::fs::metadata(&wal).map_or(0, |m| m.len()) < 1 << 20 {
+    while std::fs::metadata(&log).map_or(0, |m| m.len()) < 1 << 20 {
         assert!(
             child.try_wait().unwrap().is_none(),
             "the replay ended before it could be killed"
@@ -559,7 +566,6 @@ fn a_replay_killed_mid_file_and_rerun_equals_one_that_was_not() {
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    std::thread::sleep(std::time::Duration::from_millis(50));
     assert!(
         child.try_wait().unwrap().is_none(),
         "killed too late: the replay had finished"

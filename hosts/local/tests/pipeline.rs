@@ -42,7 +42,7 @@ struct CliRun {
 }
 
 fn cli_replay(core: &Runtime, files: &[&Path]) -> CliRun {
-    let mut state = StateDir::in_memory().unwrap();
+    let mut state = StateDir::temporary().unwrap();
     let inputs: Vec<Input> = files
         .iter()
         .enumerate()

@@ -136,7 +136,7 @@ fn replay(h: &History, batch_lines: usize) -> Outcome {
         text.push(b'\n');
     }
     std::fs::write(&file, text).unwrap();
-    let mut state = StateDir::in_memory().unwrap();
+    let mut state = StateDir::temporary().unwrap();
     let mut quarantine = Vec::new();
     let summary = tripflow_store::replay(
         &**core(),
@@ -528,7 +528,7 @@ async fn a_record_that_traps_the_core_is_dead_lettered_alone() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("h.ndjson");
     std::fs::write(&file, h.records.join(&b"\n"[..])).unwrap();
-    let mut state = StateDir::in_memory().unwrap();
+    let mut state = StateDir::temporary().unwrap();
     let mut quarantine = Vec::new();
     let summary = tripflow_store::replay(
         &*small,

@@ -17,6 +17,18 @@ pub enum Error {
         /// SQLite's error.
         source: rusqlite::Error,
     },
+    /// The state directory cannot be used as it is.
+    #[error("{0}")]
+    Damaged(String),
+    /// Another process is writing the state directory.
+    #[error("{0}")]
+    Busy(String),
+    /// A replay worker panicked (a bug): the replay stops at the last commit.
+    #[error("a replay thread failed: {0}; the store keeps every batch committed before it")]
+    Panicked(String),
+    /// A replay's committing thread stopped (its own error is the one to report).
+    #[error("the replay stopped")]
+    Stopped,
     /// Reading input or writing output failed.
     #[error("{what}")]
     Io {

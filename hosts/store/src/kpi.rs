@@ -4,8 +4,8 @@
 use tripflow_runtime::core::{DayKpi, DayTotals, TripFare};
 use tripflow_runtime::{CoreProvider, TripCore};
 
-use crate::db::{StateDir, status_from};
-use crate::error::{DbContext, Error};
+use crate::db::StateDir;
+use crate::error::Error;
 
 /// Trips handed to the core per call.
 const CHUNK: usize = 65_536;
@@ -53,29 +53,24 @@ pub fn kpi<P: CoreProvider>(
 
     let mut totals: Vec<DayTotals> = Vec::new();
     let mut chunk: Vec<TripFare> = Vec::with_capacity(CHUNK);
-    let mut stmt = state
-        .conn
-        .prepare("SELECT status, start_ns, fare_cents FROM trips")
-        .db("preparing the trip scan")?;
-    let mut rows = stmt.query([]).db("scanning trips")?;
-    loop {
-        let row = rows.next().db("scanning trips")?;
-        if let Some(row) = row {
-            chunk.push(TripFare {
-                status: status_from(row.get(0).db("reading a trip")?),
-                start_ns: row.get(1).db("reading a trip")?,
-                fare_cents: row.get(2).db("reading a trip")?,
-            });
+    let mut flush = |chunk: &mut Vec<TripFare>| -> Result<(), Error> {
+        totals = provider.session()?.accumulate(&opts.zone, &totals, chunk)?;
+        chunk.clear();
+        Ok(())
+    };
+    state.scan_trips(|_, t| {
+        chunk.push(TripFare {
+            status: t.status,
+            start_ns: t.start_ns,
+            fare_cents: t.fare_cents,
+        });
+        if chunk.len() == CHUNK {
+            flush(&mut chunk)?;
         }
-        if chunk.len() == CHUNK || (row.is_none() && !chunk.is_empty()) {
-            totals = provider
-                .session()?
-                .accumulate(&opts.zone, &totals, &chunk)?;
-            chunk.clear();
-        }
-        if row.is_none() {
-            break;
-        }
+        Ok(())
+    })?;
+    if !chunk.is_empty() {
+        flush(&mut chunk)?;
     }
     let mut core = provider.session()?;
     let rows = core.finish(&totals, opts.from.as_deref(), opts.to.as_deref())?;

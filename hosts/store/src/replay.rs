@@ -1,25 +1,31 @@
 //! `replay`: push NDJSON events through the core into the store.
 //!
-//! Per batch of lines, inside one write transaction: the core parses them and keeps the
-//! events; the store is asked for what it holds of the batch's trips; the core decides; the
-//! decisions are written and the transaction commits. The host decides nothing: it stores what the core says
+//! Per batch of lines: the core parses them and keeps the events; the store's index is asked
+//! for what it holds of the batch's trips; the core decides; the decisions are appended to the
+//! logs and the batch commits (see [`crate::log`]). The host decides nothing: it stores what the core says
 //! to store and quarantines what the core rejects, with the original bytes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 use std::io::Write;
+use std::sync::{Arc, mpsc};
 
-use rusqlite::params;
+use std::fs::File;
+
+use rusqlite::{Connection, TransactionBehavior, params};
 use serde::Serialize;
 use tripflow_runtime::core::batch::Parsed;
 use tripflow_runtime::core::{
-    Clock, DEFAULT_MAX_SKEW_NS, Decision, EventRef, ParseOutcome, Reject, Resolution, TripEvent,
-    TripStatus,
+    Clock, DEFAULT_MAX_SKEW_NS, Decision, EventKind, EventRef, ParseOutcome, Reject, Resolution,
+    TripEvent, TripStatus,
 };
 use tripflow_runtime::{CORE_FAILURE, CoreProvider, TripCore, parse_isolating};
 
-use crate::db::{StateDir, StoreTotals, kind_to, status_to};
+use crate::db::{Committed, StateDir, StoreTotals, count_source};
 use crate::error::{DbContext, Error, IoContext};
+use crate::index::{Fingerprinter, Fp, Identity, OpenHalf};
 use crate::input::{Batch, Input, LineReader};
+use crate::log::{NewEvent, TripRecord, encode_event};
 use crate::quarantine::{QuarantineRecord, RawBytes};
 
 /// Tuning of a replay.
@@ -35,15 +41,19 @@ pub struct ReplayOptions {
     /// The arrival time of every batch; `None`: the wall clock when the batch is read, the
     /// replay's equivalent of a Kinesis record's arrival time.
     pub arrival_ns: Option<i64>,
+    /// Threads running the core, each on its own batch (at least 1). Batches still commit one
+    /// at a time, in input order, so the result does not depend on it.
+    pub threads: usize,
 }
 
 impl Default for ReplayOptions {
     fn default() -> Self {
         ReplayOptions {
-            batch_lines: 65_536,
+            batch_lines: 8_192,
             batch_bytes: 8 << 20,
             max_skew_ns: DEFAULT_MAX_SKEW_NS,
             arrival_ns: None,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
         }
     }
 }
@@ -99,6 +109,18 @@ impl Summary {
         }
     }
 
+    /// Adds a batch's counts (not its rejects, which are counted by reason).
+    fn add(&mut self, b: &Summary) {
+        self.records += b.records;
+        self.blank_lines += b.blank_lines;
+        self.stored += b.stored;
+        self.duplicates += b.duplicates;
+        self.skewed += b.skewed;
+        self.completed += b.completed;
+        self.invalid += b.invalid;
+        self.no_fare += b.no_fare;
+    }
+
     /// All rejected records.
     pub fn rejected_total(&self) -> u64 {
         self.rejected.values().sum()
@@ -106,110 +128,408 @@ impl Summary {
 }
 
 /// Replays `inputs` in order into `state`; rejected records are also written to `quarantine`.
+///
+/// Three kinds of thread share the work:
+/// - `opts.threads` workers each take a batch, parse it in their own instance of the core, ask
+///   the store what it holds of the batch's trips, resolve, and encode the batch's records;
+/// - this thread reads the input, answers the lookups and applies the batches to the logs and
+///   the index, one at a time and in input order: a batch's lookup is answered only after the
+///   batch before it has been applied, so every batch is decided against exactly the store an
+///   unthreaded replay would show it;
+/// - a committer syncs the logs and commits the batches' transactions, in the same order,
+///   several at a time when they queue up (group commit).
+///
+/// What is committed is always the store after some prefix of the batches; a failure anywhere
+/// stops the replay and leaves the store at the last commit.
 pub fn replay<P: CoreProvider>(
     provider: &P,
     state: &mut StateDir,
     inputs: &[Input],
     opts: &ReplayOptions,
-    mut quarantine: Option<&mut dyn Write>,
+    quarantine: Option<&mut dyn Write>,
     progress: &dyn Progress,
 ) -> Result<Summary, Error> {
-    state
-        .conn
-        .busy_timeout(std::time::Duration::from_secs(30))
-        .db("setting the busy timeout")?;
+    state.lock_for_writing()?;
+    state.index()?;
     let mut summary = Summary::new();
-    let mut batch = Batch::default();
     // The core decides what is too large; the reader only needs to know how much to pass on.
     let max_record_bytes = provider.session()?.max_record_bytes()?;
-    for input in inputs {
-        let mut lines = LineReader::new(input.open()?, max_record_bytes);
-        while lines
-            .fill(&mut batch, opts.batch_lines, opts.batch_bytes)
-            .io(|| format!("reading {}", input.name))?
-        {
-            let clock = Clock {
-                arrival_ns: opts.arrival_ns.unwrap_or_else(now_ns),
-                max_skew_ns: opts.max_skew_ns,
-            };
-            let rejects = apply_batch(provider, state, input, &batch, clock, &mut summary)?;
-            if let Some(out) = quarantine.as_deref_mut() {
-                for r in &rejects {
-                    out.write_all(r.to_line().as_bytes())
-                        .io(|| "writing the quarantine file".to_owned())?;
-                }
-            }
-            progress.advance(batch.bytes_read);
+    let ids = state.write_transaction(|s| {
+        inputs
+            .iter()
+            .map(|i| s.input_id(&i.name))
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    let (events_file, trips_file, conn) = state.committer_parts()?;
+    let outcome = std::thread::scope(|scope| {
+        let (to_committer, commits) = mpsc::sync_channel::<Commit>(16);
+        let committer = std::thread::Builder::new()
+            .name("tripflow-commit".into())
+            .spawn_scoped(scope, move || {
+                commit_all(conn, events_file, trips_file, commits)
+            })
+            .io(|| "starting the committing thread".to_owned())?;
+        let mut reader = Reader {
+            inputs,
+            ids,
+            next_input: 0,
+            lines: None,
+            max_record_bytes,
+        };
+        let run = Pipeline {
+            provider,
+            opts,
+            inputs,
+            to_committer,
         }
+        .run(
+            scope,
+            state,
+            &mut reader,
+            &mut summary,
+            quarantine,
+            progress,
+        );
+        let committed = committer.join().unwrap_or_else(|_| Err(Error::Stopped));
+        match (run, committed) {
+            (Err(Error::Stopped), Err(e)) | (Ok(()), Err(e)) | (Err(e), _) => Err(e),
+            (Ok(()), Ok(())) => Ok(()),
+        }
+    });
+    if let Err(e) = outcome {
+        state.recover()?;
+        return Err(e);
     }
-    if let Some(out) = quarantine {
-        out.flush()
-            .io(|| "writing the quarantine file".to_owned())?;
-    }
+    state.save_snapshot()?;
     summary.store = state.totals()?;
     Ok(summary)
 }
 
-/// Runs one batch through the core and the store in one transaction; returns its quarantine
-/// records in line order.
-///
-/// The core parses the batch and keeps its events (`batches.batch`) while the store looks up
-/// the stored events of the batch's trips; then it resolves, and only the events to store come
-/// back. If the core fails on the batch, the batch is run again the older way, parse (record by
-/// record, isolating the records the core fails on) then resolve, which decides the same.
-fn apply_batch<P: CoreProvider>(
-    provider: &P,
-    state: &mut StateDir,
-    input: &Input,
-    batch: &Batch,
-    clock: Clock,
-    summary: &mut Summary,
-) -> Result<Vec<QuarantineRecord>, Error> {
-    let (records_before, blank_before, duplicates_before) =
-        (summary.records, summary.blank_lines, summary.duplicates);
-    let rejects = state.write_transaction(|state| {
-        let decided = match decide_in_core(provider, state, batch, clock) {
-            Err(Error::Core(_)) => decide_isolating(provider, state, batch, clock)?,
-            other => other?,
-        };
-        let mut rejects = Vec::new();
-        for (i, outcome) in decided.outcomes.iter().enumerate() {
-            match outcome {
-                Outcome::Blank => summary.blank_lines += 1,
-                Outcome::Accepted => summary.records += 1,
-                Outcome::Rejected(code, detail) => {
-                    summary.records += 1;
-                    rejects.push(quarantine_record(input, batch, i, code, detail, None));
+/// What the applying thread needs besides the store.
+struct Pipeline<'a, P> {
+    provider: &'a P,
+    opts: &'a ReplayOptions,
+    inputs: &'a [Input],
+    to_committer: mpsc::SyncSender<Commit>,
+}
+
+impl<'a, P: CoreProvider> Pipeline<'a, P> {
+    /// Runs the workers and applies their batches until the input ends or something fails.
+    fn run<'scope>(
+        self,
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        state: &mut StateDir,
+        reader: &mut Reader<'_>,
+        summary: &mut Summary,
+        mut quarantine: Option<&mut dyn Write>,
+        progress: &dyn Progress,
+    ) -> Result<(), Error>
+    where
+        'a: 'scope,
+    {
+        let threads = self.opts.threads.max(1);
+        let fingerprints = state.fingerprints;
+        let (to_main, from_workers) = mpsc::channel::<Message>();
+        let mut workers = Vec::with_capacity(threads);
+        for n in 0..threads {
+            let (jobs, queue) = mpsc::channel::<Job>();
+            let to_main = to_main.clone();
+            let provider = self.provider;
+            std::thread::Builder::new()
+                .name(format!("tripflow-core-{n}"))
+                .spawn_scoped(scope, move || work(provider, fingerprints, queue, to_main))
+                .io(|| "starting a core thread".to_owned())?;
+            workers.push(jobs);
+        }
+        drop(to_main);
+
+        let mut spare: Vec<Batch> = Vec::new();
+        let (mut dispatched, mut applied) = (0u64, 0u64);
+        let mut lookups: BTreeMap<u64, Lookup> = BTreeMap::new();
+        let mut done: BTreeMap<u64, Box<Done>> = BTreeMap::new();
+        loop {
+            // Two batches per worker in flight: one it works on, one queued.
+            while dispatched - applied < 2 * threads as u64 {
+                let mut batch = spare.pop().unwrap_or_default();
+                let Some((input, source)) = reader.next(&mut batch, self.opts)? else {
+                    break;
+                };
+                let job = Job {
+                    seq: dispatched,
+                    name: self.inputs[input].name.clone(),
+                    source,
+                    batch,
+                    clock: Clock {
+                        arrival_ns: self.opts.arrival_ns.unwrap_or_else(now_ns),
+                        max_skew_ns: self.opts.max_skew_ns,
+                    },
+                };
+                workers[(dispatched % threads as u64) as usize]
+                    .send(job)
+                    .map_err(|_| Error::Stopped)?;
+                dispatched += 1;
+            }
+            if dispatched == applied {
+                if let Some(out) = quarantine {
+                    out.flush()
+                        .io(|| "writing the quarantine file".to_owned())?;
                 }
+                return Ok(());
+            }
+            match from_workers.recv() {
+                Ok(Message::Lookup(l)) => {
+                    lookups.insert(l.seq, l);
+                }
+                Ok(Message::Done(d)) => {
+                    done.insert(d.seq, d);
+                }
+                // Every worker has gone: one panicked (the scope re-raises it).
+                Err(_) => return Err(Error::Stopped),
+            }
+            loop {
+                if let Some(l) = lookups.remove(&applied) {
+                    let hits = lookup(state, &l.fps);
+                    let _ = l.reply.send(hits);
+                }
+                let Some(d) = done.remove(&applied) else {
+                    break;
+                };
+                let Done { job, prepared, .. } = *d;
+                let prepared = prepared?;
+                let rejects = apply(state, &job, prepared, summary, &self.to_committer)?;
+                if let Some(out) = quarantine.as_deref_mut() {
+                    for r in &rejects {
+                        out.write_all(r.to_line().as_bytes())
+                            .io(|| "writing the quarantine file".to_owned())?;
+                    }
+                }
+                progress.advance(job.batch.bytes_read);
+                spare.push(job.batch);
+                applied += 1;
             }
         }
-        let resolution = &decided.resolution;
-        summary.skewed += resolution.skewed.len() as u64;
-        write_resolution(state, input, batch, &decided, &mut rejects, summary)?;
-        rejects.sort_by_key(|r| r.line);
-        write_quarantine(state, &rejects)?;
-        state.count_source(
-            &input.name,
-            summary.records - records_before,
-            summary.blank_lines - blank_before,
-            summary.duplicates - duplicates_before,
-        )?;
-        if let Some(newest) = resolution.newest_ns {
-            state
-                .conn
-                .prepare_cached(
-                    "INSERT INTO meta (key, value) VALUES ('newest_ns', ?1)
-                     ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
-                )
-                .and_then(|mut s| s.execute([newest]))
-                .db("recording the newest event time")?;
-        }
-        Ok(rejects)
-    })?;
-    for r in &rejects {
-        *summary.rejected.entry(r.reason.clone()).or_default() += 1;
     }
-    Ok(rejects)
+}
+
+/// An open input's lines.
+type Lines = LineReader<Box<dyn std::io::BufRead + Send>>;
+
+/// The inputs, read batch by batch.
+struct Reader<'a> {
+    inputs: &'a [Input],
+    /// Each input's number in `events.log`.
+    ids: Vec<u32>,
+    next_input: usize,
+    /// The input being read: its index, its number in `events.log`, its lines.
+    lines: Option<(usize, u32, Lines)>,
+    max_record_bytes: u32,
+}
+
+impl Reader<'_> {
+    /// Fills `batch` with the next lines; returns the input's index and number, or `None` at the
+    /// end of the last input.
+    fn next(
+        &mut self,
+        batch: &mut Batch,
+        opts: &ReplayOptions,
+    ) -> Result<Option<(usize, u32)>, Error> {
+        loop {
+            if let Some((i, id, lines)) = &mut self.lines {
+                let name = &self.inputs[*i].name;
+                if lines
+                    .fill(batch, opts.batch_lines, opts.batch_bytes)
+                    .io(|| format!("reading {name}"))?
+                {
+                    return Ok(Some((*i, *id)));
+                }
+                self.lines = None;
+            }
+            let Some(input) = self.inputs.get(self.next_input) else {
+                return Ok(None);
+            };
+            let id = self.ids[self.next_input];
+            let lines = LineReader::new(input.open()?, self.max_record_bytes);
+            self.lines = Some((self.next_input, id, lines));
+            self.next_input += 1;
+        }
+    }
+}
+
+/// A batch for a worker.
+struct Job {
+    /// Its place in the input order.
+    seq: u64,
+    /// Its input's name, and that input's number in `events.log`.
+    name: String,
+    source: u32,
+    batch: Batch,
+    clock: Clock,
+}
+
+/// What a worker tells the committing thread.
+enum Message {
+    Lookup(Lookup),
+    Done(Box<Done>),
+}
+
+/// "What does the store hold of these trips?" — answered once the batch before has committed.
+struct Lookup {
+    seq: u64,
+    /// One per accepted event.
+    fps: Arc<Vec<Fp>>,
+    reply: mpsc::SyncSender<Result<Vec<Hit>, Error>>,
+}
+
+/// A batch decided and ready to commit.
+struct Done {
+    seq: u64,
+    job: Job,
+    prepared: Result<Prepared, Error>,
+}
+
+/// A stored event of one of a batch's trips.
+struct Hit {
+    /// The accepted event of the batch whose trip it is.
+    incoming: u32,
+    kind: EventKind,
+    timestamp_ns: i64,
+    fare_cents: Option<i64>,
+    extras: String,
+    /// Its position in `events.log`.
+    pos: u64,
+    /// Its trip id as stored, when it was read from the log (a closed trip's event): the worker
+    /// checks it is the batch's.
+    trip_id: Option<String>,
+}
+
+/// A worker: batches in, prepared batches out, until the queue closes.
+fn work<P: CoreProvider>(
+    provider: &P,
+    fingerprints: Fingerprinter,
+    queue: mpsc::Receiver<Job>,
+    to_main: mpsc::Sender<Message>,
+) {
+    for job in queue {
+        // A panic here would leave the other threads waiting for this batch: it becomes the
+        // batch's error instead, which stops the replay.
+        let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            decide(provider, fingerprints, &job, &to_main)
+                .and_then(|(decided, stored_pos)| prepare(&job, &decided, &stored_pos))
+        }))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(Error::Panicked(what))
+        });
+        let seq = job.seq;
+        if to_main
+            .send(Message::Done(Box::new(Done { seq, job, prepared })))
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Asks the committing thread for the stored events of `ids`' trips; returns them with their
+/// positions in `events.log`.
+fn ask(
+    to_main: &mpsc::Sender<Message>,
+    seq: u64,
+    ids: &[&str],
+    fps: &Arc<Vec<Fp>>,
+) -> Result<(Vec<TripEvent>, Vec<u64>), Error> {
+    let (reply, answer) = mpsc::sync_channel(1);
+    let gone = || Error::Stopped;
+    to_main
+        .send(Message::Lookup(Lookup {
+            seq,
+            fps: Arc::clone(fps),
+            reply,
+        }))
+        .map_err(|_| gone())?;
+    let hits = answer.recv().map_err(|_| gone())??;
+    let (mut stored, mut pos) = (
+        Vec::with_capacity(hits.len()),
+        Vec::with_capacity(hits.len()),
+    );
+    for h in hits {
+        let id = ids[h.incoming as usize];
+        let trip_id = match h.trip_id {
+            Some(read) if read != id => {
+                return Err(Error::Damaged(format!(
+                    "trip ids {id:?} and {read:?} share a fingerprint; replay the inputs into a \
+                     new --state directory (it gets a new fingerprint key)"
+                )));
+            }
+            Some(read) => read,
+            None => id.to_owned(),
+        };
+        stored.push(TripEvent {
+            trip_id,
+            kind: h.kind,
+            timestamp_ns: h.timestamp_ns,
+            fare_cents: h.fare_cents,
+            extras: h.extras,
+        });
+        pos.push(h.pos);
+    }
+    Ok((stored, pos))
+}
+
+/// What the store holds of the trips of `fps` (one per accepted event of a batch), each trip
+/// once: a open trip's half from the index, a closed trip's two events from the log.
+fn lookup(state: &mut StateDir, fps: &[Fp]) -> Result<Vec<Hit>, Error> {
+    let (index, events, trips) = state.lookup_parts()?;
+    let mut seen: HashSet<Fp, BuildHasherDefault<Identity>> =
+        HashSet::with_capacity_and_hasher(fps.len(), Default::default());
+    let mut hits = Vec::new();
+    for (i, &fp) in fps.iter().enumerate() {
+        if !seen.insert(fp) {
+            continue;
+        }
+        if let Some(half) = index.open.get(&fp) {
+            let (fare_cents, extras) = if half.complete_in_log() {
+                let e = events.read(half.pos())?;
+                (e.fare_cents, e.extras)
+            } else {
+                (half.fare_cents(), String::new())
+            };
+            hits.push(Hit {
+                incoming: i as u32,
+                kind: half.kind(),
+                timestamp_ns: half.timestamp_ns,
+                fare_cents,
+                extras,
+                pos: half.pos(),
+                trip_id: None,
+            });
+            continue;
+        }
+        for n in index.closed_candidates(fp) {
+            let trip = trips.read(n)?;
+            if trip.fp != fp.0 {
+                continue;
+            }
+            for pos in [trip.start_pos, trip.end_pos] {
+                let e = events.read(pos)?;
+                hits.push(Hit {
+                    incoming: i as u32,
+                    kind: e.kind,
+                    timestamp_ns: e.timestamp_ns,
+                    fare_cents: e.fare_cents,
+                    extras: e.extras,
+                    pos,
+                    trip_id: Some(e.trip_id),
+                });
+            }
+            break;
+        }
+    }
+    Ok(hits)
 }
 
 /// What became of one line of a batch.
@@ -220,44 +540,49 @@ enum Outcome {
     Rejected(String, String),
 }
 
-/// The core's decisions on a batch, in the shape the store writes.
+/// The core's decisions on a batch.
 struct Decided {
     /// One per line.
     outcomes: Vec<Outcome>,
     /// For each accepted event (the resolution's `incoming`), its line in the batch.
     incoming_span: Vec<usize>,
+    /// For each accepted event, its trip id's fingerprint.
+    fps: Arc<Vec<Fp>>,
     /// For each accepted event decided `store`, the event; `None` for the others.
     incoming: Vec<Option<TripEvent>>,
-    /// What the store held of the batch's trips (what `EventRef::Stored` indexes).
-    stored: Vec<TripEvent>,
     resolution: Resolution,
 }
 
-/// Looks up the stored events of `ids`, visiting the B-tree in key order (neighbouring
-/// lookups then share pages).
-fn lookup(state: &StateDir, mut ids: Vec<&str>) -> Result<Vec<TripEvent>, Error> {
-    ids.sort_unstable();
-    ids.dedup();
-    let mut stored = Vec::new();
-    for id in ids {
-        state.stored_events(id, &mut stored)?;
-    }
-    Ok(stored)
-}
-
-/// The batch in one guest: parse, look up, resolve (`batches.batch`).
-fn decide_in_core<P: CoreProvider>(
+/// Decides a batch in one guest (`batches.batch`: parse, look up, resolve); if the core fails on
+/// it, the older way, which decides the same: parse (record by record, isolating the records
+/// the core fails on), look up, resolve. Returns the decisions and the position in `events.log`
+/// of each stored event the resolution's `EventRef::Stored` indexes.
+fn decide<P: CoreProvider>(
     provider: &P,
-    state: &StateDir,
-    batch: &Batch,
-    clock: Clock,
-) -> Result<Decided, Error> {
-    let (parsed, stored, r) =
-        provider
-            .session()?
-            .parse_resolve::<Error>(&batch.buf, &batch.spans, clock, |parsed| {
-                lookup(state, parsed.trip_ids.iter().map(String::as_str).collect())
-            })?;
+    fingerprints: Fingerprinter,
+    job: &Job,
+    to_main: &mpsc::Sender<Message>,
+) -> Result<(Decided, Vec<u64>), Error> {
+    let batch = &job.batch;
+    let mut looked = (Arc::default(), Vec::new());
+    let in_core = provider
+        .session()
+        .map_err(Error::from)
+        .and_then(|mut core| {
+            core.parse_resolve::<Error>(&batch.buf, &batch.spans, job.clock, |parsed| {
+                let ids: Vec<&str> = parsed.trip_ids.iter().map(String::as_str).collect();
+                let fps = Arc::new(ids.iter().map(|id| fingerprints.of(id)).collect());
+                let (stored, pos) = ask(to_main, job.seq, &ids, &fps)?;
+                looked = (fps, pos);
+                Ok(stored)
+            })
+        });
+    let (parsed, r) = match in_core {
+        Ok((parsed, _stored, r)) => (parsed, r),
+        Err(Error::Core(_)) => return decide_isolating(provider, fingerprints, job, to_main),
+        Err(e) => return Err(e),
+    };
+    let (fps, stored_pos) = looked;
     let mut outcomes = Vec::with_capacity(parsed.outcomes.len());
     let mut incoming_span = Vec::with_capacity(parsed.outcomes.len());
     for (i, o) in parsed.outcomes.into_iter().enumerate() {
@@ -284,22 +609,24 @@ fn decide_in_core<P: CoreProvider>(
             extras: e.extras,
         });
     }
-    Ok(Decided {
+    let decided = Decided {
         outcomes,
         incoming_span,
+        fps,
         incoming,
-        stored,
         resolution: r.resolution,
-    })
+    };
+    Ok((decided, stored_pos))
 }
 
-/// The batch the older way: parse (isolating the records the core fails on), look up, resolve.
+/// See [`decide`].
 fn decide_isolating<P: CoreProvider>(
     provider: &P,
-    state: &StateDir,
-    batch: &Batch,
-    clock: Clock,
-) -> Result<Decided, Error> {
+    fingerprints: Fingerprinter,
+    job: &Job,
+    to_main: &mpsc::Sender<Message>,
+) -> Result<(Decided, Vec<u64>), Error> {
+    let batch = &job.batch;
     let parsed = parse_isolating(provider, &batch.buf, &batch.spans)?;
     let mut outcomes = Vec::with_capacity(parsed.len());
     let mut events: Vec<TripEvent> = Vec::with_capacity(parsed.len());
@@ -318,34 +645,61 @@ fn decide_isolating<P: CoreProvider>(
             Err(failure) => Outcome::Rejected(CORE_FAILURE.to_owned(), failure.to_string()),
         });
     }
-    let stored = lookup(state, events.iter().map(|e| e.trip_id.as_str()).collect())?;
-    let resolution = provider.session()?.resolve(&events, &stored, clock)?;
+    let ids: Vec<&str> = events.iter().map(|e| e.trip_id.as_str()).collect();
+    let fps = Arc::new(ids.iter().map(|id| fingerprints.of(id)).collect());
+    let (stored, stored_pos) = ask(to_main, job.seq, &ids, &fps)?;
+    let resolution = provider.session()?.resolve(&events, &stored, job.clock)?;
     let incoming = events
         .into_iter()
         .zip(&resolution.decisions)
         .map(|(e, d)| matches!(d, Decision::Store).then_some(e))
         .collect();
-    Ok(Decided {
+    let decided = Decided {
         outcomes,
         incoming_span,
+        fps,
         incoming,
-        stored,
         resolution,
-    })
+    };
+    Ok((decided, stored_pos))
 }
 
-fn write_resolution(
-    state: &StateDir,
-    input: &Input,
-    batch: &Batch,
-    decided: &Decided,
-    rejects: &mut Vec<QuarantineRecord>,
-    summary: &mut Summary,
-) -> Result<(), Error> {
-    let (incoming, incoming_span, stored, resolution) = (
+/// A batch's records, ready to append: everything but what only the store knows (where the
+/// batch starts in `events.log`, and where the open halves its trips close against are).
+struct Prepared {
+    /// Counts of the batch (not its rejects, counted by reason from `rejects`).
+    tally: Summary,
+    /// Its rejected records, in line order.
+    rejects: Vec<QuarantineRecord>,
+    /// Conflicting duplicates whose first copy is in the store: index into `rejects`, and the
+    /// first copy's position in `events.log`.
+    first_copies: Vec<(usize, u64)>,
+    /// The stored events' records, positions relative to the batch's start.
+    events: Vec<u8>,
+    /// The trips the batch closes.
+    closed: Vec<Closing>,
+    /// Halves stored by the batch whose trips stay open (positions relative).
+    opened: Vec<(Fp, OpenHalf)>,
+    newest_ns: Option<i64>,
+}
+
+/// A trip a batch closes; a half's position is `None` when it is the open half in the index.
+struct Closing {
+    fp: Fp,
+    status: TripStatus,
+    start_ns: i64,
+    end_ns: i64,
+    fare_cents: Option<i64>,
+    start: Option<u64>,
+    end: Option<u64>,
+}
+
+/// Tallies a batch's decisions, collects its rejects and encodes its records (on the worker).
+fn prepare(job: &Job, decided: &Decided, stored_pos: &[u64]) -> Result<Prepared, Error> {
+    let batch = &job.batch;
+    let (incoming, incoming_span, resolution) = (
         &decided.incoming,
         &decided.incoming_span,
-        &decided.stored,
         &decided.resolution,
     );
     let new_event = |i: usize| -> &TripEvent {
@@ -353,120 +707,250 @@ fn write_resolution(
             .as_ref()
             .expect("every event decided `store` is handed back")
     };
-    let conn = &state.conn;
-    let mut insert_raw = conn
-        .prepare_cached("INSERT INTO event_raw (raw, source, line) VALUES (?1, ?2, ?3)")
-        .db("preparing the raw event insert")?;
-    let mut insert_event = conn
-        .prepare_cached(
-            "INSERT INTO events (trip_id, kind, timestamp_ns, fare_cents, extras, raw_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .db("preparing the event insert")?;
-    // Insert in key order (decisions do not depend on it): far fewer B-tree pages touched.
-    let mut order: Vec<usize> = (0..incoming.len()).collect();
-    order.sort_unstable_by(|&a, &b| {
-        let id = |i: usize| incoming[i].as_ref().map(|e| e.trip_id.as_str());
-        id(a).cmp(&id(b))
-    });
-    for i in order {
+    let mut p = Prepared {
+        tally: Summary::default(),
+        rejects: Vec::new(),
+        first_copies: Vec::new(),
+        events: Vec::new(),
+        closed: Vec::with_capacity(resolution.closed.len()),
+        opened: Vec::with_capacity(resolution.opened.len()),
+        newest_ns: resolution.newest_ns,
+    };
+    p.tally.skewed = resolution.skewed.len() as u64;
+    for (i, outcome) in decided.outcomes.iter().enumerate() {
+        match outcome {
+            Outcome::Blank => p.tally.blank_lines += 1,
+            Outcome::Accepted => p.tally.records += 1,
+            Outcome::Rejected(code, detail) => {
+                p.tally.records += 1;
+                p.rejects
+                    .push(quarantine_record(job, i, code, detail, None));
+            }
+        }
+    }
+    // Where each event stored by this batch goes, by trip and half: a trip that closes within
+    // the batch finds its first half here.
+    let mut here: HashMap<(Fp, bool), u64, BuildHasherDefault<Identity>> = HashMap::default();
+    let mut pos_of = vec![0u64; incoming.len()];
+    for (i, decision) in resolution.decisions.iter().enumerate() {
         let span = incoming_span[i];
-        match &resolution.decisions[i] {
+        match decision {
             Decision::Store => {
                 let e = new_event(i);
-                let raw_id = insert_raw
-                    .insert(params![
-                        batch.raw(span),
-                        input.name,
-                        batch.lines[span] as i64
-                    ])
-                    .db("storing an event's bytes")?;
-                insert_event
-                    .execute(params![
-                        e.trip_id,
-                        kind_to(e.kind),
-                        e.timestamp_ns,
-                        e.fare_cents,
-                        e.extras,
-                        raw_id
-                    ])
-                    .db("storing an event")?;
-                summary.stored += 1;
+                let pos = encode_event(
+                    &mut p.events,
+                    &NewEvent {
+                        kind: e.kind,
+                        timestamp_ns: e.timestamp_ns,
+                        fare_cents: e.fare_cents,
+                        source: job.source,
+                        line: batch.lines[span],
+                        trip_id: &e.trip_id,
+                        extras: &e.extras,
+                        raw: batch.raw(span),
+                    },
+                );
+                pos_of[i] = pos;
+                here.insert((decided.fps[i], e.kind == EventKind::End), pos);
+                p.tally.stored += 1;
             }
-            Decision::Duplicate(_) => summary.duplicates += 1,
+            Decision::Duplicate(_) => p.tally.duplicates += 1,
             Decision::ConflictingDuplicate(conflict) => {
                 let first = match conflict.first {
-                    EventRef::Incoming(j) => batch.raw(incoming_span[j as usize]).to_vec(),
+                    EventRef::Incoming(j) => Some(batch.raw(incoming_span[j as usize]).to_vec()),
                     EventRef::Stored(j) => {
-                        let s = &stored[j as usize];
-                        state.stored_raw(&s.trip_id, s.kind)?
+                        p.first_copies
+                            .push((p.rejects.len(), stored_pos[j as usize]));
+                        None
                     }
                 };
-                rejects.push(quarantine_record(
-                    input,
-                    batch,
+                p.rejects.push(quarantine_record(
+                    job,
                     span,
                     "conflicting_duplicate",
                     &conflict.detail,
-                    Some(first),
+                    first,
                 ));
             }
         }
     }
-
-    let mut insert_trip = conn
-        .prepare_cached(
-            "INSERT INTO trips (trip_id, status, start_ns, end_ns, fare_cents) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .db("preparing the trip insert")?;
-    let mut close_open = conn
-        .prepare_cached("DELETE FROM open_trips WHERE trip_id = ?1")
-        .db("preparing the open-trip delete")?;
-    let mut closed: Vec<_> = resolution.closed.iter().collect();
-    closed.sort_unstable_by(|a, b| a.trip.trip_id.cmp(&b.trip.trip_id));
-    for closing in closed {
+    for closing in &resolution.closed {
+        let c = closing.closed_by as usize;
+        let fp = decided.fps[c];
+        let closer_is_end = new_event(c).kind == EventKind::End;
+        let earlier = here.get(&(fp, !closer_is_end)).copied();
+        let (start, end) = if closer_is_end {
+            (earlier, Some(pos_of[c]))
+        } else {
+            (Some(pos_of[c]), earlier)
+        };
         let t = &closing.trip;
-        insert_trip
-            .execute(params![
-                t.trip_id,
-                status_to(t.status),
-                t.start_ns,
-                t.end_ns,
-                t.fare_cents
-            ])
-            .db("storing a closed trip")?;
-        close_open
-            .execute([&t.trip_id])
-            .db("closing an open trip")?;
         match t.status {
-            TripStatus::Completed => summary.completed += 1,
-            TripStatus::Invalid => summary.invalid += 1,
-            TripStatus::NoFare => summary.no_fare += 1,
+            TripStatus::Completed => p.tally.completed += 1,
+            TripStatus::Invalid => p.tally.invalid += 1,
+            TripStatus::NoFare => p.tally.no_fare += 1,
         }
+        p.closed.push(Closing {
+            fp,
+            status: t.status,
+            start_ns: t.start_ns,
+            end_ns: t.end_ns,
+            fare_cents: t.fare_cents,
+            start,
+            end,
+        });
     }
+    for &i in &resolution.opened {
+        let i = i as usize;
+        let e = new_event(i);
+        p.opened.push((
+            decided.fps[i],
+            OpenHalf::new(
+                e.kind,
+                e.timestamp_ns,
+                e.fare_cents,
+                !e.extras.is_empty(),
+                pos_of[i],
+            ),
+        ));
+    }
+    Ok(p)
+}
 
-    let mut open = conn
-        .prepare_cached(
-            "INSERT OR REPLACE INTO open_trips (trip_id, kind, timestamp_ns, orphaned_ns) VALUES (?1, ?2, ?3, NULL)",
-        )
-        .db("preparing the open-trip insert")?;
-    let mut opened = resolution.opened.clone();
-    opened.sort_unstable_by(|&a, &b| {
-        new_event(a as usize)
-            .trip_id
-            .cmp(&new_event(b as usize).trip_id)
-    });
-    for i in opened {
-        let e = new_event(i as usize);
-        open.execute(params![e.trip_id, kind_to(e.kind), e.timestamp_ns])
-            .db("recording an open trip")?;
+/// Applies a prepared batch (on the applying thread): fills in the first copies of conflicts,
+/// appends its events and closed trips to the logs, hands its transaction to the committer and
+/// updates the index. Returns the batch's rejects in line order.
+fn apply(
+    state: &mut StateDir,
+    job: &Job,
+    mut p: Prepared,
+    summary: &mut Summary,
+    to_committer: &mpsc::SyncSender<Commit>,
+) -> Result<Vec<QuarantineRecord>, Error> {
+    for &(r, pos) in &p.first_copies {
+        p.rejects[r].first_copy = Some(RawBytes(state.events.read(pos)?.raw));
+    }
+    p.rejects.sort_by_key(|r| r.line);
+    let base = state.append_encoded_events(std::mem::take(&mut p.events));
+    let mut committed = state.committed;
+    committed.events += p.tally.stored;
+    let mut unorphaned = Vec::new();
+    let mut closed = Vec::with_capacity(p.closed.len());
+    for c in &p.closed {
+        let mut stored_half = || -> u64 {
+            let half = state
+                .index_ref()
+                .open
+                .get(&c.fp)
+                .expect("a trip closes against its stored open half");
+            if half.orphaned() {
+                unorphaned.push(c.fp);
+            }
+            half.pos()
+        };
+        let (start_pos, end_pos) = match (c.start, c.end) {
+            (Some(s), Some(e)) => (base + s, base + e),
+            (Some(s), None) => (base + s, stored_half()),
+            (None, Some(e)) => (stored_half(), base + e),
+            (None, None) => unreachable!("the closing half is in the batch"),
+        };
+        let trip = state.append_trip(&TripRecord {
+            fp: c.fp.0,
+            status: c.status,
+            start_ns: c.start_ns,
+            end_ns: c.end_ns,
+            fare_cents: c.fare_cents,
+            start_pos,
+            end_pos,
+        });
+        committed.count(c.status);
+        closed.push((c.fp, trip));
+    }
+    (committed.events_len, committed.trips_len) = state.write_logs()?;
+    let commit = Commit {
+        committed,
+        source: job.name.clone(),
+        tally: [p.tally.records, p.tally.blank_lines, p.tally.duplicates],
+        rejects: p.rejects.clone(),
+        newest_ns: p.newest_ns,
+        unorphaned,
+    };
+    to_committer.send(commit).map_err(|_| Error::Stopped)?;
+    state.set_committed(committed);
+    let index = state.index()?;
+    for (fp, half) in p.opened {
+        index.open.insert(fp, half.shifted(base));
+    }
+    for (fp, trip) in closed {
+        index.open.remove(&fp);
+        index.add_closed(fp, trip);
+    }
+    summary.add(&p.tally);
+    for r in &p.rejects {
+        *summary.rejected.entry(r.reason.clone()).or_default() += 1;
+    }
+    Ok(p.rejects)
+}
+
+/// A batch's transaction: what the database records of it.
+struct Commit {
+    /// The log ends and counts after the batch.
+    committed: Committed,
+    /// The input, and the batch's records, blank lines and duplicates read from it.
+    source: String,
+    tally: [u64; 3],
+    rejects: Vec<QuarantineRecord>,
+    newest_ns: Option<i64>,
+    /// Orphans the batch closed.
+    unorphaned: Vec<Fp>,
+}
+
+/// The committer: for each group of batches queued, syncs the logs (so no commit can point past
+/// what they hold after a power loss), then records the group in one transaction.
+fn commit_all(
+    mut conn: Connection,
+    events: File,
+    trips: File,
+    queue: mpsc::Receiver<Commit>,
+) -> Result<(), Error> {
+    while let Ok(first) = queue.recv() {
+        let mut group = vec![first];
+        group.extend(queue.try_iter());
+        events.sync_data().io(|| "syncing events.log".to_owned())?;
+        trips.sync_data().io(|| "syncing trips.log".to_owned())?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .db("starting a transaction")?;
+        for c in &group {
+            write_quarantine(&tx, &c.rejects)?;
+            let [records, blank, duplicates] = c.tally;
+            count_source(&tx, &c.source, records, blank, duplicates)?;
+            if let Some(newest) = c.newest_ns {
+                tx.prepare_cached(
+                    "INSERT INTO meta (key, value) VALUES ('newest_ns', ?1)
+                     ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+                )
+                .and_then(|mut s| s.execute([newest]))
+                .db("recording the newest event time")?;
+            }
+            let mut unmark = tx
+                .prepare_cached("DELETE FROM orphans WHERE fp0 = ?1 AND fp1 = ?2")
+                .db("preparing the orphan unmark")?;
+            for fp in &c.unorphaned {
+                unmark
+                    .execute(params![fp.0[0] as i64, fp.0[1] as i64])
+                    .db("clearing an orphan mark")?;
+            }
+        }
+        let last = group.last().expect("a group has a first batch");
+        last.committed.write(&tx)?;
+        tx.commit().db("committing")?;
     }
     Ok(())
 }
 
-fn write_quarantine(state: &StateDir, rejects: &[QuarantineRecord]) -> Result<(), Error> {
-    let mut insert = state
-        .conn
+fn write_quarantine(conn: &Connection, rejects: &[QuarantineRecord]) -> Result<(), Error> {
+    let mut insert = conn
         .prepare_cached(
             "INSERT OR IGNORE INTO quarantine (source, line, reason, detail, raw, first_raw) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )
@@ -487,19 +971,18 @@ fn write_quarantine(state: &StateDir, rejects: &[QuarantineRecord]) -> Result<()
 }
 
 fn quarantine_record(
-    input: &Input,
-    batch: &Batch,
+    job: &Job,
     span: usize,
     reason: &str,
     detail: &str,
     first: Option<Vec<u8>>,
 ) -> QuarantineRecord {
     QuarantineRecord {
-        source: input.name.clone(),
-        line: batch.lines[span],
+        source: job.name.clone(),
+        line: job.batch.lines[span],
         reason: reason.to_owned(),
         detail: detail.to_owned(),
-        raw: RawBytes(batch.raw(span).to_vec()),
+        raw: RawBytes(job.batch.raw(span).to_vec()),
         first_copy: first.map(RawBytes),
     }
 }

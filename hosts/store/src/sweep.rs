@@ -7,8 +7,9 @@ use rusqlite::params;
 use serde::Serialize;
 use tripflow_runtime::{CoreProvider, TripCore};
 
-use crate::db::{StateDir, kind_from};
+use crate::db::StateDir;
 use crate::error::{DbContext, Error};
+use crate::index::{Fp, OpenHalf};
 
 /// Open trips handed to the core per call.
 const CHUNK: usize = 65_536;
@@ -43,6 +44,7 @@ pub fn sweep<P: CoreProvider>(
     state: &mut StateDir,
     older_than_ns: i64,
 ) -> Result<SweepReport, Error> {
+    state.lock_for_writing()?;
     let mut report = SweepReport {
         newest_ns: state.newest_ns()?,
         ..SweepReport::default()
@@ -50,51 +52,46 @@ pub fn sweep<P: CoreProvider>(
     let Some(newest) = report.newest_ns else {
         return Ok(report);
     };
+    let candidates: Vec<(Fp, OpenHalf)> = state
+        .index()?
+        .open
+        .iter()
+        .filter(|(_, half)| !half.orphaned())
+        .collect();
+    let mut marked = Vec::new();
+    for page in candidates.chunks(CHUNK) {
+        let timestamps: Vec<i64> = page.iter().map(|(_, h)| h.timestamp_ns).collect();
+        let hits = provider
+            .session()?
+            .sweep(&timestamps, newest, older_than_ns)?;
+        report.still_open += (page.len() - hits.len()) as u64;
+        for i in hits {
+            let (fp, half) = page[i as usize];
+            let trip_id = state.events.read(half.pos())?.trip_id;
+            marked.push(fp);
+            report.orphans.push(Orphan {
+                trip_id,
+                has: half.kind().as_str(),
+                timestamp_ns: half.timestamp_ns,
+            });
+        }
+    }
     state.write_transaction(|state| {
-        let mut last = String::new();
-        loop {
-            let mut page: Vec<(String, i64, i64)> = Vec::with_capacity(CHUNK);
-            {
-                let mut stmt = state
-                    .conn
-                    .prepare_cached(
-                        "SELECT trip_id, kind, timestamp_ns FROM open_trips
-                         WHERE orphaned_ns IS NULL AND trip_id > ?1 ORDER BY trip_id LIMIT ?2",
-                    )
-                    .db("preparing the open-trip scan")?;
-                let rows = stmt
-                    .query_map(params![last, CHUNK as i64], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                    })
-                    .db("scanning open trips")?;
-                for row in rows {
-                    page.push(row.db("reading an open trip")?);
-                }
-            }
-            let Some((id, _, _)) = page.last() else { break };
-            last = id.clone();
-            let timestamps: Vec<i64> = page.iter().map(|p| p.2).collect();
-            let hits = provider
-                .session()?
-                .sweep(&timestamps, newest, older_than_ns)?;
-            report.still_open += (page.len() - hits.len()) as u64;
-            let mut mark = state
-                .conn
-                .prepare_cached("UPDATE open_trips SET orphaned_ns = ?1 WHERE trip_id = ?2")
-                .db("preparing the orphan mark")?;
-            for i in hits {
-                let (trip_id, kind, timestamp_ns) = &page[i as usize];
-                mark.execute(params![newest, trip_id])
-                    .db("marking an orphan")?;
-                report.orphans.push(Orphan {
-                    trip_id: trip_id.clone(),
-                    has: kind_from(*kind).as_str(),
-                    timestamp_ns: *timestamp_ns,
-                });
-            }
+        let mut mark = state
+            .conn
+            .prepare_cached("INSERT INTO orphans (fp0, fp1, orphaned_ns) VALUES (?1, ?2, ?3)")
+            .db("preparing the orphan mark")?;
+        for fp in &marked {
+            mark.execute(params![fp.0[0] as i64, fp.0[1] as i64, newest])
+                .db("marking an orphan")?;
         }
         Ok(())
     })?;
+    let index = state.index()?;
+    for fp in marked {
+        index.mark_orphaned(fp);
+    }
+    report.orphans.sort_by(|a, b| a.trip_id.cmp(&b.trip_id));
     report.orphaned_total = state.totals()?.orphaned;
     Ok(report)
 }

@@ -1,0 +1,91 @@
+//! A store carries on from where the last writer left it, whichever way it gets there: from the
+//! open-trip snapshot a replay saves, or from the logs alone (the snapshot lost, or never written
+//! because the replay was killed). Every way ends in the same store as one replay of everything.
+
+use std::path::Path;
+
+use tripflow_core::generate::{GenerateOptions, generate};
+use tripflow_runtime::NativeCore;
+use tripflow_store::{Input, InputSource, KpiOptions, ReplayOptions, StateDir, StoreTotals};
+
+fn input(path: &Path) -> Input {
+    Input {
+        name: path.file_name().unwrap().to_string_lossy().into_owned(),
+        source: InputSource::File(path.to_path_buf()),
+    }
+}
+
+fn replay(state: &mut StateDir, files: &[&Path], threads: usize) -> tripflow_store::Summary {
+    let inputs: Vec<Input> = files.iter().map(|f| input(f)).collect();
+    let opts = ReplayOptions {
+        batch_lines: 97,
+        threads,
+        arrival_ns: Some(1_900_000_000_000_000_000),
+        ..ReplayOptions::default()
+    };
+    tripflow_store::replay(&NativeCore, state, &inputs, &opts, None, &()).unwrap()
+}
+
+/// What must match: the counts, every stored event, and the KPI bytes.
+fn fingerprint(state: &StateDir) -> (StoreTotals, Vec<tripflow_runtime::core::TripEvent>, String) {
+    let csv = tripflow_store::kpi(&NativeCore, state, &KpiOptions::default())
+        .unwrap()
+        .csv;
+    (state.totals().unwrap(), state.events().unwrap(), csv)
+}
+
+#[test]
+fn a_store_resumes_alike_from_its_snapshot_from_its_logs_and_in_one_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut events = Vec::new();
+    let opts = GenerateOptions {
+        trips: 3_000,
+        seed: 11,
+        duplicates: 0.05,
+        shuffle: true,
+        poison: 0.01,
+    };
+    generate(&opts, &mut events).unwrap();
+    let text = String::from_utf8(events).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let (first, second) = (d.join("first.ndjson"), d.join("second.ndjson"));
+    let half = lines.len() / 2;
+    std::fs::write(&first, lines[..half].join("\n") + "\n").unwrap();
+    std::fs::write(&second, lines[half..].join("\n") + "\n").unwrap();
+
+    // In one go, with three threads.
+    let mut whole = StateDir::open(&d.join("whole")).unwrap();
+    replay(&mut whole, &[&first, &second], 3);
+    let expected = fingerprint(&whole);
+    assert!(expected.0.completed > 2_500);
+
+    // Two replays: the second loads the snapshot the first saved.
+    let mut resumed = StateDir::open(&d.join("resumed")).unwrap();
+    replay(&mut resumed, &[&first], 2);
+    assert!(d.join("resumed/open.snap").is_file());
+    drop(resumed);
+    let mut resumed = StateDir::open(&d.join("resumed")).unwrap();
+    replay(&mut resumed, &[&second], 1);
+    assert_eq!(fingerprint(&resumed), expected);
+
+    // Two replays, the snapshot lost in between: the second reads the logs.
+    let mut rebuilt = StateDir::open(&d.join("rebuilt")).unwrap();
+    replay(&mut rebuilt, &[&first], 2);
+    drop(rebuilt);
+    std::fs::remove_file(d.join("rebuilt/open.snap")).unwrap();
+    let mut rebuilt = StateDir::open(&d.join("rebuilt")).unwrap();
+    replay(&mut rebuilt, &[&second], 2);
+    assert_eq!(fingerprint(&rebuilt), expected);
+
+    // A sweep between the two marks orphans, which the second replay closes: their marks go.
+    let mut swept = StateDir::open(&d.join("swept")).unwrap();
+    replay(&mut swept, &[&first], 2);
+    let sweep = tripflow_store::sweep(&NativeCore, &mut swept, 0).unwrap();
+    assert!(sweep.orphaned_total > 0);
+    drop(swept);
+    let mut swept = StateDir::open(&d.join("swept")).unwrap();
+    replay(&mut swept, &[&second], 2);
+    assert_eq!(fingerprint(&swept), expected);
+    assert_eq!(expected.0.orphaned, 0);
+}
