@@ -197,8 +197,8 @@ impl Default for OpenSet {
     }
 }
 
-/// Memory for the open-trip tables: blocks of 64 KiB and more are mapped and unmapped on their
-/// own. The tables grow and shrink as trips open and close; from malloc's heap, the memory of a
+/// Memory for the index: blocks of 64 KiB and more are mapped, grown (without copying) and
+/// unmapped on their own. The tables grow and shrink as trips open and close; from malloc's heap, the memory of a
 /// shrunk table would mostly stay with the process (glibc also raises its own mapping threshold
 /// each time a mapped block is freed), so a replay's resident set would stay at its peak of
 /// open trips. Measured on 10M shuffled events: 338 MiB peak from the heap, see BENCHMARKS.md.
@@ -208,8 +208,9 @@ struct Mapped;
 const MAPPED_FROM: usize = 64 << 10;
 
 // SAFETY: blocks below `MAPPED_FROM` come from and go back to `Global`; larger ones are fresh
-// anonymous mappings (page-aligned, which covers any alignment a table asks for), unmapped with
-// the size they were mapped with (`deallocate` gets the layout `allocate` got).
+// anonymous mappings (page-aligned, which covers any alignment a table asks for), grown with
+// `mremap` and unmapped with the size they were last mapped with (`grow` and `deallocate` get
+// the layout the block has). Which of the two a block is follows from its layout alone.
 unsafe impl Allocator for Mapped {
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
         if layout.size() < MAPPED_FROM || layout.align() > 4096 {
@@ -231,6 +232,40 @@ unsafe impl Allocator for Mapped {
         }
         let p = NonNull::new(p.cast::<u8>()).ok_or(AllocError)?;
         Ok(NonNull::slice_from_raw_parts(p, layout.size()))
+    }
+
+    unsafe fn grow(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+    ) -> Result<NonNull<[u8]>, AllocError> {
+        if old.size() < MAPPED_FROM || new.align() > 4096 || old.align() > 4096 {
+            let grown = self.allocate(new)?;
+            // SAFETY: the old block is valid for `old.size()` bytes, the new one for at least
+            // that many, and they do not overlap; the old one is then given back with its
+            // layout.
+            unsafe {
+                std::ptr::copy_nonoverlapping(ptr.as_ptr(), grown.as_ptr().cast(), old.size());
+                self.deallocate(ptr, old);
+            }
+            return Ok(grown);
+        }
+        // SAFETY: `ptr` was mapped by `allocate` with `old.size()` bytes; the kernel moves the
+        // pages (no copy) if the mapping cannot grow in place.
+        let p = unsafe {
+            libc::mremap(
+                ptr.as_ptr().cast(),
+                old.size(),
+                new.size(),
+                libc::MREMAP_MAYMOVE,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(AllocError);
+        }
+        let p = NonNull::new(p.cast::<u8>()).ok_or(AllocError)?;
+        Ok(NonNull::slice_from_raw_parts(p, new.size()))
     }
 
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
@@ -322,15 +357,18 @@ impl OpenSet {
     }
 }
 
+/// A vector in [`Mapped`] memory.
+type MappedVec<T> = allocator_api2::vec::Vec<T, Mapped>;
+
 /// Closed trips: first fingerprint word → trip number. Most are in one sorted array with a
 /// directory on the top bits of the key (a lookup reads one or two cache lines of it); the
 /// newest in a small map, merged into the array when it reaches an eighth of it. 16 bytes a
 /// trip, and growing never copies the array.
 pub(crate) struct ClosedSet {
     /// Sorted by key; keys may repeat.
-    sorted: Vec<(u64, u64)>,
+    sorted: MappedVec<(u64, u64)>,
     /// `sorted[dir[b]..dir[b + 1]]` holds the keys whose top `bits` bits are `b`.
-    dir: Vec<u32>,
+    dir: MappedVec<u32>,
     bits: u32,
     recent: hashbrown::HashMap<u64, u64, BuildHasherDefault<Identity>, Mapped>,
     /// Recent trips whose key another recent trip has.
@@ -340,8 +378,8 @@ pub(crate) struct ClosedSet {
 impl Default for ClosedSet {
     fn default() -> Self {
         ClosedSet {
-            sorted: Vec::new(),
-            dir: Vec::new(),
+            sorted: MappedVec::new_in(Mapped),
+            dir: MappedVec::new_in(Mapped),
             bits: 0,
             recent: hashbrown::HashMap::with_hasher_in(Default::default(), Mapped),
             recent_shared: Vec::new(),
@@ -391,8 +429,10 @@ impl ClosedSet {
     /// Moves the recent trips into the sorted array: sorted among themselves, then merged in
     /// place from the back (the array grows by their number, nothing more).
     fn merge(&mut self) {
-        let mut add: Vec<(u64, u64)> = self.recent.drain().collect();
-        add.append(&mut self.recent_shared);
+        let mut add =
+            MappedVec::with_capacity_in(self.recent.len() + self.recent_shared.len(), Mapped);
+        add.extend(self.recent.drain());
+        add.extend(self.recent_shared.drain(..));
         add.sort_unstable();
         self.recent.shrink_to(1 << 16);
         let old = self.sorted.len();
