@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduces BENCHMARKS.md.
-#   scripts/bench.sh replay   replay of 1M generated events with the component vs the same core
-#                             linked natively (hyperfine, same session), peak memory, criterion
+#   scripts/bench.sh replay   replay of the 2M shuffled events next to DuckDB, and of 1M
+#                             generated events with the component vs the same core linked
+#                             natively (hyperfine, same session), peak memory, criterion
 #   scripts/bench.sh aws      the AWS functions on the local engines next to the seed's design,
 #                             same run, same events: DynamoDB units per trip, CPU per record,
 #                             cold start
@@ -44,13 +45,17 @@ replay() {
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/pip" install -q -r scripts/peers/requirements.txt
   [ -f "$work/ev2m.ndjson" ] || python3 scripts/peers/gen_events.py 1000000 "$work/ev2m.ndjson"
-  hyperfine --runs 3 --export-markdown "$work/replay-vs-duckdb.md" \
+  hyperfine --runs 5 --export-markdown "$work/replay-vs-duckdb.md" \
     --prepare "rm -rf $work/state-2m" \
     -n "tripflow replay, 2M events, fresh state" "$bin replay --state $work/state-2m $work/ev2m.ndjson" \
+    -n "tripflow --native replay" "$bin --native replay --state $work/state-2m $work/ev2m.ndjson" \
+    -n "tripflow replay --threads 1" "$bin replay --threads 1 --state $work/state-2m $work/ev2m.ndjson" \
     -n "duckdb, 2 threads" "$venv/bin/python scripts/peers/duckdb_kpis.py $work/ev2m.ndjson 2"
   [ -f "$work/ev10m.ndjson" ] || python3 scripts/peers/gen_events.py 5000000 "$work/ev10m.ndjson"
   rm -rf "$work/state-10m"
   /usr/bin/time -f "peak RSS 10M events: %M KiB, %e s" $bin replay --state "$work/state-10m" "$work/ev10m.ndjson" >/dev/null
+  # The same store reopened: the index comes from the snapshot (KPIs, then a replay of nothing).
+  /usr/bin/time -f "reopen 10M store for writing: %M KiB, %e s" $bin replay --state "$work/state-10m" /dev/null >/dev/null
   rm -rf "$work/state-10m"
 
   cargo bench --locked -p tripflow-runtime --bench core

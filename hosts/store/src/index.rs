@@ -505,8 +505,27 @@ impl Index {
             index.open = open;
             (events_from, trips_from) = (e, t);
         }
+        trips.scan(0, |n, t| {
+            if n < trips_from {
+                index.add_closed(Fp(t.fp), n);
+            }
+            Ok(())
+        })?;
+        // The logs after the snapshot, merged in the order they were written: trips.log is in
+        // the order of the events that closed them, so an event either opens a trip or is the
+        // closing event of the next trip. The open set never holds more than it did then.
+        let mut closing = trips.reader(trips_from)?;
+        let mut next = closing.next()?;
         events.scan(events_from, |pos, e| {
-            let fp = fingerprints.of(&e.trip_id);
+            while let Some((n, t)) = next.filter(|(_, t)| t.closed_at() <= pos) {
+                let fp = Fp(t.fp);
+                index.open.remove(&fp);
+                index.add_closed(fp, n);
+                next = closing.next()?;
+                if t.closed_at() == pos {
+                    return Ok(());
+                }
+            }
             let half = OpenHalf::new(
                 e.kind,
                 e.timestamp_ns,
@@ -514,17 +533,15 @@ impl Index {
                 !e.extras.is_empty(),
                 pos,
             );
-            index.open.insert(fp, half);
+            index.open.insert(fingerprints.of(&e.trip_id), half);
             Ok(())
         })?;
-        trips.scan(0, |n, t| {
-            let fp = Fp(t.fp);
-            if n >= trips_from {
-                index.open.remove(&fp);
-            }
-            index.add_closed(fp, n);
-            Ok(())
-        })?;
+        if let Some((n, _)) = next {
+            return Err(Error::Damaged(format!(
+                "trips.log's trip {n} was closed by an event events.log does not hold; replay \
+                 the inputs into a new --state directory"
+            )));
+        }
         Ok(index)
     }
 

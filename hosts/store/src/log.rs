@@ -302,6 +302,12 @@ pub(crate) struct TripRecord {
 }
 
 impl TripRecord {
+    /// Where the event that closed the trip (the later of its two) is in `events.log`.
+    /// `trips.log` is in the order of this position.
+    pub fn closed_at(&self) -> u64 {
+        self.start_pos.max(self.end_pos)
+    }
+
     /// Layout, little-endian, 64 bytes: fingerprint (2 × `u64`), `u8` status, `u8` has-fare,
     /// 6 bytes zero, `i64` start, `i64` end, `i64` fare, `u64` start position, `u64` end
     /// position.
@@ -362,17 +368,47 @@ impl TripLog {
         from: u64,
         mut f: impl FnMut(u64, TripRecord) -> Result<(), Error>,
     ) -> Result<(), Error> {
-        let mut reader = self.0.reader(from * TRIP_RECORD as u64)?;
-        let mut r = [0u8; TRIP_RECORD];
-        for n in from..self.count() {
-            reader
-                .read_exact(&mut r)
-                .io(|| format!("reading {}", self.0.name))?;
-            let trip = TripRecord::decode(&r)
-                .ok_or_else(|| damaged(self.0.name, n * TRIP_RECORD as u64))?;
+        let mut trips = self.reader(from)?;
+        while let Some((n, trip)) = trips.next()? {
             f(n, trip)?;
         }
         Ok(())
+    }
+
+    /// The committed trips from number `from`, one at a time.
+    pub fn reader(&self, from: u64) -> Result<TripReader, Error> {
+        Ok(TripReader {
+            reader: self.0.reader(from * TRIP_RECORD as u64)?,
+            next: from,
+            end: self.count(),
+            name: self.0.name,
+        })
+    }
+}
+
+/// Reads `trips.log` in order (see [`TripLog::reader`]).
+pub(crate) struct TripReader {
+    reader: BufReader<std::io::Take<File>>,
+    next: u64,
+    end: u64,
+    name: &'static str,
+}
+
+impl TripReader {
+    /// The next trip and its number; `None` after the last committed one.
+    pub fn next(&mut self) -> Result<Option<(u64, TripRecord)>, Error> {
+        if self.next == self.end {
+            return Ok(None);
+        }
+        let mut r = [0u8; TRIP_RECORD];
+        self.reader
+            .read_exact(&mut r)
+            .io(|| format!("reading {}", self.name))?;
+        let n = self.next;
+        let trip =
+            TripRecord::decode(&r).ok_or_else(|| damaged(self.name, n * TRIP_RECORD as u64))?;
+        self.next += 1;
+        Ok(Some((n, trip)))
     }
 }
 

@@ -21,6 +21,7 @@ pub(crate) fn from_3(state: &mut StateDir) -> Result<(), Error> {
     state.write_transaction(|state| {
         let mut halves: HashMap<String, [Option<u64>; 2]> = HashMap::new();
         let mut inputs: HashMap<String, u32> = HashMap::new();
+        let mut closed = Vec::new();
         {
             let mut stmt = state
                 .conn
@@ -83,7 +84,7 @@ pub(crate) fn from_3(state: &mut StateDir) -> Result<(), Error> {
                          into a new --state directory"
                     )));
                 };
-                state.trips.append(&TripRecord {
+                closed.push(TripRecord {
                     fp: state.fingerprints.of(&trip_id).0,
                     status,
                     start_ns: col(row, 2)?,
@@ -94,6 +95,11 @@ pub(crate) fn from_3(state: &mut StateDir) -> Result<(), Error> {
                 });
                 committed.count(status);
             }
+        }
+        // trips.log is in the order of the events that closed the trips.
+        closed.sort_unstable_by_key(TripRecord::closed_at);
+        for trip in &closed {
+            state.trips.append(trip);
         }
         let orphans: Vec<(String, i64)> = state
             .conn
