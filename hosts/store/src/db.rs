@@ -1,13 +1,5 @@
-//! A state directory: two append-only logs for the hot data, SQLite for the rest, and the
-//! in-memory index the replay matches against.
-//!
-//! | file | holds | written |
-//! | --- | --- | --- |
-//! | `events.log` | every stored event with its original bytes | per batch, appended |
-//! | `trips.log` | every closed trip, 64 bytes each | per batch, appended |
-//! | `tripflow.sqlite` | the logs' committed ends and counts, inputs, quarantine, orphans | per batch, a few rows |
-//! | `open.snap` | the open trips at the end of the last replay | per replay |
-//! | `lock` | held by the process writing the store | — |
+//! A state directory ([`StateDir`] lists its files): two append-only logs for the hot data,
+//! SQLite for the rest, and the in-memory index the replay matches against.
 //!
 //! The SQLite transaction of a batch is its commit point (see [`crate::log`]); the index
 //! ([`crate::index`]) is rebuilt from the logs when a writer opens the store.
@@ -141,7 +133,15 @@ impl Committed {
     }
 }
 
-/// An open state directory.
+/// An open state directory:
+///
+/// | file | holds | written |
+/// | --- | --- | --- |
+/// | `events.log` | every stored event with its original bytes | per batch, appended |
+/// | `trips.log` | every closed trip, 64 bytes each | per batch, appended |
+/// | `tripflow.sqlite` | the logs' committed ends and counts, inputs, quarantine, orphans | per batch, a few rows |
+/// | `open.snap` | the open trips at the end of the last replay | per replay |
+/// | `lock` | held by the process writing the store | — |
 pub struct StateDir {
     path: PathBuf,
     pub(crate) conn: Connection,

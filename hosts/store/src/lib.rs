@@ -1,8 +1,8 @@
 //! tripflow's embedded store and the jobs that run the core over it.
 //!
 //! The store is a state directory: append-only logs of events and closed trips, an index of
-//! them the replay keeps in memory, and a SQLite database for the rest (see [`db`]). The jobs — [`replay`], [`kpi`],
-//! [`sweep`], [`report`] — are the offline twin of the AWS pipeline: they read input, ask a
+//! them the replay keeps in memory, and a SQLite database for the rest ([`StateDir`] lists the
+//! files). The jobs — [`replay`], [`kpi`], [`sweep`], [`report`] — are the offline twin of the AWS pipeline: they read input, ask a
 //! [`CoreProvider`](tripflow_runtime::CoreProvider) (the component, or the native library)
 //! what to do, and perform only the I/O. The CLI and the conformance runner both use them, so
 //! a conformance pass is a statement about the CLI too.

@@ -409,14 +409,19 @@ fn work<P: CoreProvider>(
     queue: mpsc::Receiver<Job>,
     to_main: mpsc::Sender<Message>,
 ) {
+    // One instance of the core serves the worker's batches (a batch's events live in a resource
+    // dropped after it), so the guest's memory is set up once rather than per batch; any failure
+    // discards the instance and the next batch gets a fresh one.
+    let mut session = None;
     for job in queue {
         // A panic here would leave the other threads waiting for this batch: it becomes the
         // batch's error instead, which stops the replay.
         let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            decide(provider, fingerprints, &job, &to_main)
+            decide(provider, &mut session, fingerprints, &job, &to_main)
                 .and_then(|(decided, stored_pos)| prepare(&job, &decided, &stored_pos))
         }))
         .unwrap_or_else(|panic| {
+            session = None;
             let what = panic
                 .downcast_ref::<&str>()
                 .map(|s| (*s).to_owned())
@@ -559,28 +564,33 @@ struct Decided {
 /// of each stored event the resolution's `EventRef::Stored` indexes.
 fn decide<P: CoreProvider>(
     provider: &P,
+    session: &mut Option<P::Session>,
     fingerprints: Fingerprinter,
     job: &Job,
     to_main: &mpsc::Sender<Message>,
 ) -> Result<(Decided, Vec<u64>), Error> {
     let batch = &job.batch;
     let mut looked = (Arc::default(), Vec::new());
-    let in_core = provider
-        .session()
-        .map_err(Error::from)
-        .and_then(|mut core| {
-            core.parse_resolve::<Error>(&batch.buf, &batch.spans, job.clock, |parsed| {
-                let ids: Vec<&str> = parsed.trip_ids.iter().map(String::as_str).collect();
-                let fps = Arc::new(ids.iter().map(|id| fingerprints.of(id)).collect());
-                let (stored, pos) = ask(to_main, job.seq, &ids, &fps)?;
-                looked = (fps, pos);
-                Ok(stored)
-            })
-        });
+    let core = match session {
+        Some(core) => core,
+        None => session.insert(provider.session()?),
+    };
+    let in_core = core.parse_resolve::<Error>(&batch.buf, &batch.spans, job.clock, |parsed| {
+        let ids: Vec<&str> = parsed.trip_ids.iter().map(String::as_str).collect();
+        let fps = Arc::new(ids.iter().map(|id| fingerprints.of(id)).collect());
+        let (stored, pos) = ask(to_main, job.seq, &ids, &fps)?;
+        looked = (fps, pos);
+        Ok(stored)
+    });
     let (parsed, r) = match in_core {
         Ok((parsed, _stored, r)) => (parsed, r),
-        Err(Error::Core(_)) => return decide_isolating(provider, fingerprints, job, to_main),
-        Err(e) => return Err(e),
+        Err(e) => {
+            *session = None;
+            return match e {
+                Error::Core(_) => decide_isolating(provider, fingerprints, job, to_main),
+                e => Err(e),
+            };
+        }
     };
     let (fps, stored_pos) = looked;
     let mut outcomes = Vec::with_capacity(parsed.outcomes.len());
