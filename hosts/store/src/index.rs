@@ -2,7 +2,7 @@
 //!
 //! - **Open trips** (one half stored): fingerprint → the half's timestamp, fare, kind and
 //!   position in `events.log`. A second half is matched here without touching the disk.
-//! - **Closed trips**: the low 64 bits of the fingerprint → the trip's number in `trips.log`.
+//! - **Closed trips**: the fingerprint's first word → the trip's number in `trips.log`.
 //!   Only an event of a trip that is already closed (a late duplicate or conflict) reads the
 //!   disk, and that read checks the trip id itself.
 //!
@@ -15,16 +15,15 @@
 //! fingerprint with probability about n²/2¹⁰⁵ — about 10⁻¹⁸ for ten million at once. A closed
 //! trip is found by its first word and then checked against its stored trip id.
 
-use std::hash::{BuildHasherDefault, Hash, Hasher};
-
 use std::alloc::Layout;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::Path;
 use std::ptr::NonNull;
 
 use allocator_api2::alloc::{AllocError, Allocator, Global};
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
-use std::io::{BufReader, BufWriter, Read, Write};
-use std::path::Path;
 
 use siphasher::sip128::{Hasher128, SipHasher13};
 use tripflow_runtime::core::EventKind;
@@ -624,10 +623,11 @@ mod tests {
         assert_eq!(a.of("t1"), a.of("t1"));
         assert_ne!(a.of("t1"), a.of("t2"));
         assert_ne!(a.of("t1"), b.of("t1"));
-        // The value is part of the on-disk format: it must never change.
+        // The value is part of the on-disk format (trips.log, open.snap, orphan marks): it
+        // must never change.
         assert_eq!(
-            Fingerprinter::new([0, 0]).of(""),
-            Fingerprinter::new([0, 0]).of("")
+            Fingerprinter::new([1, 2]).of("t1"),
+            Fp([8863138833806753134, 283998379022])
         );
     }
 

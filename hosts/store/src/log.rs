@@ -5,9 +5,9 @@
 //! - `trips.log`: every closed trip, one fixed-size record each, with the positions of its two
 //!   events in `events.log`.
 //!
-//! A batch's records are written with one positioned write per log, past the committed end, and
-//! `fdatasync`ed; they count only once the SQLite transaction that records the new ends has
-//! committed. A process killed in between leaves bytes past the committed end, which the next
+//! A batch's records are written with one positioned write per log, past the committed end;
+//! the replay's committer `fdatasync`s the logs and then commits the SQLite transaction that
+//! records the new ends, and only then do they count. A process killed in between leaves bytes past the committed end, which the next
 //! open cuts off; because the data is on disk before the commit, a commit that survives a power
 //! loss never points past what the log holds.
 

@@ -2,15 +2,14 @@
 //!
 //! Per batch of lines: the core parses them and keeps the events; the store's index is asked
 //! for what it holds of the batch's trips; the core decides; the decisions are appended to the
-//! logs and the batch commits (see [`crate::log`]). The host decides nothing: it stores what the core says
-//! to store and quarantines what the core rejects, with the original bytes.
+//! logs and the batch commits (see [`crate::log`]). The host decides nothing: it stores what
+//! the core says to store and quarantines what the core rejects, with the original bytes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
 use std::hash::BuildHasherDefault;
 use std::io::Write;
 use std::sync::{Arc, mpsc};
-
-use std::fs::File;
 
 use rusqlite::{Connection, TransactionBehavior, params};
 use serde::Serialize;
