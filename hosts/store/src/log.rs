@@ -126,11 +126,25 @@ impl Log {
             .io(|| format!("opening {}", self.name))
     }
 
-    /// Reads `buf.len()` committed bytes at `pos`.
+    /// Reads `buf.len()` bytes at `pos`: written ones from the file, later ones from the
+    /// pending batch.
     fn read_at(&self, pos: u64, buf: &mut [u8]) -> Result<(), Error> {
-        self.file
-            .read_exact_at(buf, pos)
-            .io(|| format!("reading {} at byte {pos}", self.name))
+        let in_file = (self.written.saturating_sub(pos) as usize).min(buf.len());
+        let (from_file, from_pending) = buf.split_at_mut(in_file);
+        if !from_file.is_empty() {
+            self.file
+                .read_exact_at(from_file, pos)
+                .io(|| format!("reading {} at byte {pos}", self.name))?;
+        }
+        if !from_pending.is_empty() {
+            let at = (pos + in_file as u64 - self.written) as usize;
+            let bytes = self
+                .pending
+                .get(at..at + from_pending.len())
+                .ok_or_else(|| damaged(self.name, pos))?;
+            from_pending.copy_from_slice(bytes);
+        }
+        Ok(())
     }
 
     /// A sequential reader of the committed bytes from `from`.
@@ -489,6 +503,10 @@ mod tests {
                 .len(),
             committed
         );
+        // A record appended but not yet written is read from the pending batch.
+        let pending = log.append(&event("p", b"pending"));
+        assert_eq!(log.read(pending).unwrap().raw, b"pending");
+        log.0.pending.clear();
         let read = log.read(b).unwrap();
         assert_eq!(
             (read.trip_id.as_str(), &read.raw[..]),

@@ -294,8 +294,15 @@ impl<'a, P: CoreProvider> Pipeline<'a, P> {
                     break;
                 };
                 let Done { job, prepared, .. } = *d;
-                let prepared = prepared?;
-                let rejects = apply(state, &job, prepared, summary, &self.to_committer)?;
+                let (rejects, commit) = apply(state, &job, prepared?, summary)?;
+                applied += 1;
+                // The next batch's lookup needs only the index (reads of this batch's records
+                // are served from the logs' pending bytes): answer it before the writes.
+                if let Some(l) = lookups.remove(&applied) {
+                    let hits = lookup(state, &l.fps);
+                    let _ = l.reply.send(hits);
+                }
+                write(state, commit, &self.to_committer)?;
                 if let Some(out) = quarantine.as_deref_mut() {
                     for r in &rejects {
                         out.write_all(r.to_line().as_bytes())
@@ -304,7 +311,6 @@ impl<'a, P: CoreProvider> Pipeline<'a, P> {
                 }
                 progress.advance(job.batch.bytes_read);
                 spare.push(job.batch);
-                applied += 1;
             }
         }
     }
@@ -827,15 +833,14 @@ fn prepare(job: &Job, decided: &Decided, stored_pos: &[u64]) -> Result<Prepared,
 }
 
 /// Applies a prepared batch (on the applying thread): fills in the first copies of conflicts,
-/// appends its events and closed trips to the logs, hands its transaction to the committer and
-/// updates the index. Returns the batch's rejects in line order.
+/// appends its events and closed trips to the logs (pending, see [`write`]) and updates the
+/// index. Returns the batch's rejects in line order and its transaction, without the log ends.
 fn apply(
     state: &mut StateDir,
     job: &Job,
     mut p: Prepared,
     summary: &mut Summary,
-    to_committer: &mpsc::SyncSender<Commit>,
-) -> Result<Vec<QuarantineRecord>, Error> {
+) -> Result<(Vec<QuarantineRecord>, Commit), Error> {
     for &(r, pos) in &p.first_copies {
         p.rejects[r].first_copy = Some(RawBytes(state.events.read(pos)?.raw));
     }
@@ -875,7 +880,6 @@ fn apply(
         committed.count(c.status);
         closed.push((c.fp, trip));
     }
-    (committed.events_len, committed.trips_len) = state.write_logs()?;
     let commit = Commit {
         committed,
         source: job.name.clone(),
@@ -884,8 +888,6 @@ fn apply(
         newest_ns: p.newest_ns,
         unorphaned,
     };
-    to_committer.send(commit).map_err(|_| Error::Stopped)?;
-    state.set_committed(committed);
     let index = state.index()?;
     for (fp, half) in p.opened {
         index.open.insert(fp, half.shifted(base));
@@ -898,7 +900,19 @@ fn apply(
     for r in &p.rejects {
         *summary.rejected.entry(r.reason.clone()).or_default() += 1;
     }
-    Ok(p.rejects)
+    Ok((p.rejects, commit))
+}
+
+/// Writes an applied batch's pending log records and hands its transaction, with the new log
+/// ends, to the committer.
+fn write(
+    state: &mut StateDir,
+    mut commit: Commit,
+    to_committer: &mpsc::SyncSender<Commit>,
+) -> Result<(), Error> {
+    (commit.committed.events_len, commit.committed.trips_len) = state.write_logs()?;
+    state.set_committed(commit.committed);
+    to_committer.send(commit).map_err(|_| Error::Stopped)
 }
 
 /// A batch's transaction: what the database records of it.
