@@ -41,13 +41,7 @@ impl events::Guest for Component {
     }
 
     fn parse(buffer: Vec<u8>, spans: Vec<Span>) -> Vec<ParseOutcome> {
-        let spans: Vec<core::Span> = spans
-            .into_iter()
-            .map(|s| core::Span {
-                offset: s.offset,
-                len: s.len,
-            })
-            .collect();
+        let spans = spans_in(spans);
         core::parse_batch(&buffer, &spans)
             .into_iter()
             .map(|outcome| match outcome {
@@ -131,18 +125,23 @@ impl batches::Guest for Component {
     type Batch = BatchResource;
 }
 
+/// The contract's spans as the core's.
+fn spans_in(spans: Vec<Span>) -> Vec<core::Span> {
+    spans
+        .into_iter()
+        .map(|s| core::Span {
+            offset: s.offset,
+            len: s.len,
+        })
+        .collect()
+}
+
 /// `batches.batch`: the core's [`core::batch::Batch`] behind a WIT resource.
 struct BatchResource(core::batch::Batch);
 
 impl batches::GuestBatch for BatchResource {
     fn parse(buffer: Vec<u8>, spans: Vec<Span>) -> (batches::Batch, batches::ParsedBatch) {
-        let spans: Vec<core::Span> = spans
-            .into_iter()
-            .map(|s| core::Span {
-                offset: s.offset,
-                len: s.len,
-            })
-            .collect();
+        let spans = spans_in(spans);
         let (batch, parsed) = core::batch::Batch::parse(&buffer, &spans);
         let parsed = batches::ParsedBatch {
             outcomes: parsed

@@ -184,14 +184,12 @@ struct Slot {
 /// Open trips by fingerprint.
 pub(crate) struct OpenSet {
     shards: Vec<HashTable<Slot, Mapped>>,
-    len: usize,
 }
 
 impl Default for OpenSet {
     fn default() -> Self {
         OpenSet {
             shards: (0..SHARDS).map(|_| HashTable::new_in(Mapped)).collect(),
-            len: 0,
         }
     }
 }
@@ -286,7 +284,7 @@ fn place(fp: &Fp) -> (usize, u64, u32) {
 
 impl OpenSet {
     pub fn len(&self) -> usize {
-        self.len
+        self.shards.iter().map(HashTable::len).sum()
     }
 
     pub fn get(&self, fp: &Fp) -> Option<OpenHalf> {
@@ -313,7 +311,6 @@ impl OpenSet {
             Entry::Occupied(mut e) => *e.get_mut() = slot,
             Entry::Vacant(e) => {
                 e.insert(slot);
-                self.len += 1;
             }
         }
     }
@@ -323,7 +320,6 @@ impl OpenSet {
         let table = &mut self.shards[shard];
         if let Ok(e) = table.find_entry(k0, |s| s.key0 == k0 && s.key1 == k1) {
             e.remove();
-            self.len -= 1;
             // Give memory back as trips close: below half full, the table is rebuilt a quarter
             // larger than what it holds.
             if table.capacity() > 64 && table.len() * 2 < table.capacity() {

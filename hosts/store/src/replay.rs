@@ -287,8 +287,7 @@ impl<'a, P: CoreProvider> Pipeline<'a, P> {
             }
             loop {
                 if let Some(l) = lookups.remove(&applied) {
-                    let hits = lookup(state, &l.fps);
-                    let _ = l.reply.send(hits);
+                    l.answer(state);
                 }
                 let Some(d) = done.remove(&applied) else {
                     break;
@@ -299,8 +298,7 @@ impl<'a, P: CoreProvider> Pipeline<'a, P> {
                 // The next batch's lookup needs only the index (reads of this batch's records
                 // are served from the logs' pending bytes): answer it before the writes.
                 if let Some(l) = lookups.remove(&applied) {
-                    let hits = lookup(state, &l.fps);
-                    let _ = l.reply.send(hits);
+                    l.answer(state);
                 }
                 write(state, commit, &self.to_committer)?;
                 if let Some(out) = quarantine.as_deref_mut() {
@@ -383,6 +381,13 @@ struct Lookup {
     /// One per accepted event.
     fps: Arc<Vec<Fp>>,
     reply: mpsc::SyncSender<Result<Vec<Hit>, Error>>,
+}
+
+impl Lookup {
+    /// Answers from the store as it is now (a worker that has gone is no error here).
+    fn answer(self, state: &mut StateDir) {
+        let _ = self.reply.send(lookup(state, &self.fps));
+    }
 }
 
 /// A batch decided and ready to commit.
