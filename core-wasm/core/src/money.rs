@@ -10,7 +10,8 @@ pub const MAX_FARE_CENTS: i64 = 100_000_000;
 /// the value is then still exact to the cent. The error says what is wrong and what would be
 /// accepted.
 pub fn parse_fare(text: &str) -> Result<i64, String> {
-    let shown = shorten(text);
+    // Only an error shows the fare: a valid one is read without formatting anything.
+    let shown = || shorten(text);
     let (negative, body) = match text.strip_prefix('-') {
         Some(rest) => (true, rest),
         None => (false, text),
@@ -31,17 +32,18 @@ pub fn parse_fare(text: &str) -> Result<i64, String> {
         } else {
             ": expected a plain decimal such as 12.50"
         };
-        return Err(format!("fare {shown} is not a decimal number{hint}"));
+        return Err(format!("fare {} is not a decimal number{hint}", shown()));
     }
     let frac = frac_part.unwrap_or("");
     let (cents_digits, rest) = frac.split_at(frac.len().min(2));
     if rest.bytes().any(|b| b != b'0') {
         return Err(format!(
-            "fare {shown} has {} decimals: at most 2 allowed",
+            "fare {} has {} decimals: at most 2 allowed",
+            shown(),
             frac.len()
         ));
     }
-    let too_big = || format!("fare {shown} is over the maximum of 1000000.00");
+    let too_big = || format!("fare {} is over the maximum of 1000000.00", shown());
     let mut units: i64 = 0;
     for b in int_part.bytes() {
         units = units
@@ -59,7 +61,10 @@ pub fn parse_fare(text: &str) -> Result<i64, String> {
         return Err(too_big());
     }
     if negative && total != 0 {
-        return Err(format!("fare {shown} is negative: fares must be 0 or more"));
+        return Err(format!(
+            "fare {} is negative: fares must be 0 or more",
+            shown()
+        ));
     }
     Ok(total)
 }

@@ -9,10 +9,12 @@ pub const NANOS_PER_SEC: i64 = 1_000_000_000;
 /// past the ninth must be zeros).
 pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
     let b = s.as_bytes();
-    let shown = crate::money::shorten(s);
+    // Only an error shows the text: a valid timestamp is read without formatting anything.
+    let shown = || crate::money::shorten(s);
     let bad = |what: &str| {
         format!(
-            "{shown} is not RFC 3339 ({what}): use e.g. 2019-03-10T03:05:00-04:00 or Unix seconds"
+            "{} is not RFC 3339 ({what}): use e.g. 2019-03-10T03:05:00-04:00 or Unix seconds",
+            shown()
         )
     };
     let layout = "expected YYYY-MM-DDTHH:MM:SS followed by Z or ±HH:MM";
@@ -94,7 +96,12 @@ pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
     let secs = days * 86_400 + hour * 3600 + min * 60 + sec - offset_secs;
     secs_to_nanos(secs)
         .and_then(|n| n.checked_add(nanos))
-        .ok_or_else(|| format!("{shown} is outside the supported range 1677-09-22 to 2262-04-11"))
+        .ok_or_else(|| {
+            format!(
+                "{} is outside the supported range 1677-09-22 to 2262-04-11",
+                shown()
+            )
+        })
 }
 
 /// Formats nanoseconds since the epoch as RFC 3339 in UTC (`2019-03-10T07:05:00Z`, with a
