@@ -27,11 +27,19 @@ pub fn parse_batch_iter<'a>(
     buffer: &'a [u8],
     spans: &'a [Span],
 ) -> impl Iterator<Item = ParseOutcome> + 'a {
+    read_batch(buffer, spans).map(Record::into_outcome)
+}
+
+/// Every span of `buffer` read, its event still borrowing from `buffer`.
+pub(crate) fn read_batch<'a>(
+    buffer: &'a [u8],
+    spans: &'a [Span],
+) -> impl Iterator<Item = Record<'a>> + 'a {
     spans.iter().map(|span| {
         let start = span.offset as usize;
         match buffer.get(start..start + span.len as usize) {
-            Some(record) => parse_record(record),
-            None => ParseOutcome::Rejected(Reject::MalformedJson(format!(
+            Some(record) => read_record(record),
+            None => Record::Rejected(Reject::MalformedJson(format!(
                 "span {}+{} lies outside the {}-byte buffer the host passed",
                 span.offset,
                 span.len,
@@ -43,24 +51,65 @@ pub fn parse_batch_iter<'a>(
 
 /// Parses and validates one record.
 pub fn parse_record(record: &[u8]) -> ParseOutcome {
+    read_record(record).into_outcome()
+}
+
+/// What one record is, as [`ParseOutcome`], with the event's trip id borrowed from the record
+/// when it has no escapes.
+pub(crate) enum Record<'a> {
+    Accepted(ParsedEvent<'a>),
+    Rejected(Reject),
+    Blank,
+}
+
+impl Record<'_> {
+    fn into_outcome(self) -> ParseOutcome {
+        match self {
+            Record::Accepted(e) => ParseOutcome::Accepted(TripEvent {
+                trip_id: e.trip_id.into_owned(),
+                kind: e.kind,
+                timestamp_ns: e.timestamp_ns,
+                fare_cents: e.fare_cents,
+                extras: e.extras,
+            }),
+            Record::Rejected(r) => ParseOutcome::Rejected(r),
+            Record::Blank => ParseOutcome::Blank,
+        }
+    }
+}
+
+/// A valid event, its trip id borrowed from the record when it can be.
+pub(crate) struct ParsedEvent<'a> {
+    pub(crate) trip_id: Cow<'a, str>,
+    pub(crate) kind: EventKind,
+    pub(crate) timestamp_ns: i64,
+    pub(crate) fare_cents: Option<i64>,
+    pub(crate) extras: String,
+}
+
+fn read_record(record: &[u8]) -> Record<'_> {
     if record.len() > MAX_RECORD_BYTES as usize {
-        return ParseOutcome::Rejected(Reject::TooLarge(format!(
+        return Record::Rejected(Reject::TooLarge(format!(
             "record is over {MAX_RECORD_BYTES} bytes (192 KiB), the largest accepted"
         )));
     }
     let record = record.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(record);
     if record.iter().all(u8::is_ascii_whitespace) {
-        return ParseOutcome::Blank;
+        return Record::Blank;
     }
     match validate(record) {
-        Ok(event) => ParseOutcome::Accepted(event),
-        Err(reject) => ParseOutcome::Rejected(reject),
+        Ok(event) => Record::Accepted(event),
+        Err(reject) => Record::Rejected(reject),
     }
 }
 
-fn validate(record: &[u8]) -> Result<TripEvent, Reject> {
-    let fields: Fields<'_> =
-        serde_json::from_slice(record).map_err(|e| Reject::MalformedJson(e.to_string()))?;
+fn validate(record: &[u8]) -> Result<ParsedEvent<'_>, Reject> {
+    // The one-pass reader takes the common shape; serde_json reads everything else, and is
+    // the reference for what the one-pass reader may accept (see `flat`).
+    let fields = match crate::flat::scan(record) {
+        Some(fields) => fields,
+        None => read_fields(record)?,
+    };
     let trip_id = fields.required("trip_id", fields.trip_id)?;
     let event_type = fields.required("event_type", fields.event_type)?;
     let timestamp = fields.required("timestamp", fields.timestamp)?;
@@ -69,11 +118,11 @@ fn validate(record: &[u8]) -> Result<TripEvent, Reject> {
     let kind = kind_of(event_type)?;
     let timestamp_ns = timestamp_of(timestamp)?;
     let fare_cents = match fields.fare {
-        Some(raw) if raw.get() != "null" => Some(fare_of(raw)?),
+        Some(raw) if raw != "null" => Some(fare_of(raw)?),
         _ => None,
     };
-    Ok(TripEvent {
-        trip_id: trip_id.into_owned(),
+    Ok(ParsedEvent {
+        trip_id,
         kind,
         timestamp_ns,
         fare_cents,
@@ -81,11 +130,16 @@ fn validate(record: &[u8]) -> Result<TripEvent, Reject> {
     })
 }
 
-fn trip_id_of(raw: &RawValue) -> Result<Cow<'_, str>, Reject> {
+/// Reads a record's top-level fields with serde_json.
+pub(crate) fn read_fields(record: &[u8]) -> Result<Fields<'_>, Reject> {
+    serde_json::from_slice(record).map_err(|e| Reject::MalformedJson(e.to_string()))
+}
+
+fn trip_id_of(raw: &str) -> Result<Cow<'_, str>, Reject> {
     let id = json_string(raw).ok_or_else(|| {
         Reject::BadTripId(format!(
             "trip_id must be a JSON string, got {}",
-            shorten_raw(raw.get())
+            shorten_raw(raw)
         ))
     })?;
     let chars = id.chars().count();
@@ -110,19 +164,19 @@ fn trip_id_of(raw: &RawValue) -> Result<Cow<'_, str>, Reject> {
     Ok(id)
 }
 
-fn kind_of(raw: &RawValue) -> Result<EventKind, Reject> {
+fn kind_of(raw: &str) -> Result<EventKind, Reject> {
     match json_string(raw).as_deref() {
         Some("trip_start") => Ok(EventKind::Start),
         Some("trip_end") => Ok(EventKind::End),
         _ => Err(Reject::BadEventType(format!(
             "event_type {} is neither \"trip_start\" nor \"trip_end\"",
-            shorten_raw(raw.get())
+            shorten_raw(raw)
         ))),
     }
 }
 
-fn timestamp_of(raw: &RawValue) -> Result<i64, Reject> {
-    let text = raw.get();
+fn timestamp_of(raw: &str) -> Result<i64, Reject> {
+    let text = raw;
     if let Some(s) = json_string(raw) {
         if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
             return Err(Reject::BadTimestamp(format!(
@@ -155,8 +209,8 @@ fn timestamp_of(raw: &RawValue) -> Result<i64, Reject> {
     )))
 }
 
-fn fare_of(raw: &RawValue) -> Result<i64, Reject> {
-    let text = raw.get();
+fn fare_of(raw: &str) -> Result<i64, Reject> {
+    let text = raw;
     let parsed = if let Some(s) = json_string(raw) {
         parse_fare(&s)
     } else if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
@@ -172,8 +226,7 @@ fn fare_of(raw: &RawValue) -> Result<i64, Reject> {
 
 /// The contents of a JSON string value, borrowed when it has no escapes; `None` when the raw
 /// value is not a string.
-fn json_string(raw: &RawValue) -> Option<Cow<'_, str>> {
-    let text = raw.get();
+fn json_string(text: &str) -> Option<Cow<'_, str>> {
     let inner = text.strip_prefix('"')?.strip_suffix('"')?;
     if inner.contains('\\') {
         serde_json::from_str::<String>(text).ok().map(Cow::Owned)
@@ -182,19 +235,21 @@ fn json_string(raw: &RawValue) -> Option<Cow<'_, str>> {
     }
 }
 
-/// The top-level fields of a record, borrowed from it.
-struct Fields<'a> {
-    trip_id: Option<&'a RawValue>,
-    event_type: Option<&'a RawValue>,
-    timestamp: Option<&'a RawValue>,
-    fare: Option<&'a RawValue>,
-    extras: Vec<(Cow<'a, str>, &'a RawValue)>,
+/// The top-level fields of a record, each value as its JSON text borrowed from the record.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Fields<'a> {
+    pub(crate) trip_id: Option<&'a str>,
+    pub(crate) event_type: Option<&'a str>,
+    pub(crate) timestamp: Option<&'a str>,
+    pub(crate) fare: Option<&'a str>,
+    /// The other fields in record order, keys unescaped.
+    pub(crate) extras: Vec<(Cow<'a, str>, &'a str)>,
 }
 
 impl<'a> Fields<'a> {
-    fn required(&self, name: &str, value: Option<&'a RawValue>) -> Result<&'a RawValue, Reject> {
+    fn required(&self, name: &str, value: Option<&'a str>) -> Result<&'a str, Reject> {
         match value {
-            Some(raw) if raw.get() != "null" => Ok(raw),
+            Some(raw) if raw != "null" => Ok(raw),
             Some(_) => Err(Reject::MissingField(format!(
                 "{name} is null: it is required"
             ))),
@@ -222,8 +277,8 @@ impl<'a> Fields<'a> {
             }
             out.push_str(&serde_json::to_string(key.as_ref()).expect("a str serialises"));
             out.push(':');
-            check_escapes(key, value.get())?;
-            push_minified(&mut out, value.get());
+            check_escapes(key, value)?;
+            push_minified(&mut out, value);
         }
         out.push('}');
         Ok(out)
@@ -318,13 +373,7 @@ impl<'de> Visitor<'de> for FieldsVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
-        let mut fields = Fields {
-            trip_id: None,
-            event_type: None,
-            timestamp: None,
-            fare: None,
-            extras: Vec::new(),
-        };
+        let mut fields = Fields::default();
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             let slot = match key.as_ref() {
                 "trip_id" => &mut fields.trip_id,
@@ -333,14 +382,14 @@ impl<'de> Visitor<'de> for FieldsVisitor {
                 "fare" => &mut fields.fare,
                 _ => {
                     let value = map.next_value::<&'de RawValue>()?;
-                    fields.extras.push((key, value));
+                    fields.extras.push((key, value.get()));
                     continue;
                 }
             };
             if slot.is_some() {
                 return Err(de::Error::custom(duplicate_key(&key).detail()));
             }
-            *slot = Some(map.next_value::<&'de RawValue>()?);
+            *slot = Some(map.next_value::<&'de RawValue>()?.get());
         }
         Ok(fields)
     }

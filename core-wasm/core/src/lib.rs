@@ -11,6 +11,7 @@
 pub mod batch;
 pub mod duration;
 pub mod event;
+mod flat;
 pub mod kpi;
 pub mod matching;
 pub mod money;
