@@ -1,4 +1,4 @@
-//! The tripflow core as a WASI component: only the `tripflow:core@0.3.0` export glue.
+//! The tripflow core as a WASI component: only the `tripflow:core@0.4.0` export glue.
 //!
 //! Every function converts the WIT types to `tripflow_core`'s, calls the library and converts
 //! the answer back; there is no logic here to test on its own.
@@ -143,23 +143,33 @@ impl batches::GuestBatch for BatchResource {
     fn parse(buffer: Vec<u8>, spans: Vec<Span>) -> (batches::Batch, batches::ParsedBatch) {
         let spans = spans_in(spans);
         let (batch, parsed) = core::batch::Batch::parse(&buffer, &spans);
+        let (trip_ids, trip_id_ends) = parsed.trip_ids.into_parts();
         let parsed = batches::ParsedBatch {
-            outcomes: parsed
-                .outcomes
+            skipped: parsed
+                .skipped
                 .into_iter()
-                .map(|o| match o {
-                    core::batch::Parsed::Accepted => batches::Parsed::Accepted,
-                    core::batch::Parsed::Rejected(r) => batches::Parsed::Rejected(reject_out(r)),
-                    core::batch::Parsed::Blank => batches::Parsed::Blank,
+                .map(|s| batches::Skipped {
+                    line: s.line,
+                    reason: s.reason.map(reject_out),
                 })
                 .collect(),
-            trip_ids: parsed.trip_ids,
+            trip_ids,
+            trip_id_ends,
         };
         (batches::Batch::new(BatchResource(batch)), parsed)
     }
 
-    fn resolve(&self, stored: Vec<TripEvent>, clock: Clock) -> batches::BatchResolution {
-        let stored: Vec<core::TripEvent> = stored.into_iter().map(event_in).collect();
+    fn resolve(&self, stored: Vec<batches::StoredEvent>, clock: Clock) -> batches::BatchResolution {
+        let stored: Vec<core::batch::StoredEvent> = stored
+            .into_iter()
+            .map(|e| core::batch::StoredEvent {
+                trip_of: e.trip_of,
+                kind: kind_in(e.kind),
+                timestamp_ns: e.timestamp_ns,
+                fare_cents: e.fare_cents,
+                extras: e.extras,
+            })
+            .collect();
         let r = self.0.resolve(
             &stored,
             core::Clock {
@@ -168,7 +178,6 @@ impl batches::GuestBatch for BatchResource {
             },
         );
         batches::BatchResolution {
-            resolution: resolution_out(r.resolution),
             new_events: r
                 .new_events
                 .into_iter()
@@ -180,6 +189,37 @@ impl batches::GuestBatch for BatchResource {
                     extras: e.extras,
                 })
                 .collect(),
+            duplicates: r
+                .duplicates
+                .into_iter()
+                .map(|d| batches::Duplicate {
+                    incoming: d.incoming,
+                    first: ref_out(d.first),
+                })
+                .collect(),
+            conflicts: r
+                .conflicts
+                .into_iter()
+                .map(|c| batches::ConflictingDuplicate {
+                    incoming: c.incoming,
+                    first: ref_out(c.first),
+                    detail: c.detail,
+                })
+                .collect(),
+            closed: r
+                .closed
+                .into_iter()
+                .map(|c| batches::Closed {
+                    closed_by: c.closed_by,
+                    status: status_out(c.status),
+                    start_ns: c.start_ns,
+                    end_ns: c.end_ns,
+                    fare_cents: c.fare_cents,
+                })
+                .collect(),
+            opened: r.opened,
+            newest_ns: r.newest_ns,
+            skewed: r.skewed,
         }
     }
 }
@@ -272,13 +312,17 @@ fn event_out(e: core::TripEvent) -> TripEvent {
     }
 }
 
+fn kind_in(k: EventKind) -> core::EventKind {
+    match k {
+        EventKind::TripStart => core::EventKind::Start,
+        EventKind::TripEnd => core::EventKind::End,
+    }
+}
+
 fn event_in(e: TripEvent) -> core::TripEvent {
     core::TripEvent {
         trip_id: e.trip_id,
-        kind: match e.kind {
-            EventKind::TripStart => core::EventKind::Start,
-            EventKind::TripEnd => core::EventKind::End,
-        },
+        kind: kind_in(e.kind),
         timestamp_ns: e.timestamp_ns,
         fare_cents: e.fare_cents,
         extras: e.extras,

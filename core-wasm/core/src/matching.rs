@@ -19,20 +19,52 @@ use crate::types::{
     TripStatus,
 };
 
+/// An event as [`resolve`] reads it, borrowed from wherever the caller keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct EventView<'a> {
+    pub(crate) trip_id: &'a str,
+    pub(crate) kind: EventKind,
+    pub(crate) timestamp_ns: i64,
+    pub(crate) fare_cents: Option<i64>,
+    pub(crate) extras: &'a str,
+}
+
+impl TripEvent {
+    pub(crate) fn view(&self) -> EventView<'_> {
+        EventView {
+            trip_id: &self.trip_id,
+            kind: self.kind,
+            timestamp_ns: self.timestamp_ns,
+            fare_cents: self.fare_cents,
+            extras: &self.extras,
+        }
+    }
+}
+
 /// Both halves of a trip as known while a batch is resolved.
 #[derive(Default)]
 struct Slot<'a> {
-    start: Option<(EventRef, &'a TripEvent)>,
-    end: Option<(EventRef, &'a TripEvent)>,
+    start: Option<(EventRef, EventView<'a>)>,
+    end: Option<(EventRef, EventView<'a>)>,
 }
 
 impl<'a> Slot<'a> {
-    fn half(&mut self, kind: EventKind) -> &mut Option<(EventRef, &'a TripEvent)> {
+    fn half(&mut self, kind: EventKind) -> &mut Option<(EventRef, EventView<'a>)> {
         match kind {
             EventKind::Start => &mut self.start,
             EventKind::End => &mut self.end,
         }
     }
+}
+
+/// A [`Resolution`] whose closed trips are still their two halves.
+pub(crate) struct Resolved<'a> {
+    pub(crate) decisions: Vec<Decision>,
+    /// The closing event's index, the start and the end.
+    pub(crate) closed: Vec<(u32, EventView<'a>, EventView<'a>)>,
+    pub(crate) opened: Vec<u32>,
+    pub(crate) newest_ns: Option<i64>,
+    pub(crate) skewed: Vec<u32>,
 }
 
 /// Decides a batch of valid incoming events against the stored events of the same trips.
@@ -42,30 +74,58 @@ impl<'a> Slot<'a> {
 /// It does not matter how the host learnt them: read before the batch, or handed back by the
 /// conditional writes of the batch's first copies.
 pub fn resolve(incoming: &[TripEvent], stored: &[TripEvent], clock: Clock) -> Resolution {
+    let incoming: Vec<EventView<'_>> = incoming.iter().map(TripEvent::view).collect();
+    let stored: Vec<EventView<'_>> = stored.iter().map(TripEvent::view).collect();
+    let r = resolve_views(&incoming, &stored, clock);
+    Resolution {
+        decisions: r.decisions,
+        closed: r
+            .closed
+            .into_iter()
+            .map(|(closed_by, start, end)| Closing {
+                closed_by,
+                trip: pair_views(start, end),
+            })
+            .collect(),
+        opened: r.opened,
+        newest_ns: r.newest_ns,
+        skewed: r.skewed,
+    }
+}
+
+/// [`resolve`] over borrowed events.
+pub(crate) fn resolve_views<'a>(
+    incoming: &[EventView<'a>],
+    stored: &[EventView<'a>],
+    clock: Clock,
+) -> Resolved<'a> {
     let horizon = clock.horizon_ns();
     let mut slots: HashMap<&str, Slot<'_>> = HashMap::with_capacity(incoming.len());
     for (i, event) in stored.iter().enumerate() {
-        let half = slots.entry(&event.trip_id).or_default().half(event.kind);
+        let half = slots.entry(event.trip_id).or_default().half(event.kind);
         if half.is_none() {
-            *half = Some((EventRef::Stored(i as u32), event));
+            *half = Some((EventRef::Stored(i as u32), *event));
         }
     }
 
-    let mut resolution = Resolution {
+    let mut resolution = Resolved {
         decisions: Vec::with_capacity(incoming.len()),
-        ..Resolution::default()
+        closed: Vec::new(),
+        opened: Vec::new(),
+        newest_ns: None,
+        skewed: Vec::new(),
     };
     let mut newly_stored = Vec::new();
     for (i, event) in incoming.iter().enumerate() {
-        let slot = slots.entry(&event.trip_id).or_default();
+        let slot = slots.entry(event.trip_id).or_default();
         let decision = match slot.half(event.kind) {
-            Some((first, earlier)) if *earlier == event => Decision::Duplicate(*first),
+            Some((first, earlier)) if earlier == event => Decision::Duplicate(*first),
             Some((first, earlier)) => Decision::ConflictingDuplicate(Conflict {
                 first: *first,
                 detail: describe_conflict(earlier, event),
             }),
             half @ None => {
-                *half = Some((EventRef::Incoming(i as u32), event));
+                *half = Some((EventRef::Incoming(i as u32), *event));
                 if event.timestamp_ns > horizon {
                     resolution.skewed.push(i as u32);
                 } else {
@@ -73,10 +133,7 @@ pub fn resolve(incoming: &[TripEvent], stored: &[TripEvent], clock: Clock) -> Re
                 }
                 newly_stored.push(i);
                 if let (Some((_, start)), Some((_, end))) = (slot.start, slot.end) {
-                    resolution.closed.push(Closing {
-                        closed_by: i as u32,
-                        trip: pair(start, end),
-                    });
+                    resolution.closed.push((i as u32, start, end));
                 }
                 Decision::Store
             }
@@ -86,7 +143,7 @@ pub fn resolve(incoming: &[TripEvent], stored: &[TripEvent], clock: Clock) -> Re
     resolution.opened = newly_stored
         .into_iter()
         .filter(|&i| {
-            let slot = &slots[incoming[i].trip_id.as_str()];
+            let slot = &slots[incoming[i].trip_id];
             slot.start.is_none() || slot.end.is_none()
         })
         .map(|i| i as u32)
@@ -99,6 +156,22 @@ pub fn resolve(incoming: &[TripEvent], stored: &[TripEvent], clock: Clock) -> Re
 /// End before start makes it `invalid` (checked first); otherwise the fare is the end's,
 /// else the start's, and a trip with neither is `no_fare`.
 pub fn pair(start: &TripEvent, end: &TripEvent) -> ClosedTrip {
+    pair_views(start.view(), end.view())
+}
+
+fn pair_views(start: EventView<'_>, end: EventView<'_>) -> ClosedTrip {
+    let (status, fare_cents) = outcome(&start, &end);
+    ClosedTrip {
+        trip_id: start.trip_id.to_owned(),
+        status,
+        start_ns: start.timestamp_ns,
+        end_ns: end.timestamp_ns,
+        fare_cents,
+    }
+}
+
+/// A closed trip's status and fare (see [`pair`]).
+pub(crate) fn outcome(start: &EventView<'_>, end: &EventView<'_>) -> (TripStatus, Option<i64>) {
     let fare_cents = end.fare_cents.or(start.fare_cents);
     let status = if end.timestamp_ns < start.timestamp_ns {
         TripStatus::Invalid
@@ -107,13 +180,7 @@ pub fn pair(start: &TripEvent, end: &TripEvent) -> ClosedTrip {
     } else {
         TripStatus::Completed
     };
-    ClosedTrip {
-        trip_id: start.trip_id.clone(),
-        status,
-        start_ns: start.timestamp_ns,
-        end_ns: end.timestamp_ns,
-        fare_cents,
-    }
+    (status, fare_cents)
 }
 
 /// Indices of the open trips (given by the timestamp of their one stored half) that are older
@@ -128,7 +195,7 @@ pub fn sweep(open_timestamps: &[i64], newest_ns: i64, older_than_ns: i64) -> Vec
         .collect()
 }
 
-fn describe_conflict(first: &TripEvent, copy: &TripEvent) -> String {
+fn describe_conflict(first: &EventView<'_>, copy: &EventView<'_>) -> String {
     let mut out = format!(
         "{} of trip {:?} was already stored with different content:",
         first.kind.as_str(),
@@ -162,8 +229,8 @@ fn describe_conflict(first: &TripEvent, copy: &TripEvent) -> String {
         let _ = write!(
             out,
             " other fields stored {}, this copy {};",
-            show(&first.extras),
-            show(&copy.extras)
+            show(first.extras),
+            show(copy.extras)
         );
     }
     out.pop();

@@ -1,6 +1,7 @@
 //! The core's own cost, component vs native, with no store behind it: parse + resolve of
 //! generated events in 8,192-line batches (each batch a fresh store for the component, as the
-//! hosts do), and KPI accumulation of the closed trips.
+//! Lambda functions do; the batch group also with one instance for all, as the replay does),
+//! and KPI accumulation of the closed trips.
 //!
 //! `cargo bench -p tripflow-runtime --bench core`
 
@@ -78,21 +79,24 @@ fn run<P: CoreProvider>(core: &P, batches: &[Batch]) -> Vec<TripFare> {
     fares
 }
 
-/// [`run`] through the batch resource: parse, (no stored events), resolve.
-fn run_batch<P: CoreProvider>(core: &P, batches: &[Batch]) -> Vec<TripFare> {
+/// [`run`] through the batch resource: parse, (no stored events), resolve; a fresh session
+/// per batch (as the Lambda functions do) or one for all (as the replay's core threads do).
+fn run_batch<P: CoreProvider>(core: &P, batches: &[Batch], fresh: bool) -> Vec<TripFare> {
     let mut fares = Vec::new();
+    let mut session = core.session().unwrap();
     for b in batches {
-        let (_, _, r) = core
-            .session()
-            .unwrap()
+        if fresh {
+            session = core.session().unwrap();
+        }
+        let (_, r) = session
             .parse_resolve::<tripflow_runtime::CoreError>(&b.buf, &b.spans, CLOCK, |_| {
                 Ok(Vec::new())
             })
             .unwrap();
-        fares.extend(r.resolution.closed.into_iter().map(|c| TripFare {
-            status: c.trip.status,
-            start_ns: c.trip.start_ns,
-            fare_cents: c.trip.fare_cents,
+        fares.extend(r.closed.into_iter().map(|c| TripFare {
+            status: c.status,
+            start_ns: c.start_ns,
+            fare_cents: c.fare_cents,
         }));
     }
     fares
@@ -103,7 +107,7 @@ fn bench(c: &mut Criterion) {
     let (batches, lines) = batches(100_000);
     let fares = run(&NativeCore, &batches);
     assert_eq!(
-        run_batch(&runtime, &batches),
+        run_batch(&runtime, &batches, true),
         fares,
         "the batch resource decides the same"
     );
@@ -124,10 +128,13 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements(lines));
     group.sample_size(10);
     group.bench_function("native", |b| {
-        b.iter(|| black_box(run_batch(&NativeCore, &batches)))
+        b.iter(|| black_box(run_batch(&NativeCore, &batches, true)))
     });
     group.bench_function("component", |b| {
-        b.iter(|| black_box(run_batch(&runtime, &batches)))
+        b.iter(|| black_box(run_batch(&runtime, &batches, true)))
+    });
+    group.bench_function("component, one instance", |b| {
+        b.iter(|| black_box(run_batch(&runtime, &batches, false)))
     });
     group.finish();
 

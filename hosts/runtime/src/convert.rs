@@ -12,13 +12,17 @@ pub(crate) fn span_out(s: &c::Span) -> wt::Span {
     }
 }
 
+fn kind_out(k: c::EventKind) -> wt::EventKind {
+    match k {
+        c::EventKind::Start => wt::EventKind::TripStart,
+        c::EventKind::End => wt::EventKind::TripEnd,
+    }
+}
+
 pub(crate) fn event_out(e: &c::TripEvent) -> wt::TripEvent {
     wt::TripEvent {
         trip_id: e.trip_id.clone(),
-        kind: match e.kind {
-            c::EventKind::Start => wt::EventKind::TripStart,
-            c::EventKind::End => wt::EventKind::TripEnd,
-        },
+        kind: kind_out(e.kind),
         timestamp_ns: e.timestamp_ns,
         fare_cents: e.fare_cents,
         extras: e.extras.clone(),
@@ -63,24 +67,33 @@ pub(crate) fn parse_outcome_in(o: we::ParseOutcome) -> c::ParseOutcome {
     }
 }
 
-pub(crate) fn parsed_batch_in(p: wb::ParsedBatch) -> c::batch::ParsedBatch {
-    c::batch::ParsedBatch {
-        outcomes: p
-            .outcomes
+/// `None` when the trip id ends do not fit the trip ids.
+pub(crate) fn parsed_batch_in(p: wb::ParsedBatch) -> Option<c::batch::ParsedBatch> {
+    Some(c::batch::ParsedBatch {
+        skipped: p
+            .skipped
             .into_iter()
-            .map(|o| match o {
-                wb::Parsed::Accepted => c::batch::Parsed::Accepted,
-                wb::Parsed::Rejected(r) => c::batch::Parsed::Rejected(reject_in(r)),
-                wb::Parsed::Blank => c::batch::Parsed::Blank,
+            .map(|s| c::batch::Skipped {
+                line: s.line,
+                reason: s.reason.map(reject_in),
             })
             .collect(),
-        trip_ids: p.trip_ids,
+        trip_ids: c::batch::TripIds::new(p.trip_ids, p.trip_id_ends)?,
+    })
+}
+
+pub(crate) fn stored_event_out(e: c::batch::StoredEvent) -> wb::StoredEvent {
+    wb::StoredEvent {
+        trip_of: e.trip_of,
+        kind: kind_out(e.kind),
+        timestamp_ns: e.timestamp_ns,
+        fare_cents: e.fare_cents,
+        extras: e.extras,
     }
 }
 
 pub(crate) fn batch_resolution_in(r: wb::BatchResolution) -> c::batch::BatchResolution {
     c::batch::BatchResolution {
-        resolution: resolution_in(r.resolution),
         new_events: r
             .new_events
             .into_iter()
@@ -92,6 +105,37 @@ pub(crate) fn batch_resolution_in(r: wb::BatchResolution) -> c::batch::BatchReso
                 extras: e.extras,
             })
             .collect(),
+        duplicates: r
+            .duplicates
+            .into_iter()
+            .map(|d| c::batch::Duplicate {
+                incoming: d.incoming,
+                first: ref_in(d.first),
+            })
+            .collect(),
+        conflicts: r
+            .conflicts
+            .into_iter()
+            .map(|d| c::batch::ConflictingDuplicate {
+                incoming: d.incoming,
+                first: ref_in(d.first),
+                detail: d.detail,
+            })
+            .collect(),
+        closed: r
+            .closed
+            .into_iter()
+            .map(|t| c::batch::Closed {
+                closed_by: t.closed_by,
+                status: status_in(t.status),
+                start_ns: t.start_ns,
+                end_ns: t.end_ns,
+                fare_cents: t.fare_cents,
+            })
+            .collect(),
+        opened: r.opened,
+        newest_ns: r.newest_ns,
+        skewed: r.skewed,
     }
 }
 

@@ -1,6 +1,6 @@
 //! The one crate that owns wasmtime.
 //!
-//! It runs `bindgen!` once for `tripflow:core@0.3.0`, defines the single engine configuration
+//! It runs `bindgen!` once for `tripflow:core@0.4.0`, defines the single engine configuration
 //! used by every host and by the precompiler, loads a component (`.wasm`, or a precompiled
 //! `.cwasm`), builds the [`InstancePre`](wasmtime::component::InstancePre) once, and gives every
 //! batch a fresh, bounded [`Store`]: a memory cap and an epoch deadline stop a runaway guest
@@ -27,7 +27,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub use native::NativeCore;
 pub use tripflow_core as core;
-use tripflow_core::batch::{BatchResolution, ParsedBatch};
+use tripflow_core::batch::{BatchResolution, ParsedBatch, StoredEvent};
 use tripflow_core::report::ReportRequest;
 use tripflow_core::{
     Clock, ClosedTrip, DayKpi, DayTotals, KpiError, ParseOutcome, Resolution, Span, TripEvent,
@@ -103,15 +103,14 @@ pub trait TripCore {
     /// See `batches.batch`: parses a batch, asks `lookup` for the stored events of its trip
     /// ids, and resolves the batch against them; the parsed events stay in the core between the
     /// two steps. Decides as [`TripCore::parse`] then [`TripCore::resolve`] over the accepted
-    /// events. Hands back what `lookup` returned, which the resolution's `EventRef::Stored`
-    /// indexes.
+    /// events; the resolution's `EventRef::Stored` indexes what `lookup` returned.
     fn parse_resolve<E: From<CoreError>>(
         &mut self,
         buffer: &[u8],
         spans: &[Span],
         clock: Clock,
-        lookup: impl FnOnce(&ParsedBatch) -> Result<Vec<TripEvent>, E>,
-    ) -> Result<(ParsedBatch, Vec<TripEvent>, BatchResolution), E>;
+        lookup: impl FnOnce(&ParsedBatch) -> Result<Vec<StoredEvent>, E>,
+    ) -> Result<(ParsedBatch, BatchResolution), E>;
     /// See `matching.pair`: the closed trip a start and an end make.
     fn pair(&mut self, start: &TripEvent, end: &TripEvent) -> Result<ClosedTrip, CoreError>;
     /// See `matching.sweep`; `open` holds the timestamp of each open trip's stored half.
@@ -196,6 +195,10 @@ pub fn engine_config() -> Config {
     config.wasm_component_model(true);
     config.epoch_interruption(true);
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    // `perf record` can name guest functions when wasmtime writes /tmp/perf-PID.map.
+    if std::env::var_os("TRIPFLOW_PERFMAP").is_some() {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     config
 }
 
@@ -545,17 +548,24 @@ impl TripCore for WasmSession {
         buffer: &[u8],
         spans: &[Span],
         clock: Clock,
-        lookup: impl FnOnce(&ParsedBatch) -> Result<Vec<TripEvent>, E>,
-    ) -> Result<(ParsedBatch, Vec<TripEvent>, BatchResolution), E> {
+        lookup: impl FnOnce(&ParsedBatch) -> Result<Vec<StoredEvent>, E>,
+    ) -> Result<(ParsedBatch, BatchResolution), E> {
         let spans: Vec<_> = spans.iter().map(convert::span_out).collect();
         let (batch, parsed) = self.call(|c, s| {
             c.tripflow_core_batches()
                 .batch()
                 .call_parse(s, buffer, &spans)
         })?;
-        let parsed = convert::parsed_batch_in(parsed);
-        let stored = lookup(&parsed)?;
-        let lowered: Vec<_> = stored.iter().map(convert::event_out).collect();
+        let parsed = convert::parsed_batch_in(parsed).ok_or_else(|| CoreError::Trapped {
+            message: "batch.parse answered trip id ends that do not fit its trip ids: the \
+                      component breaks the contract"
+                .into(),
+            stderr: String::new(),
+        })?;
+        let lowered: Vec<_> = lookup(&parsed)?
+            .into_iter()
+            .map(convert::stored_event_out)
+            .collect();
         let clock = convert::clock_out(clock);
         let r = self.call(|c, s| {
             let r = c
@@ -565,7 +575,7 @@ impl TripCore for WasmSession {
             batch.resource_drop(s)?;
             Ok(r)
         })?;
-        Ok((parsed, stored, convert::batch_resolution_in(r)))
+        Ok((parsed, convert::batch_resolution_in(r)))
     }
 
     fn pair(&mut self, start: &TripEvent, end: &TripEvent) -> Result<ClosedTrip, CoreError> {

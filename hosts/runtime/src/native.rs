@@ -5,7 +5,7 @@ use tripflow_core::{
     Clock, ClosedTrip, DayKpi, DayTotals, ParseOutcome, Resolution, Span, TripEvent, TripFare,
 };
 
-use tripflow_core::batch::{Batch, BatchResolution, ParsedBatch};
+use tripflow_core::batch::{Batch, BatchResolution, ParsedBatch, StoredEvent};
 use tripflow_core::report::ReportRequest;
 
 use crate::{CoreError, CoreProvider, TripCore};
@@ -53,12 +53,12 @@ impl TripCore for NativeCore {
         buffer: &[u8],
         spans: &[Span],
         clock: Clock,
-        lookup: impl FnOnce(&ParsedBatch) -> Result<Vec<TripEvent>, E>,
-    ) -> Result<(ParsedBatch, Vec<TripEvent>, BatchResolution), E> {
+        lookup: impl FnOnce(&ParsedBatch) -> Result<Vec<StoredEvent>, E>,
+    ) -> Result<(ParsedBatch, BatchResolution), E> {
         let (batch, parsed) = Batch::parse(buffer, spans);
         let stored = lookup(&parsed)?;
         let r = batch.resolve(&stored, clock);
-        Ok((parsed, stored, r))
+        Ok((parsed, r))
     }
 
     fn pair(&mut self, start: &TripEvent, end: &TripEvent) -> Result<ClosedTrip, CoreError> {

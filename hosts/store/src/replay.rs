@@ -13,10 +13,13 @@ use std::sync::{Arc, mpsc};
 
 use rusqlite::{Connection, TransactionBehavior, params};
 use serde::Serialize;
-use tripflow_runtime::core::batch::Parsed;
+// `ToStore`: an accepted event the core decided to store (`log::NewEvent` is its record).
+use tripflow_runtime::core::batch::{
+    BatchResolution, NewEvent as ToStore, Skipped, StoredEvent, TripIds,
+};
 use tripflow_runtime::core::{
-    Clock, DEFAULT_MAX_SKEW_NS, Decision, EventKind, EventRef, ParseOutcome, Reject, Resolution,
-    TripEvent, TripStatus,
+    Clock, DEFAULT_MAX_SKEW_NS, Decision, EventKind, EventRef, ParseOutcome, Reject, TripEvent,
+    TripStatus,
 };
 use tripflow_runtime::{CORE_FAILURE, CoreProvider, TripCore, parse_isolating};
 
@@ -456,7 +459,7 @@ fn ask(
     seq: u64,
     ids: &[&str],
     fps: &Arc<Vec<Fp>>,
-) -> Result<(Vec<TripEvent>, Vec<u64>), Error> {
+) -> Result<(Vec<StoredEvent>, Vec<u64>), Error> {
     let (reply, answer) = mpsc::sync_channel(1);
     let gone = || Error::Stopped;
     to_main
@@ -472,19 +475,17 @@ fn ask(
         Vec::with_capacity(hits.len()),
     );
     for h in hits {
-        let id = ids[h.incoming as usize];
-        let trip_id = match h.trip_id {
-            Some(read) if read != id => {
+        if let Some(read) = h.trip_id {
+            let id = ids[h.incoming as usize];
+            if read != id {
                 return Err(Error::Damaged(format!(
                     "trip ids {id:?} and {read:?} share a fingerprint; replay the inputs into a \
                      new --state directory (it gets a new fingerprint key)"
                 )));
             }
-            Some(read) => read,
-            None => id.to_owned(),
-        };
-        stored.push(TripEvent {
-            trip_id,
+        }
+        stored.push(StoredEvent {
+            trip_of: h.incoming,
             kind: h.kind,
             timestamp_ns: h.timestamp_ns,
             fare_cents: h.fare_cents,
@@ -561,11 +562,69 @@ struct Decided {
     outcomes: Vec<Outcome>,
     /// For each accepted event (the resolution's `incoming`), its line in the batch.
     incoming_span: Vec<usize>,
-    /// For each accepted event, its trip id's fingerprint.
+    /// For each accepted event, its trip id and its fingerprint.
+    trip_ids: TripIds,
     fps: Arc<Vec<Fp>>,
+    /// For each accepted event, its decision.
+    decisions: Vec<Decision>,
     /// For each accepted event decided `store`, the event; `None` for the others.
-    incoming: Vec<Option<TripEvent>>,
-    resolution: Resolution,
+    incoming: Vec<Option<ToStore>>,
+    /// The rest of the resolution (its `new_events` are in `incoming`).
+    resolution: BatchResolution,
+}
+
+impl Decided {
+    /// Puts a batch's resolution in the shape [`prepare`] reads; `None` when it does not fit
+    /// the batch's accepted events (a component that breaks the contract).
+    fn new(
+        (outcomes, incoming_span): (Vec<Outcome>, Vec<usize>),
+        trip_ids: TripIds,
+        fps: Arc<Vec<Fp>>,
+        mut resolution: BatchResolution,
+    ) -> Option<Decided> {
+        let decisions = resolution.decisions();
+        if incoming_span.len() != trip_ids.len() || decisions.len() != trip_ids.len() {
+            return None;
+        }
+        let mut incoming: Vec<Option<ToStore>> = (0..incoming_span.len()).map(|_| None).collect();
+        for e in std::mem::take(&mut resolution.new_events) {
+            let i = e.incoming as usize;
+            incoming[i] = Some(e);
+        }
+        Some(Decided {
+            outcomes,
+            incoming_span,
+            trip_ids,
+            fps,
+            decisions,
+            incoming,
+            resolution,
+        })
+    }
+}
+
+/// Each line's outcome, and the line of each accepted event, from the lines `batch.parse`
+/// skipped; `None` when they are not lines of the batch in order.
+fn outcomes(lines: usize, skipped: Vec<Skipped>) -> Option<(Vec<Outcome>, Vec<usize>)> {
+    let mut outcomes = Vec::with_capacity(lines);
+    let mut incoming_span = Vec::with_capacity(lines);
+    let mut skipped = skipped.into_iter().peekable();
+    for line in 0..lines {
+        outcomes.push(match skipped.next_if(|s| s.line as usize == line) {
+            Some(Skipped { reason: None, .. }) => Outcome::Blank,
+            Some(Skipped {
+                reason: Some(r), ..
+            }) => Outcome::Rejected(r.code().to_owned(), r.detail().to_owned()),
+            None => {
+                incoming_span.push(line);
+                Outcome::Accepted
+            }
+        });
+    }
+    skipped
+        .next()
+        .is_none()
+        .then_some((outcomes, incoming_span))
 }
 
 /// Decides a batch in one guest (`batches.batch`: parse, look up, resolve); if the core fails on
@@ -586,57 +645,30 @@ fn decide<P: CoreProvider>(
         None => session.insert(provider.session()?),
     };
     let in_core = core.parse_resolve::<Error>(&batch.buf, &batch.spans, job.clock, |parsed| {
-        let ids: Vec<&str> = parsed.trip_ids.iter().map(String::as_str).collect();
+        let ids: Vec<&str> = parsed.trip_ids.iter().collect();
         let fps = Arc::new(ids.iter().map(|id| fingerprints.of(id)).collect());
         let (stored, pos) = ask(to_main, job.seq, &ids, &fps)?;
         looked = (fps, pos);
         Ok(stored)
     });
-    let (parsed, r) = match in_core {
-        Ok((parsed, _stored, r)) => (parsed, r),
+    let decided = match in_core {
+        Ok((parsed, r)) => outcomes(batch.spans.len(), parsed.skipped).and_then(|outcomes| {
+            let fps = std::mem::take(&mut looked.0);
+            Decided::new(outcomes, parsed.trip_ids, fps, r)
+        }),
+        Err(Error::Core(_)) => None,
         Err(e) => {
             *session = None;
-            return match e {
-                Error::Core(_) => decide_isolating(provider, fingerprints, job, to_main),
-                e => Err(e),
-            };
+            return Err(e);
         }
     };
-    let (fps, stored_pos) = looked;
-    let mut outcomes = Vec::with_capacity(parsed.outcomes.len());
-    let mut incoming_span = Vec::with_capacity(parsed.outcomes.len());
-    for (i, o) in parsed.outcomes.into_iter().enumerate() {
-        outcomes.push(match o {
-            Parsed::Accepted => {
-                incoming_span.push(i);
-                Outcome::Accepted
-            }
-            Parsed::Rejected(reject) => {
-                Outcome::Rejected(reject.code().to_owned(), reject.detail().to_owned())
-            }
-            Parsed::Blank => Outcome::Blank,
-        });
+    match decided {
+        Some(decided) => Ok((decided, looked.1)),
+        None => {
+            *session = None;
+            decide_isolating(provider, fingerprints, job, to_main)
+        }
     }
-    let mut trip_ids: Vec<Option<String>> = parsed.trip_ids.into_iter().map(Some).collect();
-    let mut incoming: Vec<Option<TripEvent>> = vec![None; incoming_span.len()];
-    for e in r.new_events {
-        let i = e.incoming as usize;
-        incoming[i] = Some(TripEvent {
-            trip_id: trip_ids[i].take().unwrap_or_default(),
-            kind: e.kind,
-            timestamp_ns: e.timestamp_ns,
-            fare_cents: e.fare_cents,
-            extras: e.extras,
-        });
-    }
-    let decided = Decided {
-        outcomes,
-        incoming_span,
-        fps,
-        incoming,
-        resolution: r.resolution,
-    };
-    Ok((decided, stored_pos))
 }
 
 /// See [`decide`].
@@ -665,22 +697,24 @@ fn decide_isolating<P: CoreProvider>(
             Err(failure) => Outcome::Rejected(CORE_FAILURE.to_owned(), failure.to_string()),
         });
     }
-    let ids: Vec<&str> = events.iter().map(|e| e.trip_id.as_str()).collect();
+    let trip_ids: TripIds = events.iter().map(|e| e.trip_id.as_str()).collect();
+    let ids: Vec<&str> = trip_ids.iter().collect();
     let fps = Arc::new(ids.iter().map(|id| fingerprints.of(id)).collect());
     let (stored, stored_pos) = ask(to_main, job.seq, &ids, &fps)?;
-    let resolution = provider.session()?.resolve(&events, &stored, job.clock)?;
-    let incoming = events
+    let stored: Vec<TripEvent> = stored
         .into_iter()
-        .zip(&resolution.decisions)
-        .map(|(e, d)| matches!(d, Decision::Store).then_some(e))
+        .map(|s| TripEvent {
+            trip_id: ids[s.trip_of as usize].to_owned(),
+            kind: s.kind,
+            timestamp_ns: s.timestamp_ns,
+            fare_cents: s.fare_cents,
+            extras: s.extras,
+        })
         .collect();
-    let decided = Decided {
-        outcomes,
-        incoming_span,
-        fps,
-        incoming,
-        resolution,
-    };
+    let resolution = provider.session()?.resolve(&events, &stored, job.clock)?;
+    let resolution = BatchResolution::from_resolution(resolution, &events);
+    let decided = Decided::new((outcomes, incoming_span), trip_ids, fps, resolution)
+        .expect("a resolution of the events parsed fits them");
     Ok((decided, stored_pos))
 }
 
@@ -722,7 +756,7 @@ fn prepare(job: &Job, decided: &Decided, stored_pos: &[u64]) -> Result<Prepared,
         &decided.incoming_span,
         &decided.resolution,
     );
-    let new_event = |i: usize| -> &TripEvent {
+    let new_event = |i: usize| -> &ToStore {
         incoming[i]
             .as_ref()
             .expect("every event decided `store` is handed back")
@@ -752,7 +786,7 @@ fn prepare(job: &Job, decided: &Decided, stored_pos: &[u64]) -> Result<Prepared,
     // the batch finds its first half here.
     let mut here: HashMap<(Fp, bool), u64, BuildHasherDefault<Identity>> = HashMap::default();
     let mut pos_of = vec![0u64; incoming.len()];
-    for (i, decision) in resolution.decisions.iter().enumerate() {
+    for (i, decision) in decided.decisions.iter().enumerate() {
         let span = incoming_span[i];
         match decision {
             Decision::Store => {
@@ -765,7 +799,7 @@ fn prepare(job: &Job, decided: &Decided, stored_pos: &[u64]) -> Result<Prepared,
                         fare_cents: e.fare_cents,
                         source: job.source,
                         line: batch.lines[span],
-                        trip_id: &e.trip_id,
+                        trip_id: decided.trip_ids.get(i),
                         extras: &e.extras,
                         raw: batch.raw(span),
                     },
@@ -804,7 +838,7 @@ fn prepare(job: &Job, decided: &Decided, stored_pos: &[u64]) -> Result<Prepared,
         } else {
             (Some(pos_of[c]), earlier)
         };
-        let t = &closing.trip;
+        let t = closing;
         match t.status {
             TripStatus::Completed => p.tally.completed += 1,
             TripStatus::Invalid => p.tally.invalid += 1,
