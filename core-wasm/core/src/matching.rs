@@ -29,8 +29,13 @@ pub(crate) struct EventView<'a> {
     pub(crate) extras: &'a str,
 }
 
-impl TripEvent {
-    pub(crate) fn view(&self) -> EventView<'_> {
+/// What [`resolve_views`] reads an event through.
+pub(crate) trait AsView {
+    fn as_view(&self) -> EventView<'_>;
+}
+
+impl AsView for TripEvent {
+    fn as_view(&self) -> EventView<'_> {
         EventView {
             trip_id: &self.trip_id,
             kind: self.kind,
@@ -38,6 +43,12 @@ impl TripEvent {
             fare_cents: self.fare_cents,
             extras: &self.extras,
         }
+    }
+}
+
+impl AsView for EventView<'_> {
+    fn as_view(&self) -> EventView<'_> {
+        *self
     }
 }
 
@@ -74,9 +85,7 @@ pub(crate) struct Resolved<'a> {
 /// It does not matter how the host learnt them: read before the batch, or handed back by the
 /// conditional writes of the batch's first copies.
 pub fn resolve(incoming: &[TripEvent], stored: &[TripEvent], clock: Clock) -> Resolution {
-    let incoming: Vec<EventView<'_>> = incoming.iter().map(TripEvent::view).collect();
-    let stored: Vec<EventView<'_>> = stored.iter().map(TripEvent::view).collect();
-    let r = resolve_views(&incoming, &stored, clock);
+    let r = resolve_views(incoming, stored, clock);
     Resolution {
         decisions: r.decisions,
         closed: r
@@ -94,17 +103,18 @@ pub fn resolve(incoming: &[TripEvent], stored: &[TripEvent], clock: Clock) -> Re
 }
 
 /// [`resolve`] over borrowed events.
-pub(crate) fn resolve_views<'a>(
-    incoming: &[EventView<'a>],
-    stored: &[EventView<'a>],
+pub(crate) fn resolve_views<'a, I: AsView, S: AsView>(
+    incoming: &'a [I],
+    stored: &'a [S],
     clock: Clock,
 ) -> Resolved<'a> {
     let horizon = clock.horizon_ns();
     let mut slots: HashMap<&str, Slot<'_>> = HashMap::with_capacity(incoming.len());
     for (i, event) in stored.iter().enumerate() {
+        let event = event.as_view();
         let half = slots.entry(event.trip_id).or_default().half(event.kind);
         if half.is_none() {
-            *half = Some((EventRef::Stored(i as u32), *event));
+            *half = Some((EventRef::Stored(i as u32), event));
         }
     }
 
@@ -117,15 +127,16 @@ pub(crate) fn resolve_views<'a>(
     };
     let mut newly_stored = Vec::new();
     for (i, event) in incoming.iter().enumerate() {
+        let event = event.as_view();
         let slot = slots.entry(event.trip_id).or_default();
         let decision = match slot.half(event.kind) {
-            Some((first, earlier)) if earlier == event => Decision::Duplicate(*first),
+            Some((first, earlier)) if *earlier == event => Decision::Duplicate(*first),
             Some((first, earlier)) => Decision::ConflictingDuplicate(Conflict {
                 first: *first,
-                detail: describe_conflict(earlier, event),
+                detail: describe_conflict(earlier, &event),
             }),
             half @ None => {
-                *half = Some((EventRef::Incoming(i as u32), *event));
+                *half = Some((EventRef::Incoming(i as u32), event));
                 if event.timestamp_ns > horizon {
                     resolution.skewed.push(i as u32);
                 } else {
@@ -143,7 +154,7 @@ pub(crate) fn resolve_views<'a>(
     resolution.opened = newly_stored
         .into_iter()
         .filter(|&i| {
-            let slot = &slots[incoming[i].trip_id];
+            let slot = &slots[incoming[i].as_view().trip_id];
             slot.start.is_none() || slot.end.is_none()
         })
         .map(|i| i as u32)
@@ -156,7 +167,7 @@ pub(crate) fn resolve_views<'a>(
 /// End before start makes it `invalid` (checked first); otherwise the fare is the end's,
 /// else the start's, and a trip with neither is `no_fare`.
 pub fn pair(start: &TripEvent, end: &TripEvent) -> ClosedTrip {
-    pair_views(start.view(), end.view())
+    pair_views(start.as_view(), end.as_view())
 }
 
 fn pair_views(start: EventView<'_>, end: EventView<'_>) -> ClosedTrip {
