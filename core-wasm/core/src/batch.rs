@@ -220,22 +220,39 @@ impl BatchResolution {
                 fare_cents: c.trip.fare_cents,
             })
             .collect();
-        let mut out = BatchResolution {
-            closed,
+        let r = crate::matching::Resolved {
+            decisions: resolution.decisions,
+            closed: (),
             opened: resolution.opened,
             newest_ns: resolution.newest_ns,
             skewed: resolution.skewed,
-            ..BatchResolution::default()
         };
-        out.split(resolution.decisions, |i| {
+        BatchResolution::assemble(r, closed, |i| {
             let e = &incoming[i];
             (e.kind, e.timestamp_ns, e.fare_cents, e.extras.clone())
-        });
+        })
+    }
+
+    /// A resolution with `closed`, each decision filed in its list; `event(i)` gives accepted
+    /// event `i` to store.
+    fn assemble<C>(
+        r: crate::matching::Resolved<C>,
+        closed: Vec<Closed>,
+        event: impl Fn(usize) -> (EventKind, i64, Option<i64>, String),
+    ) -> BatchResolution {
+        let mut out = BatchResolution {
+            new_events: Vec::with_capacity(r.decisions.len()),
+            closed,
+            opened: r.opened,
+            newest_ns: r.newest_ns,
+            skewed: r.skewed,
+            ..BatchResolution::default()
+        };
+        out.file(r.decisions, event);
         out
     }
 
-    /// Files each decision in its list; `event(i)` gives accepted event `i` to store.
-    fn split(
+    fn file(
         &mut self,
         decisions: Vec<Decision>,
         event: impl Fn(usize) -> (EventKind, i64, Option<i64>, String),
@@ -360,19 +377,17 @@ impl Batch {
                 }
             })
             .collect();
-        let mut out = BatchResolution {
-            new_events: Vec::with_capacity(r.decisions.len()),
-            closed,
+        let r = crate::matching::Resolved {
+            decisions: r.decisions,
+            closed: (),
             opened: r.opened,
             newest_ns: r.newest_ns,
             skewed: r.skewed,
-            ..BatchResolution::default()
         };
-        out.split(r.decisions, |i| {
+        BatchResolution::assemble(r, closed, |i| {
             let e = &self.events[i];
             (e.kind, e.timestamp_ns, e.fare_cents, e.extras.clone())
-        });
-        out
+        })
     }
 }
 

@@ -68,11 +68,11 @@ impl<'a> Slot<'a> {
     }
 }
 
-/// A [`Resolution`] whose closed trips are still their two halves.
-pub(crate) struct Resolved<'a> {
+/// A [`Resolution`] whose closed trips are `C`: their two halves as [`resolve_views`] finds
+/// them (the closing event's index, the start and the end).
+pub(crate) struct Resolved<C> {
     pub(crate) decisions: Vec<Decision>,
-    /// The closing event's index, the start and the end.
-    pub(crate) closed: Vec<(u32, EventView<'a>, EventView<'a>)>,
+    pub(crate) closed: C,
     pub(crate) opened: Vec<u32>,
     pub(crate) newest_ns: Option<i64>,
     pub(crate) skewed: Vec<u32>,
@@ -107,7 +107,7 @@ pub(crate) fn resolve_views<'a, I: AsView, S: AsView>(
     incoming: &'a [I],
     stored: &'a [S],
     clock: Clock,
-) -> Resolved<'a> {
+) -> Resolved<Vec<(u32, EventView<'a>, EventView<'a>)>> {
     let horizon = clock.horizon_ns();
     let mut slots: HashMap<&str, Slot<'_>> = HashMap::with_capacity(incoming.len());
     for (i, event) in stored.iter().enumerate() {
