@@ -36,7 +36,8 @@ impl TripIds {
         let mut start = 0;
         for &end in &ends {
             let end = end as usize;
-            if end < start || !text.is_char_boundary(end) || end > text.len() {
+            // `is_char_boundary` is false past the end too.
+            if end < start || !text.is_char_boundary(end) {
                 return None;
             }
             start = end;

@@ -22,11 +22,7 @@ pub(crate) fn scan(record: &[u8]) -> Option<Fields<'_>> {
     // One check for the whole record: afterwards every slice between ASCII delimiters is
     // valid UTF-8. A record that is not UTF-8 is not valid JSON either; serde_json says where.
     let text = std::str::from_utf8(record).ok()?;
-    let mut s = Scanner {
-        text,
-        bytes: record,
-        at: 0,
-    };
+    let mut s = Scanner { text, at: 0 };
     let mut fields = Fields::default();
     s.skip_ws();
     s.expect(b'{')?;
@@ -85,13 +81,16 @@ const STOPS: [bool; 256] = {
 
 struct Scanner<'a> {
     text: &'a str,
-    bytes: &'a [u8],
     at: usize,
 }
 
 impl<'a> Scanner<'a> {
+    fn bytes(&self) -> &'a [u8] {
+        self.text.as_bytes()
+    }
+
     fn peek(&self) -> Option<u8> {
-        self.bytes.get(self.at).copied()
+        self.bytes().get(self.at).copied()
     }
 
     /// JSON's white space, as serde_json skips it.
@@ -126,7 +125,7 @@ impl<'a> Scanner<'a> {
     fn string(&mut self) -> Option<&'a str> {
         let start = self.at;
         self.expect(b'"')?;
-        let rest = &self.bytes[self.at..];
+        let rest = &self.bytes()[self.at..];
         let len = rest.iter().position(|&b| STOPS[usize::from(b)])?;
         if rest[len] != b'"' {
             return None;
@@ -184,7 +183,7 @@ impl<'a> Scanner<'a> {
 
     fn literal(&mut self, word: &'static str) -> Option<&'a str> {
         let end = self.at + word.len();
-        if self.bytes.get(self.at..end)? != word.as_bytes() {
+        if self.bytes().get(self.at..end)? != word.as_bytes() {
             return None;
         }
         let text = &self.text[self.at..end];
