@@ -12,6 +12,8 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 
+use foldhash::fast::FixedState;
+
 use crate::money::format_cents;
 use crate::time::format_rfc3339_utc;
 use crate::types::{
@@ -109,10 +111,31 @@ pub(crate) fn resolve_views<'a, I: AsView, S: AsView>(
     clock: Clock,
 ) -> Resolved<Vec<(u32, EventView<'a>, EventView<'a>)>> {
     let horizon = clock.horizon_ns();
-    let mut slots: HashMap<&str, Slot<'_>> = HashMap::with_capacity(incoming.len());
-    for (i, event) in stored.iter().enumerate() {
+    // Each trip's slot, found by its id once per event. The ids are the batch's (at most a
+    // few thousand, from the host's own batch), so a fixed-seed hash keeps the decisions
+    // independent of any randomness and costs a fraction of SipHash.
+    let mut slot_of: HashMap<&str, u32, FixedState> =
+        HashMap::with_capacity_and_hasher(incoming.len(), FixedState::default());
+    let mut slots: Vec<Slot<'_>> = Vec::with_capacity(incoming.len());
+    let mut slot_index = |trip_id: &'a str| -> usize {
+        let next = slots.len() as u32;
+        let at = *slot_of.entry(trip_id).or_insert(next);
+        if at == next {
+            slots.push(Slot::default());
+        }
+        at as usize
+    };
+    let mut stored_slots = Vec::with_capacity(stored.len());
+    for event in stored {
+        stored_slots.push(slot_index(event.as_view().trip_id));
+    }
+    let mut incoming_slots = Vec::with_capacity(incoming.len());
+    for event in incoming {
+        incoming_slots.push(slot_index(event.as_view().trip_id));
+    }
+    for (i, (event, &at)) in stored.iter().zip(&stored_slots).enumerate() {
         let event = event.as_view();
-        let half = slots.entry(event.trip_id).or_default().half(event.kind);
+        let half = slots[at].half(event.kind);
         if half.is_none() {
             *half = Some((EventRef::Stored(i as u32), event));
         }
@@ -126,9 +149,9 @@ pub(crate) fn resolve_views<'a, I: AsView, S: AsView>(
         skewed: Vec::new(),
     };
     let mut newly_stored = Vec::new();
-    for (i, event) in incoming.iter().enumerate() {
+    for (i, (event, &at)) in incoming.iter().zip(&incoming_slots).enumerate() {
         let event = event.as_view();
-        let slot = slots.entry(event.trip_id).or_default();
+        let slot = &mut slots[at];
         let decision = match slot.half(event.kind) {
             Some((first, earlier)) if *earlier == event => Decision::Duplicate(*first),
             Some((first, earlier)) => Decision::ConflictingDuplicate(Conflict {
@@ -142,7 +165,7 @@ pub(crate) fn resolve_views<'a, I: AsView, S: AsView>(
                 } else {
                     resolution.newest_ns = resolution.newest_ns.max(Some(event.timestamp_ns));
                 }
-                newly_stored.push(i);
+                newly_stored.push((i as u32, at));
                 if let (Some((_, start)), Some((_, end))) = (slot.start, slot.end) {
                     resolution.closed.push((i as u32, start, end));
                 }
@@ -153,11 +176,8 @@ pub(crate) fn resolve_views<'a, I: AsView, S: AsView>(
     }
     resolution.opened = newly_stored
         .into_iter()
-        .filter(|&i| {
-            let slot = &slots[incoming[i].as_view().trip_id];
-            slot.start.is_none() || slot.end.is_none()
-        })
-        .map(|i| i as u32)
+        .filter(|&(_, at)| slots[at].start.is_none() || slots[at].end.is_none())
+        .map(|(i, _)| i)
         .collect();
     resolution
 }
