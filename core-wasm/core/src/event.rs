@@ -282,7 +282,7 @@ impl<'a> Fields<'a> {
             if i > 0 {
                 out.push(',');
             }
-            out.push_str(&serde_json::to_string(key.as_ref()).expect("a str serialises"));
+            push_json_string(&mut out, key);
             out.push(':');
             check_escapes(key, value)?;
             push_minified(&mut out, value);
@@ -301,6 +301,9 @@ fn duplicate_key(key: &str) -> Reject {
 /// (serde_json, Java, Athena) refuse it. Found by coverage-guided fuzzing.
 fn check_escapes(key: &str, json: &str) -> Result<(), Reject> {
     let b = json.as_bytes();
+    if !b.contains(&b'\\') {
+        return Ok(());
+    }
     let hex = |at: usize| -> Option<u16> {
         let digits = std::str::from_utf8(b.get(at..at + 4)?).ok()?;
         u16::from_str_radix(digits, 16).ok()
@@ -343,25 +346,38 @@ fn check_escapes(key: &str, json: &str) -> Result<(), Reject> {
     Ok(())
 }
 
+/// Appends `text` as a JSON string, escaped as serde_json escapes it.
+fn push_json_string(out: &mut String, text: &str) {
+    // serde_json escapes only the quote, the backslash and control characters below U+0020.
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::to_string(text).expect("a str serialises"));
+    }
+}
+
 /// Appends already validated JSON text without white space outside strings.
 fn push_minified(out: &mut String, json: &str) {
+    let b = json.as_bytes();
+    // White space is ASCII, so the runs between dropped bytes are whole characters.
+    let mut run = 0;
     let mut in_string = false;
-    let mut escaped = false;
-    for c in json.chars() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_string = false;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' if in_string => i += 1, // the escaped byte is ASCII too
+            b'"' => in_string = !in_string,
+            b' ' | b'\t' | b'\n' | b'\r' if !in_string => {
+                out.push_str(&json[run..i]);
+                run = i + 1;
             }
-            out.push(c);
-        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
-            in_string = c == '"';
-            out.push(c);
+            _ => {}
         }
+        i += 1;
     }
+    out.push_str(&json[run..]);
 }
 
 impl<'de> de::Deserialize<'de> for Fields<'de> {
@@ -580,5 +596,77 @@ mod tests {
         assert!(
             matches!(&out[0], ParseOutcome::Rejected(Reject::MalformedJson(d)) if d.contains("outside"))
         );
+    }
+}
+
+#[cfg(test)]
+mod canonical_form {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The char-at-a-time minifier `push_minified` replaced, as the reference.
+    fn minified_by_chars(json: &str) -> String {
+        let (mut out, mut in_string, mut escaped) = (String::new(), false, false);
+        for c in json.chars() {
+            if in_string {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == '"' {
+                    in_string = false;
+                }
+                out.push(c);
+            } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+                in_string = c == '"';
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    /// JSON values written with white space inside and outside strings, escapes included.
+    fn value() -> impl Strategy<Value = String> {
+        let text = "[a-z é\t\"\\\\/]{0,6}".prop_map(|s| serde_json::to_string(&s).unwrap());
+        let leaf = prop_oneof![
+            text,
+            "-?[0-9]{1,4}(\\.[0-9]{1,2})?",
+            Just("null".to_owned())
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            let ws = "[ \t\r\n]{0,2}";
+            prop_oneof![
+                proptest::collection::vec((ws, inner.clone(), ws), 0..4).prop_map(|items| {
+                    let items: Vec<String> =
+                        items.into_iter().map(|(a, v, b)| a + &v + &b).collect();
+                    format!("[{}]", items.join(","))
+                }),
+                proptest::collection::vec(("[a-z ]{1,3}", ws, inner), 0..4).prop_map(|items| {
+                    let items: Vec<String> = items
+                        .into_iter()
+                        .map(|(k, w, v)| {
+                            format!("{}{w}:{w}{v}", serde_json::to_string(&k).unwrap())
+                        })
+                        .collect();
+                    format!("{{ {} }}", items.join(" , "))
+                }),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn minifies_as_the_char_reference(json in value()) {
+            let mut out = String::new();
+            push_minified(&mut out, &json);
+            prop_assert_eq!(out, minified_by_chars(&json));
+        }
+
+        #[test]
+        fn quotes_keys_as_serde_json(key in "(?s).{0,8}") {
+            let mut out = String::new();
+            push_json_string(&mut out, &key);
+            prop_assert_eq!(out, serde_json::to_string(&key).unwrap());
+        }
     }
 }
