@@ -7,6 +7,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A clean build and the tests take about 7 GB (target/, the local engines, the browser); say so
+# up front rather than failing mid-build with "No space left on device".
+free_kb=$(df -Pk . | awk 'NR == 2 { print $4 }')
+if [ "$free_kb" -lt $((8 * 1024 * 1024)) ]; then
+  echo "warning: $((free_kb / 1024 / 1024)) GB free on this disk; a clean build and the tests need about 7 GB" >&2
+fi
+
 # rust-toolchain.toml pins the toolchain; make sure its target and tools are present even when
 # the toolchain was installed before this checkout existed.
 rustup target add wasm32-wasip2 >/dev/null
