@@ -111,9 +111,10 @@ pub(crate) fn resolve_views<'a, I: AsView, S: AsView>(
     clock: Clock,
 ) -> Resolved<Vec<(u32, EventView<'a>, EventView<'a>)>> {
     let horizon = clock.horizon_ns();
-    // Each trip's slot, found by its id once per event. The ids are the batch's (at most a
-    // few thousand, from the host's own batch), so a fixed-seed hash keeps the decisions
-    // independent of any randomness and costs a fraction of SipHash.
+    // Each trip's slot, found by its id once per event. The keys are one batch's trip ids (at
+    // most the host's batch size, 10,000 records in the Lambda functions), so SipHash's
+    // resistance to crafted collisions buys little; a fixed-seed hash costs a fraction of it
+    // and keeps the work free of randomness.
     let mut slot_of: HashMap<&str, u32, FixedState> =
         HashMap::with_capacity_and_hasher(incoming.len(), FixedState::default());
     let mut slots: Vec<Slot<'_>> = Vec::with_capacity(incoming.len());

@@ -257,10 +257,11 @@ fn main() {
 
 /// glibc's malloc gives a freed block over its thresholds back to the kernel (128 KiB to
 /// start with, adjusted as blocks are freed, and trimmed per thread arena), so the replay's
-/// per-batch buffers, about 1 MiB each on three threads, kept landing on fresh pages: 140,000
-/// page faults for 2M events, 6.3 s of system time for 10M. Fixed thresholds of 4 MiB (a
-/// batch's largest buffer is smaller) and 8 MiB keep them in the heap: system time 3.1 s for
-/// 10M, peak RSS +1.4 MB (BENCHMARKS.md).
+/// per-batch buffers, about 1 MiB each on three threads, kept landing on fresh pages: 135,000
+/// page faults for 2M events, 6.3 s of system time for 10M. Fixed thresholds of 4 MiB (a batch
+/// of typical events needs a fraction of it; larger buffers are still mapped and unmapped) and
+/// 8 MiB keep them in the heap: 52,000 faults, 3.1 s, and the 10M replay's peak RSS within
+/// 1.5 MB of what it was (BENCHMARKS.md).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_batch_buffers_in_the_heap() {
     // SAFETY: mallopt only sets malloc's parameters; it runs before any other thread exists.
