@@ -118,24 +118,9 @@ pub(crate) fn resolve_views<'a, I: AsView, S: AsView>(
     let mut slot_of: HashMap<&str, u32, FixedState> =
         HashMap::with_capacity_and_hasher(incoming.len(), FixedState::default());
     let mut slots: Vec<Slot<'_>> = Vec::with_capacity(incoming.len());
-    let mut slot_index = |trip_id: &'a str| -> usize {
-        let next = slots.len() as u32;
-        let at = *slot_of.entry(trip_id).or_insert(next);
-        if at == next {
-            slots.push(Slot::default());
-        }
-        at as usize
-    };
-    let mut stored_slots = Vec::with_capacity(stored.len());
-    for event in stored {
-        stored_slots.push(slot_index(event.as_view().trip_id));
-    }
-    let mut incoming_slots = Vec::with_capacity(incoming.len());
-    for event in incoming {
-        incoming_slots.push(slot_index(event.as_view().trip_id));
-    }
-    for (i, (event, &at)) in stored.iter().zip(&stored_slots).enumerate() {
+    for (i, event) in stored.iter().enumerate() {
         let event = event.as_view();
+        let at = slot_for(&mut slot_of, &mut slots, event.trip_id);
         let half = slots[at].half(event.kind);
         if half.is_none() {
             *half = Some((EventRef::Stored(i as u32), event));
@@ -150,8 +135,9 @@ pub(crate) fn resolve_views<'a, I: AsView, S: AsView>(
         skewed: Vec::new(),
     };
     let mut newly_stored = Vec::new();
-    for (i, (event, &at)) in incoming.iter().zip(&incoming_slots).enumerate() {
+    for (i, event) in incoming.iter().enumerate() {
         let event = event.as_view();
+        let at = slot_for(&mut slot_of, &mut slots, event.trip_id);
         let slot = &mut slots[at];
         let decision = match slot.half(event.kind) {
             Some((first, earlier)) if *earlier == event => Decision::Duplicate(*first),
@@ -181,6 +167,20 @@ pub(crate) fn resolve_views<'a, I: AsView, S: AsView>(
         .map(|(i, _)| i)
         .collect();
     resolution
+}
+
+/// The index in `slots` of `trip_id`'s slot, a new one the first time the id is seen.
+fn slot_for<'a>(
+    slot_of: &mut HashMap<&'a str, u32, FixedState>,
+    slots: &mut Vec<Slot<'a>>,
+    trip_id: &'a str,
+) -> usize {
+    let next = slots.len() as u32;
+    let at = *slot_of.entry(trip_id).or_insert(next);
+    if at == next {
+        slots.push(Slot::default());
+    }
+    at as usize
 }
 
 /// Closes a trip from its two halves.

@@ -453,19 +453,20 @@ fn work<P: CoreProvider>(
 }
 
 /// Asks the committing thread for the stored events of `ids`' trips; returns them with their
-/// positions in `events.log`.
+/// positions in `events.log`, and the fingerprint of each id.
 fn ask(
     to_main: &mpsc::Sender<Message>,
     seq: u64,
-    ids: &[&str],
-    fps: &Arc<Vec<Fp>>,
-) -> Result<(Vec<StoredEvent>, Vec<u64>), Error> {
+    fingerprints: Fingerprinter,
+    ids: &TripIds,
+) -> Result<(Vec<StoredEvent>, Vec<u64>, Arc<Vec<Fp>>), Error> {
+    let fps: Arc<Vec<Fp>> = Arc::new(ids.iter().map(|id| fingerprints.of(id)).collect());
     let (reply, answer) = mpsc::sync_channel(1);
     let gone = || Error::Stopped;
     to_main
         .send(Message::Lookup(Lookup {
             seq,
-            fps: Arc::clone(fps),
+            fps: Arc::clone(&fps),
             reply,
         }))
         .map_err(|_| gone())?;
@@ -476,7 +477,7 @@ fn ask(
     );
     for h in hits {
         if let Some(read) = h.trip_id {
-            let id = ids[h.incoming as usize];
+            let id = ids.get(h.incoming as usize);
             if read != id {
                 return Err(Error::Damaged(format!(
                     "trip ids {id:?} and {read:?} share a fingerprint; replay the inputs into a \
@@ -493,7 +494,7 @@ fn ask(
         });
         pos.push(h.pos);
     }
-    Ok((stored, pos))
+    Ok((stored, pos, fps))
 }
 
 /// What the store holds of the trips of `fps` (one per accepted event of a batch), each trip
@@ -645,9 +646,7 @@ fn decide<P: CoreProvider>(
         None => session.insert(provider.session()?),
     };
     let in_core = core.parse_resolve::<Error>(&batch.buf, &batch.spans, job.clock, |parsed| {
-        let ids: Vec<&str> = parsed.trip_ids.iter().collect();
-        let fps = Arc::new(ids.iter().map(|id| fingerprints.of(id)).collect());
-        let (stored, pos) = ask(to_main, job.seq, &ids, &fps)?;
+        let (stored, pos, fps) = ask(to_main, job.seq, fingerprints, &parsed.trip_ids)?;
         looked = (fps, pos);
         Ok(stored)
     });
@@ -698,13 +697,11 @@ fn decide_isolating<P: CoreProvider>(
         });
     }
     let trip_ids: TripIds = events.iter().map(|e| e.trip_id.as_str()).collect();
-    let ids: Vec<&str> = trip_ids.iter().collect();
-    let fps = Arc::new(ids.iter().map(|id| fingerprints.of(id)).collect());
-    let (stored, stored_pos) = ask(to_main, job.seq, &ids, &fps)?;
+    let (stored, stored_pos, fps) = ask(to_main, job.seq, fingerprints, &trip_ids)?;
     let stored: Vec<TripEvent> = stored
         .into_iter()
         .map(|s| TripEvent {
-            trip_id: ids[s.trip_of as usize].to_owned(),
+            trip_id: trip_ids.get(s.trip_of as usize).to_owned(),
             kind: s.kind,
             timestamp_ns: s.timestamp_ns,
             fare_cents: s.fare_cents,
