@@ -452,14 +452,17 @@ fn work<P: CoreProvider>(
     }
 }
 
-/// Asks the committing thread for the stored events of `ids`' trips; returns them with their
-/// positions in `events.log`, and the fingerprint of each id.
+/// What [`ask`] answers: the stored events, their positions in `events.log`, and the
+/// fingerprint of each id asked about.
+type Looked = (Vec<StoredEvent>, Vec<u64>, Arc<Vec<Fp>>);
+
+/// Asks the committing thread for the stored events of `ids`' trips.
 fn ask(
     to_main: &mpsc::Sender<Message>,
     seq: u64,
     fingerprints: Fingerprinter,
     ids: &TripIds,
-) -> Result<(Vec<StoredEvent>, Vec<u64>, Arc<Vec<Fp>>), Error> {
+) -> Result<Looked, Error> {
     let fps: Arc<Vec<Fp>> = Arc::new(ids.iter().map(|id| fingerprints.of(id)).collect());
     let (reply, answer) = mpsc::sync_channel(1);
     let gone = || Error::Stopped;
