@@ -1,4 +1,4 @@
-//! The tripflow core as a WASI component: only the `tripflow:core@0.4.0` export glue.
+//! The tripflow core as a WASI component: only the `tripflow:core@0.5.0` export glue.
 //!
 //! Every function converts the WIT types to `tripflow_core`'s, calls the library and converts
 //! the answer back; there is no logic here to test on its own.
@@ -91,6 +91,14 @@ impl kpi::Guest for Component {
         let totals: Vec<core::DayTotals> = totals.into_iter().map(totals_in).collect();
         let trips: Vec<core::TripFare> = trips.into_iter().map(trip_fare_in).collect();
         core::accumulate(&zone, &totals, &trips)
+            .map(|v| v.into_iter().map(totals_out).collect())
+            .map_err(kpi_error_out)
+    }
+
+    fn merge(a: Vec<DayTotals>, b: Vec<DayTotals>) -> Result<Vec<DayTotals>, KpiError> {
+        let a: Vec<core::DayTotals> = a.into_iter().map(totals_in).collect();
+        let b: Vec<core::DayTotals> = b.into_iter().map(totals_in).collect();
+        core::merge(&a, &b)
             .map(|v| v.into_iter().map(totals_out).collect())
             .map_err(kpi_error_out)
     }

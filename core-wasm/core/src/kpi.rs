@@ -164,6 +164,50 @@ pub fn accumulate(
         .collect())
 }
 
+/// Merges two lists of running totals (each from [`accumulate`], computed over disjoint sets of
+/// trips) into the totals of both sets, sorted by date: how a distributed KPI job combines what
+/// its partitions accumulated. Counts and sums add, minimum and maximum take the smaller and the
+/// larger, so the result equals accumulating every trip in one list, in any order.
+pub fn merge(a: &[DayTotals], b: &[DayTotals]) -> Result<Vec<DayTotals>, KpiError> {
+    let mut days: BTreeMap<i64, Totals> = BTreeMap::new();
+    for t in a.iter().chain(b) {
+        let day = parse_date(&t.date).ok_or_else(|| bad_date(&t.date))?;
+        let add = Totals {
+            count: t.trip_count,
+            total: t.total_cents,
+            min: t.min_cents,
+            max: t.max_cents,
+        };
+        match days.get_mut(&day) {
+            Some(sum) => {
+                let overflow = || {
+                    KpiError::Overflow(format!(
+                        "total fare of {} exceeds 64-bit cents",
+                        format_date(day)
+                    ))
+                };
+                sum.count = sum.count.checked_add(add.count).ok_or_else(overflow)?;
+                sum.total = sum.total.checked_add(add.total).ok_or_else(overflow)?;
+                sum.min = sum.min.min(add.min);
+                sum.max = sum.max.max(add.max);
+            }
+            None => {
+                days.insert(day, add);
+            }
+        }
+    }
+    Ok(days
+        .into_iter()
+        .map(|(day, t)| DayTotals {
+            date: format_date(day),
+            trip_count: t.count,
+            total_cents: t.total,
+            min_cents: t.min,
+            max_cents: t.max,
+        })
+        .collect())
+}
+
 /// Final rows for the days in `[from, to]` (inclusive; `None` leaves that end open), by date.
 pub fn finish(
     totals: &[DayTotals],
@@ -249,6 +293,26 @@ mod tests {
             start_ns: parse_rfc3339(start).unwrap(),
             fare_cents: Some(cents),
         }
+    }
+
+    #[test]
+    fn merging_partials_equals_accumulating_everything() {
+        let trips = [
+            fare("2019-03-01T10:00:00Z", 250),
+            fare("2019-03-01T23:59:59Z", 1_000),
+            fare("2019-03-02T00:00:00Z", 75),
+            fare("2019-03-01T05:00:00Z", 100),
+        ];
+        let whole = accumulate("UTC", &[], &trips).unwrap();
+        let (left, right) = trips.split_at(2);
+        let a = accumulate("UTC", &[], left).unwrap();
+        let b = accumulate("UTC", &[], right).unwrap();
+        assert_eq!(merge(&a, &b).unwrap(), whole);
+        assert_eq!(merge(&b, &a).unwrap(), whole);
+        assert_eq!(merge(&whole, &[]).unwrap(), whole);
+        let mut big = whole.clone();
+        big[0].total_cents = i64::MAX;
+        assert!(matches!(merge(&big, &whole), Err(KpiError::Overflow(_))));
     }
 
     #[test]

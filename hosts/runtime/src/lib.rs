@@ -1,6 +1,6 @@
 //! The one crate that owns wasmtime.
 //!
-//! It runs `bindgen!` once for `tripflow:core@0.4.0`, defines the single engine configuration
+//! It runs `bindgen!` once for `tripflow:core@0.5.0`, defines the single engine configuration
 //! used by every host and by the precompiler, loads a component (`.wasm`, or a precompiled
 //! `.cwasm`), builds the [`InstancePre`](wasmtime::component::InstancePre) once, and gives every
 //! batch a fresh, bounded [`Store`]: a memory cap and an epoch deadline stop a runaway guest
@@ -131,6 +131,8 @@ pub trait TripCore {
         totals: &[DayTotals],
         trips: &[TripFare],
     ) -> Result<Vec<DayTotals>, CoreError>;
+    /// See `kpi.merge`.
+    fn merge(&mut self, a: &[DayTotals], b: &[DayTotals]) -> Result<Vec<DayTotals>, CoreError>;
     /// See `kpi.finish`.
     fn finish(
         &mut self,
@@ -626,6 +628,14 @@ impl TripCore for WasmSession {
             c.tripflow_core_kpi()
                 .call_accumulate(s, zone, &totals, &trips)
         })?;
+        r.map(|v| v.into_iter().map(convert::totals_in).collect())
+            .map_err(|e| CoreError::Kpi(convert::kpi_error_in(e)))
+    }
+
+    fn merge(&mut self, a: &[DayTotals], b: &[DayTotals]) -> Result<Vec<DayTotals>, CoreError> {
+        let a: Vec<_> = a.iter().map(convert::totals_out).collect();
+        let b: Vec<_> = b.iter().map(convert::totals_out).collect();
+        let r = self.call(|c, s| c.tripflow_core_kpi().call_merge(s, &a, &b))?;
         r.map(|v| v.into_iter().map(convert::totals_in).collect())
             .map_err(|e| CoreError::Kpi(convert::kpi_error_in(e)))
     }

@@ -91,6 +91,10 @@ impl TripCore for NativeCore {
         Ok(tripflow_core::accumulate(zone, totals, trips)?)
     }
 
+    fn merge(&mut self, a: &[DayTotals], b: &[DayTotals]) -> Result<Vec<DayTotals>, CoreError> {
+        Ok(tripflow_core::merge(a, b)?)
+    }
+
     fn finish(
         &mut self,
         totals: &[DayTotals],
