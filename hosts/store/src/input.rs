@@ -46,8 +46,15 @@ impl Input {
         }
     }
 
-    /// Opens the input for reading.
+    /// Opens the input for reading; a gzip input (by its magic bytes, whatever its name) is
+    /// decompressed, all of its members in turn.
     pub fn open(&self) -> Result<Box<dyn BufRead + Send>, Error> {
+        let raw = self.open_raw()?;
+        gunzip_if_compressed(raw).io(|| format!("reading {}", self.name))
+    }
+
+    /// Opens the input's bytes as they are, compressed or not.
+    pub fn open_raw(&self) -> Result<Box<dyn BufRead + Send>, Error> {
         match &self.source {
             InputSource::Stdin => Ok(Box::new(BufReader::with_capacity(1 << 20, io::stdin()))),
             InputSource::File(path) => {
@@ -74,6 +81,46 @@ impl Input {
             InputSource::Stdin => None,
             InputSource::File(path) => std::fs::metadata(path).ok().map(|m| m.len()),
         }
+    }
+}
+
+/// `reader` itself, or its decompressed bytes when it starts with the gzip magic bytes.
+pub fn gunzip_if_compressed(
+    mut reader: Box<dyn BufRead + Send>,
+) -> io::Result<Box<dyn BufRead + Send>> {
+    let head = loop {
+        match reader.fill_buf() {
+            Ok(b) => break b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    if head.starts_with(&[0x1f, 0x8b]) {
+        let gz = flate2::bufread::MultiGzDecoder::new(reader);
+        return Ok(Box::new(BufReader::with_capacity(1 << 20, Gunzip(gz))));
+    }
+    Ok(reader)
+}
+
+/// A gzip stream whose errors say what to do about them.
+struct Gunzip<R>(R);
+
+impl<R: io::Read> io::Read for Gunzip<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).map_err(|e| {
+            let kind = match e.kind() {
+                io::ErrorKind::Interrupted => return e,
+                io::ErrorKind::UnexpectedEof => io::ErrorKind::UnexpectedEof,
+                _ => io::ErrorKind::InvalidData,
+            };
+            io::Error::new(
+                kind,
+                format!(
+                    "corrupt gzip data ({e}): the file is truncated or damaged; check it with \
+                     `gzip -t`, then fetch or compress it again"
+                ),
+            )
+        })
     }
 }
 
@@ -121,9 +168,14 @@ pub(crate) struct LineReader<R> {
 
 impl<R: BufRead> LineReader<R> {
     pub fn new(reader: R, max_record_bytes: u32) -> Self {
+        Self::starting_after(reader, max_record_bytes, 0)
+    }
+
+    /// A reader whose first line is line `line + 1` of its input (a split of a larger input).
+    pub fn starting_after(reader: R, max_record_bytes: u32, line: u64) -> Self {
         LineReader {
             reader,
-            line: 0,
+            line,
             max_record_bytes: max_record_bytes as usize,
         }
     }
