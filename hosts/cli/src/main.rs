@@ -3,6 +3,7 @@
 //! same component bytes.
 
 mod output;
+mod partition;
 
 use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Write};
@@ -132,6 +133,10 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// The stages of a replay as a distributed engine runs them (the Spark host's workers run
+    /// these; see hosts/spark and `scripts/tripflow-spark`).
+    #[command(subcommand, hide = true)]
+    Partition(partition::Stage),
     /// Print the core component's WIT package and sha256, or precompile it.
     Component {
         /// Write the component compiled ahead of time for this host (.cwasm) to this file.
@@ -509,6 +514,7 @@ fn dispatch<P: CoreProvider>(cli: &Cli, core: &P) -> Result<()> {
             }
             Ok(())
         }
+        Command::Partition(stage) => partition::run(stage, core),
         Command::Convert(_) | Command::Generate { .. } => {
             unreachable!("handled before loading the core")
         }

@@ -14,6 +14,7 @@ mod input;
 mod kpi;
 mod log;
 mod migrate;
+pub mod partition;
 mod quarantine;
 mod replay;
 mod report;
@@ -21,7 +22,7 @@ mod sweep;
 
 pub use db::{StateDir, StoreTotals};
 pub use error::Error;
-pub use input::{Input, InputSource};
+pub use input::{Input, InputSource, gunzip_if_compressed};
 pub use kpi::{KpiOptions, KpiReport, kpi};
 pub use quarantine::QuarantineRecord;
 pub use replay::{Progress, ReplayOptions, Summary, replay};

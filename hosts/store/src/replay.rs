@@ -104,7 +104,8 @@ pub struct Summary {
 }
 
 impl Summary {
-    fn new() -> Summary {
+    /// No records yet; every reason code listed with zero.
+    pub(crate) fn new() -> Summary {
         Summary {
             rejected: Reject::CODES.iter().map(|c| ((*c).to_owned(), 0)).collect(),
             ..Summary::default()

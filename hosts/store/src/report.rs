@@ -91,7 +91,7 @@ pub fn report<P: CoreProvider>(
 }
 
 /// A record's bytes as text for the page: lossy UTF-8, cut at [`EXAMPLE_BYTES`].
-fn shown(raw: &[u8]) -> String {
+pub(crate) fn shown(raw: &[u8]) -> String {
     let cut = raw.len().min(EXAMPLE_BYTES);
     let mut text = String::from_utf8_lossy(&raw[..cut]).into_owned();
     if cut < raw.len() {

@@ -1,0 +1,1005 @@
+//! A replay cut into the stages a distributed engine runs: the worker side of the Spark host.
+//!
+//! The Spark job (`hosts/spark`) splits the input as Spark splits work and runs the `tripflow`
+//! binary on each piece (`tripflow partition …`); Spark moves the bytes between the stages,
+//! shuffles and retries. Every decision is still the core's, and the result is the replay's:
+//!
+//! 1. **parse** ([`parse_split`]): the lines of one split of one input (a byte range of a plain
+//!    file, or a whole gzip file) are parsed by the core in batches, exactly as the replay reads
+//!    and parses them (same line reader, same record-size limit, same isolation of records the
+//!    core fails on). Rejected records leave as quarantine lines; accepted events leave in one
+//!    [`Frame::Events`] per bucket of trip ids, so that every event of a trip meets in one
+//!    bucket.
+//! 2. **resolve** ([`resolve_bucket`]): a bucket's events, sorted by trip and then by input
+//!    position (input index, line), go to `matching.resolve` in batches that hold whole trips.
+//!    Since the core decides each trip from its own events in order, that is the decision the
+//!    replay makes when it meets the same events one batch at a time. Closed trips are
+//!    accumulated into KPI day totals by the core; open trips are kept for the sweep.
+//! 3. **sweep** ([`sweep_open`]): with the newest event time of the whole input, the core picks
+//!    the orphans among each bucket's open trips, as `tripflow sweep` does after a replay.
+//! 4. **finish** ([`finish`]): the buckets' day totals are merged by the core (`kpi.merge`),
+//!    finished and rendered; the tallies add up to the replay's [`Summary`].
+//!
+//! Input positions are global: a split is told how many lines of its input come before it (the
+//! host counts them in a first pass), so quarantine lines carry the replay's line numbers and
+//! "first copy" means first in the order the inputs were given.
+//!
+//! Between stages everything travels as [`Frame`]s: a tag, a bucket and a length-prefixed
+//! payload. The host never looks inside a payload; it only routes frames by their bucket.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{self, BufRead, Read, Write};
+
+use serde::{Deserialize, Serialize};
+use tripflow_runtime::core::report::{
+    Accounting, Provenance, RejectExample, RejectGroup, ReportRequest,
+};
+use tripflow_runtime::core::{
+    Clock, DayKpi, DayTotals, Decision, EventKind, EventRef, ParseOutcome, Reject, TripEvent,
+    TripFare, TripStatus,
+};
+use tripflow_runtime::{CORE_FAILURE, CoreProvider, TripCore, parse_isolating};
+
+use crate::db::StoreTotals;
+use crate::error::{Error, IoContext};
+use crate::input::{Batch, LineReader};
+use crate::quarantine::{QuarantineRecord, RawBytes};
+use crate::replay::{ReplayOptions, Summary};
+use crate::report::{EXAMPLES_PER_REASON, shown};
+
+/// What a frame carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Tag {
+    /// Accepted events of one bucket (parse → resolve).
+    Events = 1,
+    /// Quarantine lines, each with its input position (parse, resolve → the quarantine file).
+    Rejects = 2,
+    /// A [`Tally`] as JSON (parse, resolve → finish).
+    Tally = 3,
+    /// KPI day totals as JSON (resolve → finish).
+    Totals = 4,
+    /// Open trips (resolve → sweep).
+    Open = 5,
+    /// A sweep's result as JSON (sweep → finish).
+    Swept = 6,
+    /// The inputs' names as a JSON list (host → resolve), for quarantine lines.
+    Names = 7,
+}
+
+impl Tag {
+    fn from_u8(b: u8) -> Option<Tag> {
+        Some(match b {
+            1 => Tag::Events,
+            2 => Tag::Rejects,
+            3 => Tag::Tally,
+            4 => Tag::Totals,
+            5 => Tag::Open,
+            6 => Tag::Swept,
+            7 => Tag::Names,
+            _ => return None,
+        })
+    }
+}
+
+/// One unit of data between stages: `tag: u8, bucket: u32 LE, len: u64 LE, payload`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// What the payload is.
+    pub tag: Tag,
+    /// The bucket (shuffle partition) the frame goes to.
+    pub bucket: u32,
+    /// The payload.
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    /// Writes the frame.
+    pub fn write_to(&self, out: &mut dyn Write) -> io::Result<()> {
+        out.write_all(&[self.tag as u8])?;
+        out.write_all(&self.bucket.to_le_bytes())?;
+        out.write_all(&(self.payload.len() as u64).to_le_bytes())?;
+        out.write_all(&self.payload)
+    }
+
+    /// Reads the next frame; `None` at a clean end of the stream.
+    pub fn read_from(input: &mut dyn Read) -> io::Result<Option<Frame>> {
+        let mut head = [0u8; 13];
+        let mut got = 0;
+        while got < head.len() {
+            match input.read(&mut head[got..]) {
+                Ok(0) if got == 0 => return Ok(None),
+                Ok(0) => return Err(bad_frame("the stream ends inside a frame header")),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let tag = Tag::from_u8(head[0])
+            .ok_or_else(|| bad_frame(&format!("unknown frame tag {}", head[0])))?;
+        let bucket = u32::from_le_bytes(head[1..5].try_into().expect("4 bytes"));
+        let len = u64::from_le_bytes(head[5..13].try_into().expect("8 bytes"));
+        let mut payload = Vec::new();
+        input.take(len).read_to_end(&mut payload)?;
+        if payload.len() as u64 != len {
+            return Err(bad_frame("the stream ends inside a frame"));
+        }
+        Ok(Some(Frame {
+            tag,
+            bucket,
+            payload,
+        }))
+    }
+}
+
+fn bad_frame(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{what}: the input is not a stream of tripflow partition frames"),
+    )
+}
+
+/// Reads every frame of `input`.
+pub fn read_frames(input: &mut dyn Read) -> Result<Vec<Frame>, Error> {
+    let mut frames = Vec::new();
+    while let Some(f) = Frame::read_from(input).io(|| "reading partition frames".to_owned())? {
+        frames.push(f);
+    }
+    Ok(frames)
+}
+
+/// The bucket of a trip id among `buckets`: FNV-1a over its bytes, the same on every machine.
+/// Which bucket a trip lands in decides nothing; that all of its events land in the same one
+/// is what matters.
+pub fn bucket_of(trip_id: &str, buckets: u32) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in trip_id.as_bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % u64::from(buckets.max(1))) as u32
+}
+
+/// Counts of a stage, added up by [`finish`] into the replay's [`Summary`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    /// Records read (non-blank lines).
+    pub records: u64,
+    /// Blank lines.
+    pub blank_lines: u64,
+    /// Events stored (first copies).
+    pub stored: u64,
+    /// Exact duplicates.
+    pub duplicates: u64,
+    /// Stored events dated past the clock's horizon.
+    pub skewed: u64,
+    /// Rejected records by reason code.
+    pub rejected: BTreeMap<String, u64>,
+    /// Trips closed as completed.
+    pub completed: u64,
+    /// Trips closed as invalid.
+    pub invalid: u64,
+    /// Trips closed without a fare.
+    pub no_fare: u64,
+    /// Trips left with one half.
+    pub open: u64,
+    /// The newest event time that may move the watermark.
+    pub newest_ns: Option<i64>,
+}
+
+impl Tally {
+    fn add(&mut self, o: &Tally) {
+        self.records += o.records;
+        self.blank_lines += o.blank_lines;
+        self.stored += o.stored;
+        self.duplicates += o.duplicates;
+        self.skewed += o.skewed;
+        for (code, n) in &o.rejected {
+            *self.rejected.entry(code.clone()).or_default() += n;
+        }
+        self.completed += o.completed;
+        self.invalid += o.invalid;
+        self.no_fare += o.no_fare;
+        self.open += o.open;
+        self.newest_ns = self.newest_ns.max(o.newest_ns);
+    }
+
+    fn frame(&self, bucket: u32) -> Frame {
+        Frame {
+            tag: Tag::Tally,
+            bucket,
+            payload: serde_json::to_vec(self).expect("a tally serialises"),
+        }
+    }
+}
+
+/// One split of one input.
+#[derive(Clone, Debug)]
+pub struct Split {
+    /// The input's index in the order the inputs were given.
+    pub input: u32,
+    /// The input's name (in quarantine lines).
+    pub name: String,
+    /// The split's first byte: it holds the lines that start in `start..end`.
+    pub start: u64,
+    /// The byte after its last (`None`: to the end of the input).
+    pub end: Option<u64>,
+    /// Line feeds in the input before `start` (the host counts them in a first pass).
+    pub newlines_before: u64,
+    /// Buckets to spread the trips over.
+    pub buckets: u32,
+    /// The bucket that receives the split's rejects and counts.
+    pub home: u32,
+}
+
+/// Flush buffered events once this many bytes wait, so a split's memory stays bounded.
+const FLUSH_BYTES: usize = 16 << 20;
+
+/// Parses one split. `reader` yields the input from byte `start - 1` on (from byte 0 when
+/// `start` is 0): the byte before the split tells whether the split starts at a line start.
+/// Writes [`Frame::Events`] per bucket, then the split's rejects and its [`Tally`].
+pub fn parse_split<P: CoreProvider>(
+    provider: &P,
+    split: &Split,
+    mut reader: Box<dyn BufRead + Send>,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    let max_record_bytes = provider.session()?.max_record_bytes()?;
+    let name = &split.name;
+    let mut line = split.newlines_before;
+    let mut skipped = 0u64;
+    if split.start > 0 {
+        let mut before = [0u8; 1];
+        reader
+            .read_exact(&mut before)
+            .io(|| format!("reading {name} at byte {}", split.start - 1))?;
+        if before[0] != b'\n' {
+            // The split starts inside a line: that line belongs to the split before.
+            let mut rest = Vec::new();
+            skipped = reader
+                .read_until(b'\n', &mut rest)
+                .io(|| format!("reading {name}"))? as u64;
+            if rest.last() == Some(&b'\n') {
+                line += 1;
+            }
+        }
+    }
+    let first = split.start + skipped;
+    let bounded: Box<dyn BufRead + Send> = match split.end {
+        Some(end) if first >= end => return finish_split(split, &[], &Tally::default(), out),
+        Some(end) => Box::new(UntilLineAt {
+            inner: reader,
+            pos: first,
+            end,
+            at_line_start: true,
+        }),
+        None => reader,
+    };
+    let mut lines = LineReader::starting_after(bounded, max_record_bytes, line);
+    let opts = ReplayOptions::default();
+    let mut batch = Batch::default();
+    let mut tally = Tally::default();
+    let mut rejects: Vec<u8> = Vec::new();
+    let mut buckets: Vec<Vec<u8>> = vec![Vec::new(); split.buckets.max(1) as usize];
+    let mut buffered = 0usize;
+    let mut session = None;
+    while lines
+        .fill(&mut batch, opts.batch_lines, opts.batch_bytes)
+        .io(|| format!("reading {name}"))?
+    {
+        for (i, outcome) in parse(provider, &mut session, &batch)?
+            .into_iter()
+            .enumerate()
+        {
+            let reason = match outcome {
+                Ok(ParseOutcome::Blank) => {
+                    tally.blank_lines += 1;
+                    continue;
+                }
+                Ok(ParseOutcome::Accepted(event)) => {
+                    tally.records += 1;
+                    let b = &mut buckets[bucket_of(&event.trip_id, split.buckets) as usize];
+                    let before = b.len();
+                    encode(b, split.input, batch.lines[i], &event, batch.raw(i));
+                    buffered += b.len() - before;
+                    continue;
+                }
+                Ok(ParseOutcome::Rejected(r)) => (r.code().to_owned(), r.detail().to_owned()),
+                Err(failure) => (CORE_FAILURE.to_owned(), failure.to_string()),
+            };
+            tally.records += 1;
+            *tally.rejected.entry(reason.0.clone()).or_default() += 1;
+            let record = QuarantineRecord {
+                source: name.clone(),
+                line: batch.lines[i],
+                reason: reason.0,
+                detail: reason.1,
+                raw: RawBytes(batch.raw(i).to_vec()),
+                first_copy: None,
+            };
+            push_reject(&mut rejects, split.input, &record);
+        }
+        if buffered >= FLUSH_BYTES {
+            flush_buckets(&mut buckets, out).io(|| "writing events".to_owned())?;
+            buffered = 0;
+        }
+    }
+    flush_buckets(&mut buckets, out).io(|| "writing events".to_owned())?;
+    finish_split(split, &rejects, &tally, out)
+}
+
+/// Parses a batch in the worker's instance of the core; when the core fails on the batch,
+/// record by record in fresh instances (as the replay does), so only the records it fails on
+/// become `core_failure`.
+fn parse<P: CoreProvider>(
+    provider: &P,
+    session: &mut Option<P::Session>,
+    batch: &Batch,
+) -> Result<Vec<tripflow_runtime::Parsed>, Error> {
+    let core = match session {
+        Some(core) => core,
+        None => session.insert(provider.session()?),
+    };
+    match core.parse(&batch.buf, &batch.spans) {
+        Ok(outcomes) if outcomes.len() == batch.spans.len() => {
+            Ok(outcomes.into_iter().map(Ok).collect())
+        }
+        _ => {
+            *session = None;
+            Ok(parse_isolating(provider, &batch.buf, &batch.spans)?)
+        }
+    }
+}
+
+fn flush_buckets(buckets: &mut [Vec<u8>], out: &mut dyn Write) -> io::Result<()> {
+    for (b, events) in buckets.iter_mut().enumerate() {
+        if events.is_empty() {
+            continue;
+        }
+        Frame {
+            tag: Tag::Events,
+            bucket: b as u32,
+            payload: std::mem::take(events),
+        }
+        .write_to(out)?;
+    }
+    Ok(())
+}
+
+fn finish_split(
+    split: &Split,
+    rejects: &[u8],
+    tally: &Tally,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    let home = split.home;
+    if !rejects.is_empty() {
+        Frame {
+            tag: Tag::Rejects,
+            bucket: home,
+            payload: rejects.to_vec(),
+        }
+        .write_to(out)
+        .io(|| "writing rejects".to_owned())?;
+    }
+    tally
+        .frame(home)
+        .write_to(out)
+        .io(|| "writing the tally".to_owned())?;
+    out.flush().io(|| "writing frames".to_owned())
+}
+
+/// A reader that ends after the last line starting before `end` (the line itself is read to
+/// its end, past `end` if need be), as a split of a file is read.
+struct UntilLineAt {
+    inner: Box<dyn BufRead + Send>,
+    pos: u64,
+    end: u64,
+    at_line_start: bool,
+}
+
+impl Read for UntilLineAt {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = {
+            let available = self.fill_buf()?;
+            let n = available.len().min(buf.len());
+            buf[..n].copy_from_slice(&available[..n]);
+            n
+        };
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for UntilLineAt {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.at_line_start && self.pos >= self.end {
+            return Ok(&[]);
+        }
+        let available = self.inner.fill_buf()?;
+        if self.at_line_start || self.pos < self.end {
+            return Ok(available);
+        }
+        // Past the end inside the last line: hand out no more than its rest.
+        let line_end = available
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(available.len(), |i| i + 1);
+        Ok(&available[..line_end])
+    }
+
+    fn consume(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let last = self.inner.fill_buf().map(|b| b.get(n - 1).copied());
+        self.at_line_start = matches!(last, Ok(Some(b'\n')));
+        self.pos += n as u64;
+        self.inner.consume(n);
+    }
+}
+
+/// An accepted event on its way to its bucket: its position, the parsed event and its bytes.
+fn encode(out: &mut Vec<u8>, input: u32, line: u64, e: &TripEvent, raw: &[u8]) {
+    out.extend_from_slice(&input.to_le_bytes());
+    out.extend_from_slice(&line.to_le_bytes());
+    out.push(match e.kind {
+        EventKind::Start => 0,
+        EventKind::End => 1,
+    });
+    out.extend_from_slice(&e.timestamp_ns.to_le_bytes());
+    match e.fare_cents {
+        Some(f) => {
+            out.push(1);
+            out.extend_from_slice(&f.to_le_bytes());
+        }
+        None => out.push(0),
+    }
+    for bytes in [e.trip_id.as_bytes(), e.extras.as_bytes(), raw] {
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(bytes);
+    }
+}
+
+/// An event read back in its bucket.
+struct Entry {
+    input: u32,
+    line: u64,
+    event: TripEvent,
+    raw: Vec<u8>,
+}
+
+/// A cursor over a payload that fails cleanly on a short one.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
+        if self.0.len() < n {
+            return Err(Error::Damaged(
+                "a partition frame's payload ends early: the frames were cut or mixed up"
+                    .to_owned(),
+            ));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, Error> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, Error> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+    }
+    fn u64(&mut self) -> Result<u64, Error> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+    fn i64(&mut self) -> Result<i64, Error> {
+        Ok(self.u64()? as i64)
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], Error> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn string(&mut self) -> Result<String, Error> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| {
+            Error::Damaged("a partition frame holds a string that is not UTF-8".into())
+        })
+    }
+}
+
+fn decode(payload: &[u8], out: &mut Vec<Entry>) -> Result<(), Error> {
+    let mut c = Cursor(payload);
+    while !c.0.is_empty() {
+        let input = c.u32()?;
+        let line = c.u64()?;
+        let kind = if c.u8()? == 0 {
+            EventKind::Start
+        } else {
+            EventKind::End
+        };
+        let timestamp_ns = c.i64()?;
+        let fare_cents = if c.u8()? == 1 { Some(c.i64()?) } else { None };
+        let trip_id = c.string()?;
+        let extras = c.string()?;
+        let raw = c.bytes()?.to_vec();
+        out.push(Entry {
+            input,
+            line,
+            event: TripEvent {
+                trip_id,
+                kind,
+                timestamp_ns,
+                fare_cents,
+                extras,
+            },
+            raw,
+        });
+    }
+    Ok(())
+}
+
+/// Appends a quarantine line with its position: `input: u32, line: u64, len: u32, line bytes`.
+fn push_reject(out: &mut Vec<u8>, input: u32, r: &QuarantineRecord) {
+    let text = r.to_line();
+    out.extend_from_slice(&input.to_le_bytes());
+    out.extend_from_slice(&r.line.to_le_bytes());
+    out.extend_from_slice(&(text.len() as u32).to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// Events handed to `matching.resolve` per call (whole trips: a call may hold more when one
+/// trip has more copies).
+const RESOLVE_BATCH: usize = 8_192;
+/// Closed trips handed to `kpi.accumulate` per call.
+const ACCUMULATE_CHUNK: usize = 65_536;
+
+/// Resolves one bucket: reads its frames (the inputs' names, its events, and the rejects and
+/// tallies of the splits whose home it is) and writes its rejects, its day totals in `zone`,
+/// its open trips and its [`Tally`].
+pub fn resolve_bucket<P: CoreProvider>(
+    provider: &P,
+    zone: &str,
+    clock: Clock,
+    frames: Vec<Frame>,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    let mut core = provider.session()?;
+    core.check_time_zone(zone)?;
+    let mut names: Vec<String> = Vec::new();
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut tally = Tally::default();
+    let mut bucket = 0;
+    for f in frames {
+        bucket = f.bucket;
+        match f.tag {
+            Tag::Names => {
+                names = serde_json::from_slice(&f.payload)
+                    .map_err(|e| Error::Damaged(format!("the inputs' names: {e}")))?;
+            }
+            Tag::Events => decode(&f.payload, &mut entries)?,
+            Tag::Tally => tally.add(&read_json::<Tally>(&f.payload, "a tally")?),
+            Tag::Rejects => f.write_to(out).io(|| "writing rejects".to_owned())?,
+            other => {
+                return Err(Error::Damaged(format!(
+                    "resolve got a {other:?} frame: it takes names, events, rejects and tallies"
+                )));
+            }
+        }
+    }
+    // Whole trips, each in input order: the order the replay meets its events in.
+    entries.sort_unstable_by(|a, b| {
+        (a.event.trip_id.as_str(), a.input, a.line).cmp(&(
+            b.event.trip_id.as_str(),
+            b.input,
+            b.line,
+        ))
+    });
+    let mut rejects = Vec::new();
+    let mut open = Vec::new();
+    let mut totals: Vec<DayTotals> = Vec::new();
+    let mut fares: Vec<TripFare> = Vec::new();
+    let mut start = 0;
+    while start < entries.len() {
+        let mut end = (start + RESOLVE_BATCH).min(entries.len());
+        while end < entries.len() && entries[end].event.trip_id == entries[end - 1].event.trip_id {
+            end += 1;
+        }
+        let batch = &entries[start..end];
+        let events: Vec<TripEvent> = batch.iter().map(|e| e.event.clone()).collect();
+        let r = core.resolve(&events, &[], clock)?;
+        for (i, d) in r.decisions.iter().enumerate() {
+            match d {
+                Decision::Store => tally.stored += 1,
+                Decision::Duplicate(_) => tally.duplicates += 1,
+                Decision::ConflictingDuplicate(c) => {
+                    let e = &batch[i];
+                    let first = match c.first {
+                        EventRef::Incoming(j) => batch.get(j as usize).map(|f| f.raw.clone()),
+                        EventRef::Stored(_) => None,
+                    };
+                    let code = Reject::ConflictingDuplicate(String::new()).code();
+                    *tally.rejected.entry(code.to_owned()).or_default() += 1;
+                    let record = QuarantineRecord {
+                        source: names.get(e.input as usize).cloned().unwrap_or_default(),
+                        line: e.line,
+                        reason: code.to_owned(),
+                        detail: c.detail.clone(),
+                        raw: RawBytes(e.raw.clone()),
+                        first_copy: first.map(RawBytes),
+                    };
+                    push_reject(&mut rejects, e.input, &record);
+                }
+            }
+        }
+        for c in &r.closed {
+            match c.trip.status {
+                TripStatus::Completed => tally.completed += 1,
+                TripStatus::Invalid => tally.invalid += 1,
+                TripStatus::NoFare => tally.no_fare += 1,
+            }
+            fares.push(TripFare {
+                status: c.trip.status,
+                start_ns: c.trip.start_ns,
+                fare_cents: c.trip.fare_cents,
+            });
+        }
+        if fares.len() >= ACCUMULATE_CHUNK {
+            totals = core.accumulate(zone, &totals, &fares)?;
+            fares.clear();
+        }
+        for &i in &r.opened {
+            let e = &batch[i as usize].event;
+            open.push(u8::from(e.kind == EventKind::End));
+            open.extend_from_slice(&e.timestamp_ns.to_le_bytes());
+            open.extend_from_slice(&(e.trip_id.len() as u32).to_le_bytes());
+            open.extend_from_slice(e.trip_id.as_bytes());
+        }
+        tally.open += r.opened.len() as u64;
+        tally.skewed += r.skewed.len() as u64;
+        tally.newest_ns = tally.newest_ns.max(r.newest_ns);
+        start = end;
+    }
+    if !fares.is_empty() {
+        totals = core.accumulate(zone, &totals, &fares)?;
+    }
+    let io = |what: &str| format!("writing {what}");
+    if !rejects.is_empty() {
+        Frame {
+            tag: Tag::Rejects,
+            bucket,
+            payload: rejects,
+        }
+        .write_to(out)
+        .io(|| io("rejects"))?;
+    }
+    Frame {
+        tag: Tag::Totals,
+        bucket,
+        payload: totals_json(&totals),
+    }
+    .write_to(out)
+    .io(|| io("day totals"))?;
+    if !open.is_empty() {
+        Frame {
+            tag: Tag::Open,
+            bucket,
+            payload: open,
+        }
+        .write_to(out)
+        .io(|| io("open trips"))?;
+    }
+    tally.frame(bucket).write_to(out).io(|| io("the tally"))?;
+    out.flush().io(|| io("frames"))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T, Error> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Damaged(format!("{what}: {e}")))
+}
+
+/// [`DayTotals`] as it travels between stages.
+#[derive(Serialize, Deserialize)]
+struct TotalsRow {
+    date: String,
+    trip_count: u64,
+    total_cents: i64,
+    min_cents: i64,
+    max_cents: i64,
+}
+
+fn totals_json(totals: &[DayTotals]) -> Vec<u8> {
+    let rows: Vec<TotalsRow> = totals
+        .iter()
+        .map(|t| TotalsRow {
+            date: t.date.clone(),
+            trip_count: t.trip_count,
+            total_cents: t.total_cents,
+            min_cents: t.min_cents,
+            max_cents: t.max_cents,
+        })
+        .collect();
+    serde_json::to_vec(&rows).expect("totals serialise")
+}
+
+fn totals_from_json(bytes: &[u8]) -> Result<Vec<DayTotals>, Error> {
+    let rows: Vec<TotalsRow> = read_json(bytes, "day totals")?;
+    Ok(rows
+        .into_iter()
+        .map(|r| DayTotals {
+            date: r.date,
+            trip_count: r.trip_count,
+            total_cents: r.total_cents,
+            min_cents: r.min_cents,
+            max_cents: r.max_cents,
+        })
+        .collect())
+}
+
+/// A sweep of some buckets' open trips.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Swept {
+    /// Orphans: trip id, the half it has, that half's timestamp.
+    pub orphans: Vec<(String, String, i64)>,
+    /// Open trips left unmarked.
+    pub still_open: u64,
+}
+
+/// Marks the orphans among the open trips of `frames` ([`Tag::Open`]), measured back from
+/// `newest_ns`, the newest event time of the whole input; writes one [`Tag::Swept`] frame.
+pub fn sweep_open<P: CoreProvider>(
+    provider: &P,
+    newest_ns: i64,
+    older_than_ns: i64,
+    frames: Vec<Frame>,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    let mut core = provider.session()?;
+    let mut swept = Swept::default();
+    let mut bucket = 0;
+    for f in frames.into_iter().filter(|f| f.tag == Tag::Open) {
+        bucket = f.bucket;
+        let mut trips = Vec::new();
+        let mut c = Cursor(&f.payload);
+        while !c.0.is_empty() {
+            let end = c.u8()? == 1;
+            let ts = c.i64()?;
+            trips.push((c.string()?, end, ts));
+        }
+        let timestamps: Vec<i64> = trips.iter().map(|t| t.2).collect();
+        let hits = core.sweep(&timestamps, newest_ns, older_than_ns)?;
+        swept.still_open += (trips.len() - hits.len()) as u64;
+        for i in hits {
+            let (id, end, ts) = &trips[i as usize];
+            let kind = if *end {
+                EventKind::End
+            } else {
+                EventKind::Start
+            };
+            swept
+                .orphans
+                .push((id.clone(), kind.as_str().to_owned(), *ts));
+        }
+    }
+    Frame {
+        tag: Tag::Swept,
+        bucket,
+        payload: serde_json::to_vec(&swept).expect("a sweep serialises"),
+    }
+    .write_to(out)
+    .and_then(|()| out.flush())
+    .io(|| "writing the sweep".to_owned())
+}
+
+/// What [`finish`] needs besides the frames.
+#[derive(Clone, Debug)]
+pub struct FinishOptions {
+    /// KPI time zone.
+    pub zone: String,
+    /// First KPI day, inclusive.
+    pub from: Option<String>,
+    /// Last KPI day, inclusive.
+    pub to: Option<String>,
+    /// The inputs' names, in order.
+    pub inputs: Vec<String>,
+    /// Who renders the report page, e.g. `tripflow-spark 0.1.0`.
+    pub host: String,
+    /// Whether the open trips were swept (then orphans count in the store totals).
+    pub swept: bool,
+}
+
+/// Everything a distributed replay produced, as the replay and `kpi` would show it.
+#[derive(Clone, Debug)]
+pub struct Finished {
+    /// The replay's summary (`tripflow replay --json`).
+    pub summary: Summary,
+    /// The KPI rows.
+    pub rows: Vec<DayKpi>,
+    /// The KPI CSV (`tripflow kpi --out`).
+    pub csv: String,
+    /// What the report page shows (`report.render-html` renders it).
+    pub request: ReportRequest,
+    /// The sweep, as `tripflow sweep --json` shows it, when one ran.
+    pub sweep: Option<crate::SweepReport>,
+}
+
+/// Adds up the stages: merges the day totals (`kpi.merge`), finishes and renders the KPIs,
+/// builds the replay's summary, and the report page's request with the accounting, taking the
+/// examples of each reject reason from `quarantine` (the quarantine lines in input order).
+pub fn finish<P: CoreProvider>(
+    provider: &P,
+    frames: Vec<Frame>,
+    quarantine: &mut dyn BufRead,
+    opts: &FinishOptions,
+) -> Result<Finished, Error> {
+    let mut core = provider.session()?;
+    core.check_time_zone(&opts.zone)?;
+    core.finish(&[], opts.from.as_deref(), opts.to.as_deref())?;
+    let mut totals: Vec<DayTotals> = Vec::new();
+    let mut tally = Tally::default();
+    let mut sweep: Option<crate::SweepReport> = opts.swept.then(crate::SweepReport::default);
+    for f in frames {
+        match f.tag {
+            Tag::Totals => totals = core.merge(&totals, &totals_from_json(&f.payload)?)?,
+            Tag::Tally => tally.add(&read_json::<Tally>(&f.payload, "a tally")?),
+            Tag::Swept => {
+                let s: Swept = read_json(&f.payload, "a sweep")?;
+                let report = sweep.get_or_insert_with(crate::SweepReport::default);
+                report.still_open += s.still_open;
+                for (trip_id, has, timestamp_ns) in s.orphans {
+                    report.orphans.push(crate::Orphan {
+                        trip_id,
+                        has: if has == EventKind::End.as_str() {
+                            EventKind::End.as_str()
+                        } else {
+                            EventKind::Start.as_str()
+                        },
+                        timestamp_ns,
+                    });
+                }
+            }
+            other => {
+                return Err(Error::Damaged(format!(
+                    "finish got a {other:?} frame: it takes day totals, tallies and sweeps"
+                )));
+            }
+        }
+    }
+    let rows = core.finish(&totals, opts.from.as_deref(), opts.to.as_deref())?;
+    let csv = core.render_csv(&rows)?;
+    let orphaned = sweep.as_ref().map_or(0, |s| s.orphans.len() as u64);
+    if let Some(s) = &mut sweep {
+        s.newest_ns = tally.newest_ns;
+        s.orphans.sort_by(|a, b| a.trip_id.cmp(&b.trip_id));
+        s.orphaned_total = orphaned;
+    }
+    let (groups, quarantined) = quarantine_groups(quarantine, &opts.inputs)?;
+    let mut summary = Summary::new();
+    summary.records = tally.records;
+    summary.blank_lines = tally.blank_lines;
+    summary.stored = tally.stored;
+    summary.duplicates = tally.duplicates;
+    summary.skewed = tally.skewed;
+    for (code, n) in &tally.rejected {
+        *summary.rejected.entry(code.clone()).or_default() += n;
+    }
+    summary.completed = tally.completed;
+    summary.invalid = tally.invalid;
+    summary.no_fare = tally.no_fare;
+    summary.store = StoreTotals {
+        events: tally.stored,
+        completed: tally.completed,
+        invalid: tally.invalid,
+        no_fare: tally.no_fare,
+        open: tally.open,
+        orphaned,
+        quarantined,
+    };
+    let accounting = Accounting {
+        records_read: Some(tally.records),
+        blank_lines: Some(tally.blank_lines),
+        duplicates: Some(tally.duplicates),
+        stored_events: tally.stored,
+        completed: tally.completed,
+        invalid: tally.invalid,
+        no_fare: tally.no_fare,
+        open: tally.open,
+        orphaned,
+        rejected: groups,
+    };
+    let request = ReportRequest {
+        zone: opts.zone.clone(),
+        from: opts.from.clone(),
+        to: opts.to.clone(),
+        rows: rows.clone(),
+        accounting: Some(accounting),
+        provenance: Provenance {
+            host: opts.host.clone(),
+            component_sha256: provider.fingerprint(),
+            inputs: opts.inputs.clone(),
+            accounting_note: "Everything this job read, as one replay of the inputs in the order \
+                given would count it: records read and duplicates count every input (an input \
+                given twice is read twice); each rejected record is kept once, with its \
+                original bytes, in the quarantine output."
+                .to_owned(),
+        },
+    };
+    Ok(Finished {
+        summary,
+        rows,
+        csv,
+        request,
+        sweep,
+    })
+}
+
+/// The reject groups of the report page from the quarantine lines in input order: per reason,
+/// how many distinct records (a record is kept once per input name, line and bytes, as the
+/// store keeps it) and the first few; and the number of distinct records.
+fn quarantine_groups(
+    quarantine: &mut dyn BufRead,
+    inputs: &[String],
+) -> Result<(Vec<RejectGroup>, u64), Error> {
+    #[derive(Deserialize)]
+    struct Line {
+        source: String,
+        line: u64,
+        reason: String,
+        detail: String,
+        raw: Option<String>,
+        raw_base64: Option<String>,
+    }
+    let mut groups: BTreeMap<String, RejectGroup> = BTreeMap::new();
+    // Two lines of one input are two records; the same record twice needs an input named twice.
+    let mut names = HashSet::new();
+    let repeated: HashSet<&str> = inputs
+        .iter()
+        .filter(|n| !names.insert(n.as_str()))
+        .map(String::as_str)
+        .collect();
+    let mut seen: HashSet<(String, u64, Vec<u8>)> = HashSet::new();
+    let mut total = 0u64;
+    let mut text = Vec::new();
+    loop {
+        text.clear();
+        if quarantine
+            .read_until(b'\n', &mut text)
+            .io(|| "reading the quarantine lines".to_owned())?
+            == 0
+        {
+            break;
+        }
+        let l: Line = read_json(&text, "a quarantine line")?;
+        let raw = match (l.raw, l.raw_base64) {
+            (Some(text), _) => text.into_bytes(),
+            (None, Some(b64)) => {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map_err(|e| Error::Damaged(format!("a quarantine line's raw_base64: {e}")))?
+            }
+            (None, None) => Vec::new(),
+        };
+        if repeated.contains(l.source.as_str())
+            && !seen.insert((l.source.clone(), l.line, raw.clone()))
+        {
+            continue;
+        }
+        total += 1;
+        let g = groups
+            .entry(l.reason.clone())
+            .or_insert_with(|| RejectGroup {
+                reason: l.reason.clone(),
+                count: 0,
+                examples: Vec::new(),
+            });
+        g.count += 1;
+        if g.examples.len() < EXAMPLES_PER_REASON {
+            g.examples.push(RejectExample {
+                source: l.source,
+                line: l.line,
+                detail: l.detail,
+                raw: shown(&raw),
+            });
+        }
+    }
+    Ok((groups.into_values().collect(), total))
+}
