@@ -1003,3 +1003,165 @@ fn quarantine_groups(
     }
     Ok((groups.into_values().collect(), total))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tripflow_runtime::NativeCore;
+
+    /// What a set of splits of `data` yields: each accepted event's (line, trip id) and each
+    /// reject's line, in input order.
+    fn split_and_parse(data: &[u8], cuts: &[u64]) -> (Vec<(u64, String)>, Vec<u64>, Tally) {
+        let mut bounds = vec![0u64];
+        bounds.extend(
+            cuts.iter()
+                .copied()
+                .filter(|&c| c > 0 && c < data.len() as u64),
+        );
+        bounds.sort_unstable();
+        bounds.dedup();
+        let mut events = Vec::new();
+        let mut rejects = Vec::new();
+        let mut tally = Tally::default();
+        for (k, &start) in bounds.iter().enumerate() {
+            let end = bounds.get(k + 1).copied();
+            let split = Split {
+                input: 0,
+                name: "in".into(),
+                start,
+                end,
+                newlines_before: data[..start as usize]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count() as u64,
+                buckets: 3,
+                home: 0,
+            };
+            let from = start.saturating_sub(1) as usize;
+            let reader: Box<dyn BufRead + Send> = Box::new(io::Cursor::new(data[from..].to_vec()));
+            let mut out = Vec::new();
+            parse_split(&NativeCore, &split, reader, &mut out).unwrap();
+            for f in read_frames(&mut &out[..]).unwrap() {
+                match f.tag {
+                    Tag::Events => {
+                        let mut got = Vec::new();
+                        decode(&f.payload, &mut got).unwrap();
+                        for e in got {
+                            assert_eq!(bucket_of(&e.event.trip_id, 3), f.bucket);
+                            events.push((e.line, e.event.trip_id));
+                        }
+                    }
+                    Tag::Rejects => {
+                        let mut c = Cursor(&f.payload);
+                        while !c.0.is_empty() {
+                            c.u32().unwrap();
+                            rejects.push(c.u64().unwrap());
+                            c.bytes().unwrap();
+                        }
+                    }
+                    Tag::Tally => tally.add(&read_json(&f.payload, "tally").unwrap()),
+                    other => panic!("parse wrote {other:?}"),
+                }
+            }
+        }
+        events.sort();
+        (events, rejects, tally)
+    }
+
+    fn sample(too_large: bool) -> Vec<u8> {
+        let mut data = Vec::new();
+        data.extend_from_slice(
+            b"\xef\xbb\xbf{\"trip_id\":\"a\",\"event_type\":\"trip_start\",\"timestamp\":1}\r\n",
+        );
+        data.extend_from_slice(b"\n\n");
+        for i in 0..40 {
+            let line = format!(
+                "{{\"trip_id\":\"t{i}\",\"event_type\":\"trip_end\",\"timestamp\":{i},\"fare\":1}}\n"
+            );
+            data.extend_from_slice(line.as_bytes());
+            if i % 7 == 0 {
+                data.extend_from_slice(b"not json\n");
+            }
+        }
+        if too_large {
+            data.extend_from_slice(&vec![b'x'; MAX_LINE]);
+            data.push(b'\n');
+        }
+        data.extend_from_slice(
+            b"{\"trip_id\":\"last\",\"event_type\":\"trip_start\",\"timestamp\":5}",
+        );
+        data
+    }
+
+    /// Cuts right after each line feed and right before it.
+    fn at_line_feeds(data: &[u8]) -> Vec<u64> {
+        (0..data.len())
+            .filter(|&i| data[i] == b'\n')
+            .flat_map(|i| [i as u64, i as u64 + 1])
+            .collect()
+    }
+
+    #[test]
+    fn any_cut_of_an_input_reads_each_line_once_with_its_line_number() {
+        let data = sample(false);
+        let whole = split_and_parse(&data, &[]);
+        assert_eq!(whole.0.len(), 42);
+        assert_eq!(whole.0[0], (1, "a".to_owned()));
+        assert_eq!(whole.1.len(), 6);
+        assert_eq!(whole.2.blank_lines, 2);
+        let len = data.len() as u64;
+        for step in [1u64, 2, 3, 7, 40, 97, 500, len / 3, len - 1] {
+            let cuts: Vec<u64> = (1..len).step_by(step as usize).collect();
+            assert_eq!(
+                split_and_parse(&data, &cuts),
+                whole,
+                "cut every {step} bytes"
+            );
+        }
+        assert_eq!(split_and_parse(&data, &at_line_feeds(&data)), whole);
+    }
+
+    #[test]
+    fn a_record_over_the_limit_is_read_whole_by_the_split_it_starts_in() {
+        let data = sample(true);
+        let whole = split_and_parse(&data, &[]);
+        assert_eq!(whole.2.rejected["too_large"], 1);
+        assert_eq!(whole.0.len(), 42);
+        let len = data.len() as u64;
+        for step in [4096u64, 65_536, len / 3] {
+            let cuts: Vec<u64> = (1..len).step_by(step as usize).collect();
+            assert_eq!(
+                split_and_parse(&data, &cuts),
+                whole,
+                "cut every {step} bytes"
+            );
+        }
+        assert_eq!(split_and_parse(&data, &at_line_feeds(&data)), whole);
+    }
+
+    const MAX_LINE: usize = tripflow_runtime::core::MAX_RECORD_BYTES as usize + 10;
+
+    #[test]
+    fn frames_round_trip_and_a_cut_stream_is_an_error() {
+        let f = Frame {
+            tag: Tag::Totals,
+            bucket: 7,
+            payload: b"[]".to_vec(),
+        };
+        let mut bytes = Vec::new();
+        f.write_to(&mut bytes).unwrap();
+        f.write_to(&mut bytes).unwrap();
+        assert_eq!(read_frames(&mut &bytes[..]).unwrap(), vec![f.clone(), f]);
+        assert!(read_frames(&mut &bytes[..bytes.len() - 1]).is_err());
+        assert!(read_frames(&mut &[9u8, 0, 0][..]).is_err());
+    }
+
+    #[test]
+    fn buckets_are_stable() {
+        // The bucket decides where a trip meets its other half: it must not change between
+        // builds or machines.
+        assert_eq!(bucket_of("nyc-000001", 16), bucket_of("nyc-000001", 16));
+        assert_eq!(bucket_of("", 4), (0xcbf2_9ce4_8422_2325u64 % 4) as u32);
+        assert_eq!(bucket_of("t1", 1), 0);
+    }
+}
