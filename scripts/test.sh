@@ -23,16 +23,28 @@ rustup component add rustfmt clippy >/dev/null
 scripts/install-local-aws.sh
 # Debian's Chromium and playwright-core for the report's browser test (a no-op when present).
 scripts/install-browser.sh
+# The Spark host's pinned pyspark, boto3, pytest and ruff (a no-op when present).
+spark_venv=$(scripts/install-spark.sh)
 
 cargo fmt --all -- --check
 tools/local-aws/venv/bin/cfn-lint deploy/template.yaml
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy -p tripflow-component --target wasm32-wasip2 --locked -- -D warnings
+"$spark_venv/bin/ruff" check hosts/spark
+"$spark_venv/bin/ruff" format --check hosts/spark
 # Includes the conformance runner binary against an exported component file
 # (hosts/conformance/tests/runner.rs) and over the embedded one (tests/conformance.rs).
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
-# cargo prints one summary per test binary (the last is often an empty doc-test run); close
-# with the total so a reader of the last line sees what ran.
-awk '/^test result:/ { p += $4; f += $6 } END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
+# The Spark host on real Spark (local[2]) against the replay, with the tripflow binary the
+# tests above built; moto's server stands in for S3.
+spark_log=$(mktemp)
+trap 'rm -f "$log" "$spark_log"' EXIT
+(cd hosts/spark && TRIPFLOW_BIN="$PWD/../../target/debug/tripflow" \
+  "$spark_venv/bin/python" -m pytest -q -p no:cacheprovider tests) 2>&1 | tee "$spark_log"
+# cargo prints one summary per test binary (the last is often an empty doc-test run), pytest
+# one line; close with the total so a reader of the last line sees what ran.
+awk '/^test result:/ { p += $4; f += $6 }
+     /^[0-9]+ (passed|failed)/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "all tests: %d passed, %d failed\n", p, f }' "$log" "$spark_log"
