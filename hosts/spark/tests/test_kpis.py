@@ -339,3 +339,14 @@ def test_command_line(binary, tmp_path):
         env={**env, "PATH": str(tmp_path), "JAVA_HOME": ""},
     )
     assert no_java.returncode == 1 and "Java is missing" in no_java.stderr
+    # An interpreter without pyspark (the machine's own, outside the venv).
+    bare = shutil.which("python3", path="/usr/local/bin:/usr/bin")
+    probe = subprocess.run([bare, "-c", "import pyspark"], capture_output=True) if bare else None
+    if probe is not None and probe.returncode != 0:
+        missing = subprocess.run(
+            [bare, "-m", "tripflow_spark", "kpis", str(NYC)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert missing.returncode == 1 and "pyspark is missing" in missing.stderr

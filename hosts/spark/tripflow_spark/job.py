@@ -114,6 +114,7 @@ def run(spark: Any, opts: Options, log: Any = None) -> Result:
     """Runs the job on ``spark``; writes the outputs ``opts`` names. Raises :class:`JobError`
     (nothing written) for bad input found before the work starts, and for a failed stage."""
     log = log or (lambda msg: print(f"tripflow-spark: {msg}", file=sys.stderr))
+    started = time.monotonic()
     sc = spark.sparkContext
     local = Worker(opts.binary, opts.component)
     contract, sha = describe_component(local)
@@ -151,6 +152,7 @@ def run(spark: Any, opts: Options, log: Any = None) -> Result:
     errors = [s.error for s in scanned if s.error]
     if errors:
         raise JobError(errors[0])
+    scan_done = time.monotonic()
     before: dict[tuple[int, int], int] = {}
     running: dict[int, int] = {}
     for s in scanned:
@@ -180,6 +182,7 @@ def run(spark: Any, opts: Options, log: Any = None) -> Result:
     )
     try:
         small = resolved.filter(lambda kv: kv[0] == "f").map(lambda kv: kv[1]).collect()
+        resolve_done = time.monotonic()
 
         # 5. sweep, against the newest event time of everything.
         sweep_frames: list[bytes] = []
@@ -206,16 +209,25 @@ def run(spark: Any, opts: Options, log: Any = None) -> Result:
         # 6. the quarantine in input order, then finish on the driver.
         with tempfile.TemporaryDirectory(prefix="tripflow-spark-") as tmp:
             qpath = opts.quarantine or os.path.join(tmp, "quarantine.ndjson")
-            ordered = (
-                resolved.filter(lambda kv: kv[0] == "q")
-                .map(lambda kv: kv[1])
-                .sortByKey(numPartitions=n)
-                .values()
-            )
+            count = rejected(small)
             with open(qpath, "wb") as q:
-                for line in ordered.toLocalIterator():
-                    q.write(line)
-            return finish(local, opts, small + sweep_frames, qpath, names, sha, contract, tmp)
+                if count:
+                    ordered = (
+                        resolved.filter(lambda kv: kv[0] == "q")
+                        .map(lambda kv: kv[1])
+                        .sortByKey(numPartitions=max(1, min(n, count // 100_000)))
+                        .values()
+                    )
+                    for line in ordered.toLocalIterator():
+                        q.write(line)
+            result = finish(local, opts, small + sweep_frames, qpath, names, sha, contract, tmp)
+            end = time.monotonic()
+            log(
+                f"done in {end - started:.2f} s: scan {scan_done - started:.2f} s, parse + "
+                f"shuffle + resolve {resolve_done - scan_done:.2f} s, sweep, quarantine and "
+                f"finish {end - resolve_done:.2f} s; {result.summary['records']} records"
+            )
+            return result
     except Exception as e:
         raise JobError(task_failure(e)) from e
     finally:
@@ -294,6 +306,14 @@ def finish(
             opts.publish, layout, qpath, accounting, sha, previous[1] if previous else None
         )
     return result
+
+
+def rejected(frames: list[bytes]) -> int:
+    """How many records the tallies among ``frames`` rejected (so that an input without rejects
+    skips the sort)."""
+    return sum(
+        sum(json.loads(payload_of(f))["rejected"].values()) for f in frames if tag_of(f) == TALLY
+    )
 
 
 def range_args(opts: Options) -> list[str]:
