@@ -6,7 +6,9 @@
 #   scripts/bench.sh aws      the AWS functions on the local engines next to the seed's design,
 #                             same run, same events: DynamoDB units per trip, CPU per record,
 #                             cold start
-#   scripts/bench.sh          both
+#   scripts/bench.sh spark    the Spark job (local[2]) on the 2M file next to the replay and
+#                             DuckDB, same run; per core: local[1] and the replay on one core
+#   scripts/bench.sh          all three
 # Needs hyperfine and GNU time for the replay part (Debian: hyperfine, time), and the local
 # engines (scripts/install-local-aws.sh) for the AWS part.
 set -euo pipefail
@@ -79,9 +81,57 @@ aws() {
   $local cold-start --bootstrap dist/lambda/bootstrap --component dist/lambda/tripflow.cwasm --runs 21
 }
 
+spark() {
+  command -v hyperfine >/dev/null || { echo "install hyperfine (apt-get install hyperfine)"; exit 1; }
+  cargo build --release --locked -q -p tripflow
+  local bin=target/release/tripflow venv
+  venv=$(scripts/install-spark.sh)
+  export TRIPFLOW_CACHE_DIR="$work/cache" TRIPFLOW_BIN="$bin"
+  local pvenv=target/peers-venv
+  [ -x "$pvenv/bin/python" ] || python3 -m venv "$pvenv"
+  "$pvenv/bin/pip" install -q -r scripts/peers/requirements.txt
+  [ -f "$work/ev2m.ndjson" ] || python3 scripts/peers/gen_events.py 1000000 "$work/ev2m.ndjson"
+  $bin component >/dev/null
+  # Whole commands, JVM start included: what a user waits for.
+  hyperfine --runs 3 --export-markdown "$work/spark-2m.md" \
+    --prepare "rm -rf $work/state-2m" \
+    -n "tripflow replay + kpi, 2M events" "$bin replay --state $work/state-2m --kpi-out $work/replay-2m.csv $work/ev2m.ndjson" \
+    -n "tripflow-spark kpis, local[2], 4 partitions" "scripts/tripflow-spark kpis --master 'local[2]' --partitions 4 --kpi-out $work/spark-2m.csv $work/ev2m.ndjson" \
+    -n "duckdb, 2 threads" "$pvenv/bin/python scripts/peers/duckdb_kpis.py $work/ev2m.ndjson 2"
+  cmp "$work/replay-2m.csv" "$work/spark-2m.csv" && echo "spark CSV == replay CSV"
+  # Per core: both pinned to one CPU; the job's own time (its log line) leaves the JVM's start out.
+  echo "== one core: the replay (taskset -c 0)"
+  rm -rf "$work/state-2m"
+  /usr/bin/time -f "replay on one core: %e s wall, %U s user, %S s system, peak RSS %M KiB" \
+    taskset -c 0 $bin replay --state "$work/state-2m" "$work/ev2m.ndjson" >/dev/null
+  echo "== one core: the Spark job, local[1] (taskset -c 0)"
+  taskset -c 0 scripts/tripflow-spark kpis --master 'local[1]' --partitions 4 \
+    --kpi-out "$work/spark-2m-1core.csv" "$work/ev2m.ndjson" 2>&1 >/dev/null | grep "done in"
+  # Peak memory of one resolve worker on a bucket of the 2M file (4 buckets, so 1/4 of it).
+  $bin partition parse --input-index 0 --name ev2m --buckets 4 "$work/ev2m.ndjson" > "$work/parsed.bin"
+  python3 - "$work/parsed.bin" "$work/bucket0.bin" <<'PY'
+import struct, sys
+data = open(sys.argv[1], "rb").read()
+names = b'["ev2m"]'
+out = [struct.pack("<BIQ", 7, 0, len(names)) + names]
+i = 0
+while i < len(data):
+    tag, bucket, n = struct.unpack_from("<BIQ", data, i)
+    if bucket == 0:
+        out.append(data[i : i + 13 + n])
+    i += 13 + n
+open(sys.argv[2], "wb").write(b"".join(out))
+PY
+  /usr/bin/time -f "parse worker, whole 2M file (one split): %e s, peak RSS %M KiB" \
+    $bin partition parse --input-index 0 --name ev2m --buckets 4 "$work/ev2m.ndjson" >/dev/null
+  /usr/bin/time -f "resolve worker, one of 4 buckets ($(du -h "$work/bucket0.bin" | cut -f1) of frames): %e s, peak RSS %M KiB" \
+    $bin partition resolve --timezone UTC --arrival-ns "$(date +%s%N)" < "$work/bucket0.bin" >/dev/null
+}
+
 case $what in
   replay) replay ;;
   aws) aws ;;
-  all) replay; aws ;;
-  *) echo "usage: scripts/bench.sh [replay|aws|all]" >&2; exit 2 ;;
+  spark) spark ;;
+  all) replay; aws; spark ;;
+  *) echo "usage: scripts/bench.sh [replay|aws|spark|all]" >&2; exit 2 ;;
 esac

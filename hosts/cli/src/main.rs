@@ -17,9 +17,10 @@ use tripflow_store::{Input, KpiOptions, KpiReport, ReplayOptions, ReportOptions,
 /// Replay taxi trip events through the tripflow core and compute exact daily fare KPIs.
 ///
 /// Events are NDJSON, one per line: trip_id, event_type (trip_start | trip_end), timestamp
-/// (RFC 3339 with offset, or Unix seconds) and fare (decimal, on either half). The store is a
-/// SQLite database in the state directory; replays add to it, and replaying the same events
-/// again changes nothing.
+/// (RFC 3339 with offset, or Unix seconds) and fare (decimal, on either half); plain or gzip.
+/// The store is the state directory (append-only logs of events and trips, and a SQLite
+/// database for the rest); replays add to it, and replaying the same events again changes
+/// nothing.
 #[derive(Parser, Debug)]
 #[command(name = "tripflow", version, max_term_width = 100)]
 struct Cli {
@@ -41,7 +42,7 @@ struct Cli {
 enum Command {
     /// Push events from NDJSON files through the core into the store, then print the KPIs.
     Replay {
-        /// NDJSON event files, replayed in order; `-` reads standard input.
+        /// NDJSON event files (plain or gzip), replayed in order; `-` reads standard input.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<String>,
         #[command(flatten)]
