@@ -350,3 +350,24 @@ def test_command_line(binary, tmp_path):
             env=env,
         )
         assert missing.returncode == 1 and "pyspark is missing" in missing.stderr
+
+
+def test_glue_entry_point_reads_its_job_arguments(monkeypatch, tmp_path):
+    """Glue passes its own arguments around tripflow's; the entry script finds
+    --tripflow_args and adds the binary Glue copied into the working directory."""
+    sys.path.insert(0, str(ROOT / "hosts" / "spark"))
+    import glue_job
+
+    argv = [
+        "--JOB_ID",
+        "j_1",
+        "--tripflow_args",
+        "kpis --timezone 'America/New_York' s3://a/b/",
+        "--TempDir",
+        "s3://tmp/",
+    ]
+    assert glue_job.tripflow_args(argv) == ["kpis", "--timezone", "America/New_York", "s3://a/b/"]
+    assert glue_job.tripflow_args(["--tripflow_args=kpis x"]) == ["kpis", "x"]
+    with pytest.raises(SystemExit) as e:
+        glue_job.tripflow_args(["--JOB_ID", "j_1"])
+    assert "--tripflow_args" in str(e.value)

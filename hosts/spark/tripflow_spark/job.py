@@ -377,12 +377,13 @@ def executor_worker(shipped: Shipped) -> Worker:
     if not mode & stat.S_IXUSR:
         os.chmod(binary, mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     component = shipped.component
-    root = SparkFiles.getRootDirectory()
-    return Worker(
-        binary,
-        SparkFiles.get(component) if component else None,
-        os.path.join(root, "tripflow-cache"),
-    )
+    # The binary's own cache (~/.cache/tripflow) outlives the application, so a node compiles
+    # the component once, not once per job; where home is not writable, the executor's files.
+    home = os.path.expanduser("~")
+    cache = None
+    if not os.access(home, os.W_OK):
+        cache = os.path.join(SparkFiles.getRootDirectory(), "tripflow-cache")
+    return Worker(binary, SparkFiles.get(component) if component else None, cache)
 
 
 def parse_task(

@@ -49,8 +49,9 @@ impl Input {
     /// Opens the input for reading; a gzip input (by its magic bytes, whatever its name) is
     /// decompressed, all of its members in turn.
     pub fn open(&self) -> Result<Box<dyn BufRead + Send>, Error> {
-        let raw = self.open_raw()?;
-        gunzip_if_compressed(raw).io(|| format!("reading {}", self.name))
+        // Decided on the first read, so that opening an input (to check it can be) reads
+        // nothing: standard input is read once.
+        Ok(Box::new(Sniffed::Undecided(self.open_raw()?)))
     }
 
     /// Opens the input's bytes as they are, compressed or not.
@@ -100,6 +101,47 @@ pub fn gunzip_if_compressed(
         return Ok(Box::new(BufReader::with_capacity(1 << 20, Gunzip(gz))));
     }
     Ok(reader)
+}
+
+/// A reader that looks at its first bytes, on its first read, to decide whether it is gzip.
+enum Sniffed {
+    Undecided(Box<dyn BufRead + Send>),
+    Ready(Box<dyn BufRead + Send>),
+    /// Deciding failed; the error was returned.
+    Failed,
+}
+
+impl Sniffed {
+    fn ready(&mut self) -> io::Result<&mut Box<dyn BufRead + Send>> {
+        if let Sniffed::Undecided(_) = self {
+            let Sniffed::Undecided(raw) = std::mem::replace(self, Sniffed::Failed) else {
+                unreachable!("checked above")
+            };
+            *self = Sniffed::Ready(gunzip_if_compressed(raw)?);
+        }
+        match self {
+            Sniffed::Ready(r) => Ok(r),
+            _ => Err(io::Error::other("the input failed before")),
+        }
+    }
+}
+
+impl io::Read for Sniffed {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.ready()?.read(buf)
+    }
+}
+
+impl BufRead for Sniffed {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.ready()?.fill_buf()
+    }
+
+    fn consume(&mut self, n: usize) {
+        if let Sniffed::Ready(r) = self {
+            r.consume(n);
+        }
+    }
 }
 
 /// A gzip stream whose errors say what to do about them.

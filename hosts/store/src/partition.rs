@@ -248,7 +248,7 @@ pub fn parse_split<P: CoreProvider>(
     let max_record_bytes = provider.session()?.max_record_bytes()?;
     let name = &split.name;
     let mut line = split.newlines_before;
-    let mut skipped = 0u64;
+    let mut skipped_bytes = 0u64;
     if split.start > 0 {
         let mut before = [0u8; 1];
         reader
@@ -257,7 +257,7 @@ pub fn parse_split<P: CoreProvider>(
         if before[0] != b'\n' {
             // The split starts inside a line: that line belongs to the split before.
             let mut rest = Vec::new();
-            skipped = reader
+            skipped_bytes = reader
                 .read_until(b'\n', &mut rest)
                 .io(|| format!("reading {name}"))? as u64;
             if rest.last() == Some(&b'\n') {
@@ -265,7 +265,7 @@ pub fn parse_split<P: CoreProvider>(
             }
         }
     }
-    let first = split.start + skipped;
+    let first = split.start + skipped_bytes;
     let bounded: Box<dyn BufRead + Send> = match split.end {
         Some(end) if first >= end => return finish_split(split, &[], &Tally::default(), out),
         Some(end) => Box::new(UntilLineAt {
@@ -288,15 +288,18 @@ pub fn parse_split<P: CoreProvider>(
         .fill(&mut batch, opts.batch_lines, opts.batch_bytes)
         .io(|| format!("reading {name}"))?
     {
-        let Outcomes { skipped, trip_ids } = parse(provider, &mut session, &batch)?;
+        let Outcomes {
+            lines: outcomes,
+            trip_ids,
+        } = parse(provider, &mut session, &batch)?;
         let mut accepted = 0;
-        for (i, outcome) in skipped.into_iter().enumerate() {
+        for (i, outcome) in outcomes.into_iter().enumerate() {
             let reason = match outcome {
-                Some(None) => {
+                Outcome::Blank => {
                     tally.blank_lines += 1;
                     continue;
                 }
-                None => {
+                Outcome::Accepted => {
                     tally.records += 1;
                     let trip_id = trip_ids.get(accepted);
                     accepted += 1;
@@ -306,7 +309,7 @@ pub fn parse_split<P: CoreProvider>(
                     buffered += b.len() - before;
                     continue;
                 }
-                Some(Some(reason)) => reason,
+                Outcome::Rejected(code, detail) => (code, detail),
             };
             tally.records += 1;
             *tally.rejected.entry(reason.0.clone()).or_default() += 1;
@@ -329,10 +332,18 @@ pub fn parse_split<P: CoreProvider>(
     finish_split(split, &rejects, &tally, out)
 }
 
+/// What became of one line.
+#[derive(Clone)]
+enum Outcome {
+    Accepted,
+    Blank,
+    /// Reason code and detail.
+    Rejected(String, String),
+}
+
 /// The outcome of each line of a batch and the trip ids of the accepted ones.
 struct Outcomes {
-    /// Per line: `None` accepted, `Some(None)` blank, `Some(Some((code, detail)))` rejected.
-    skipped: Vec<Option<Option<(String, String)>>>,
+    lines: Vec<Outcome>,
     trip_ids: TripIds,
 }
 
@@ -356,44 +367,44 @@ fn parse<P: CoreProvider>(
     if let Ok((parsed, _)) =
         core.parse_resolve::<CoreError>(&batch.buf, &batch.spans, clock, |_| Ok(Vec::new()))
     {
-        let mut skipped: Vec<Option<Option<(String, String)>>> = vec![None; batch.spans.len()];
+        let mut lines = vec![Outcome::Accepted; batch.spans.len()];
         let mut fits = parsed.trip_ids.len() + parsed.skipped.len() == batch.spans.len();
         for s in parsed.skipped {
-            match skipped.get_mut(s.line as usize) {
-                Some(slot @ None) => {
-                    *slot = Some(
-                        s.reason
-                            .map(|r| (r.code().to_owned(), r.detail().to_owned())),
-                    )
+            match lines.get_mut(s.line as usize) {
+                Some(slot @ Outcome::Accepted) => {
+                    *slot = match s.reason {
+                        Some(r) => Outcome::Rejected(r.code().to_owned(), r.detail().to_owned()),
+                        None => Outcome::Blank,
+                    }
                 }
                 _ => fits = false,
             }
         }
         if fits {
             return Ok(Outcomes {
-                skipped,
+                lines,
                 trip_ids: parsed.trip_ids,
             });
         }
     }
     *session = None;
-    let mut skipped = Vec::with_capacity(batch.spans.len());
+    let mut lines = Vec::with_capacity(batch.spans.len());
     let mut ids: Vec<String> = Vec::new();
     for outcome in parse_isolating(provider, &batch.buf, &batch.spans)? {
-        skipped.push(match outcome {
+        lines.push(match outcome {
             Ok(ParseOutcome::Accepted(e)) => {
                 ids.push(e.trip_id);
-                None
+                Outcome::Accepted
             }
-            Ok(ParseOutcome::Blank) => Some(None),
+            Ok(ParseOutcome::Blank) => Outcome::Blank,
             Ok(ParseOutcome::Rejected(r)) => {
-                Some(Some((r.code().to_owned(), r.detail().to_owned())))
+                Outcome::Rejected(r.code().to_owned(), r.detail().to_owned())
             }
-            Err(failure) => Some(Some((CORE_FAILURE.to_owned(), failure.to_string()))),
+            Err(failure) => Outcome::Rejected(CORE_FAILURE.to_owned(), failure.to_string()),
         });
     }
     Ok(Outcomes {
-        skipped,
+        lines,
         trip_ids: ids.iter().map(String::as_str).collect(),
     })
 }
