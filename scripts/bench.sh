@@ -107,6 +107,20 @@ spark() {
   echo "== one core: the Spark job, local[1] (taskset -c 0)"
   taskset -c 0 scripts/tripflow-spark kpis --master 'local[1]' --partitions 4 \
     --kpi-out "$work/spark-2m-1core.csv" "$work/ev2m.ndjson" 2>&1 >/dev/null | grep "done in"
+  # The same job twice in one JVM on one core: the second run is warm (Python workers started,
+  # JIT compiled), as a long job's later stages are.
+  echo "== one core, warm: the job run twice in one Spark session, local[1] (taskset -c 0)"
+  PYTHONPATH=hosts/spark PYSPARK_PYTHON="$venv/bin/python" taskset -c 0 "$venv/bin/python" - "$work/ev2m.ndjson" <<'PY' 2>&1 | grep "done in"
+import os, sys
+from pyspark.sql import SparkSession
+from tripflow_spark import job
+spark = (SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false")
+         .config("spark.ui.showConsoleProgress", "false").getOrCreate())
+spark.sparkContext.setLogLevel("ERROR")
+for _ in range(2):
+    job.run(spark, job.Options(inputs=[sys.argv[1]], binary=os.environ["TRIPFLOW_BIN"], partitions=4))
+spark.stop()
+PY
   # Peak memory of one resolve worker on a bucket of the 2M file (4 buckets, so 1/4 of it).
   $bin partition parse --input-index 0 --name ev2m --buckets 4 "$work/ev2m.ndjson" > "$work/parsed.bin"
   python3 - "$work/parsed.bin" "$work/bucket0.bin" <<'PY'
