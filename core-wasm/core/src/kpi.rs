@@ -102,6 +102,74 @@ struct Totals {
     max: i64,
 }
 
+impl Totals {
+    fn of(t: &DayTotals) -> Totals {
+        Totals {
+            count: t.trip_count,
+            total: t.total_cents,
+            min: t.min_cents,
+            max: t.max_cents,
+        }
+    }
+
+    fn one(fare: i64) -> Totals {
+        Totals {
+            count: 1,
+            total: fare,
+            min: fare,
+            max: fare,
+        }
+    }
+}
+
+/// Running totals by day number.
+#[derive(Default)]
+struct Days(BTreeMap<i64, Totals>);
+
+impl Days {
+    /// Reads totals kept by a host.
+    fn read(&mut self, totals: &[DayTotals]) -> Result<(), KpiError> {
+        for t in totals {
+            let day = parse_date(&t.date).ok_or_else(|| bad_date(&t.date))?;
+            self.add(day, Totals::of(t))?;
+        }
+        Ok(())
+    }
+
+    /// Adds `more` to the day's totals: counts and sums add (an overflow is an error), minimum
+    /// and maximum fold.
+    fn add(&mut self, day: i64, more: Totals) -> Result<(), KpiError> {
+        let Some(sum) = self.0.get_mut(&day) else {
+            self.0.insert(day, more);
+            return Ok(());
+        };
+        let overflow = || {
+            KpiError::Overflow(format!(
+                "total fare of {} exceeds 64-bit cents",
+                format_date(day)
+            ))
+        };
+        sum.count = sum.count.checked_add(more.count).ok_or_else(overflow)?;
+        sum.total = sum.total.checked_add(more.total).ok_or_else(overflow)?;
+        sum.min = sum.min.min(more.min);
+        sum.max = sum.max.max(more.max);
+        Ok(())
+    }
+
+    fn into_totals(self) -> Vec<DayTotals> {
+        self.0
+            .into_iter()
+            .map(|(day, t)| DayTotals {
+                date: format_date(day),
+                trip_count: t.count,
+                total_cents: t.total,
+                min_cents: t.min,
+                max_cents: t.max,
+            })
+            .collect()
+    }
+}
+
 /// Adds the completed trips among `trips` to `totals`; returns the new totals sorted by date.
 pub fn accumulate(
     zone: &str,
@@ -109,59 +177,15 @@ pub fn accumulate(
     trips: &[TripFare],
 ) -> Result<Vec<DayTotals>, KpiError> {
     let zone = Zone::new(zone)?;
-    let mut days = BTreeMap::new();
-    for t in totals {
-        let day = parse_date(&t.date).ok_or_else(|| bad_date(&t.date))?;
-        days.insert(
-            day,
-            Totals {
-                count: t.trip_count,
-                total: t.total_cents,
-                min: t.min_cents,
-                max: t.max_cents,
-            },
-        );
-    }
+    let mut days = Days::default();
+    days.read(totals)?;
     for trip in trips {
         let (TripStatus::Completed, Some(fare)) = (trip.status, trip.fare_cents) else {
             continue;
         };
-        let day = zone.day_of(trip.start_ns);
-        match days.get_mut(&day) {
-            Some(t) => {
-                t.count += 1;
-                t.total = t.total.checked_add(fare).ok_or_else(|| {
-                    KpiError::Overflow(format!(
-                        "total fare of {} exceeds 64-bit cents",
-                        format_date(day)
-                    ))
-                })?;
-                t.min = t.min.min(fare);
-                t.max = t.max.max(fare);
-            }
-            None => {
-                days.insert(
-                    day,
-                    Totals {
-                        count: 1,
-                        total: fare,
-                        min: fare,
-                        max: fare,
-                    },
-                );
-            }
-        }
+        days.add(zone.day_of(trip.start_ns), Totals::one(fare))?;
     }
-    Ok(days
-        .into_iter()
-        .map(|(day, t)| DayTotals {
-            date: format_date(day),
-            trip_count: t.count,
-            total_cents: t.total,
-            min_cents: t.min,
-            max_cents: t.max,
-        })
-        .collect())
+    Ok(days.into_totals())
 }
 
 /// Merges two lists of running totals (each from [`accumulate`], computed over disjoint sets of
@@ -169,43 +193,10 @@ pub fn accumulate(
 /// its partitions accumulated. Counts and sums add, minimum and maximum take the smaller and the
 /// larger, so the result equals accumulating every trip in one list, in any order.
 pub fn merge(a: &[DayTotals], b: &[DayTotals]) -> Result<Vec<DayTotals>, KpiError> {
-    let mut days: BTreeMap<i64, Totals> = BTreeMap::new();
-    for t in a.iter().chain(b) {
-        let day = parse_date(&t.date).ok_or_else(|| bad_date(&t.date))?;
-        let add = Totals {
-            count: t.trip_count,
-            total: t.total_cents,
-            min: t.min_cents,
-            max: t.max_cents,
-        };
-        match days.get_mut(&day) {
-            Some(sum) => {
-                let overflow = || {
-                    KpiError::Overflow(format!(
-                        "total fare of {} exceeds 64-bit cents",
-                        format_date(day)
-                    ))
-                };
-                sum.count = sum.count.checked_add(add.count).ok_or_else(overflow)?;
-                sum.total = sum.total.checked_add(add.total).ok_or_else(overflow)?;
-                sum.min = sum.min.min(add.min);
-                sum.max = sum.max.max(add.max);
-            }
-            None => {
-                days.insert(day, add);
-            }
-        }
-    }
-    Ok(days
-        .into_iter()
-        .map(|(day, t)| DayTotals {
-            date: format_date(day),
-            trip_count: t.count,
-            total_cents: t.total,
-            min_cents: t.min,
-            max_cents: t.max,
-        })
-        .collect())
+    let mut days = Days::default();
+    days.read(a)?;
+    days.read(b)?;
+    Ok(days.into_totals())
 }
 
 /// Final rows for the days in `[from, to]` (inclusive; `None` leaves that end open), by date.
