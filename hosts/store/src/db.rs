@@ -8,7 +8,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tripflow_runtime::core::{EventKind, TripEvent, TripStatus};
 
 use crate::error::{DbContext, Error, IoContext};
@@ -158,7 +158,7 @@ pub struct StateDir {
 }
 
 /// What the store holds, for summaries.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreTotals {
     /// Stored events.
     pub events: u64,

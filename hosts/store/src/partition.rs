@@ -161,27 +161,13 @@ pub fn bucket_of(trip_id: &str, buckets: u32) -> u32 {
     (h % u64::from(buckets.max(1))) as u32
 }
 
-/// Counts of a stage, added up by [`finish`] into the replay's [`Summary`].
+/// Counts of a stage, added up by [`finish`] into the replay's [`Summary`]: the replay's
+/// counts (its `store` stays empty), the trips left open and the newest event time.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tally {
-    /// Records read (non-blank lines).
-    pub records: u64,
-    /// Blank lines.
-    pub blank_lines: u64,
-    /// Events stored (first copies).
-    pub stored: u64,
-    /// Exact duplicates.
-    pub duplicates: u64,
-    /// Stored events dated past the clock's horizon.
-    pub skewed: u64,
-    /// Rejected records by reason code.
-    pub rejected: BTreeMap<String, u64>,
-    /// Trips closed as completed.
-    pub completed: u64,
-    /// Trips closed as invalid.
-    pub invalid: u64,
-    /// Trips closed without a fare.
-    pub no_fare: u64,
+    /// Records read, stored, duplicates, skewed, rejected by reason, trips closed.
+    #[serde(flatten)]
+    pub counts: Summary,
     /// Trips left with one half.
     pub open: u64,
     /// The newest event time that may move the watermark.
@@ -190,19 +176,17 @@ pub struct Tally {
 
 impl Tally {
     fn add(&mut self, o: &Tally) {
-        self.records += o.records;
-        self.blank_lines += o.blank_lines;
-        self.stored += o.stored;
-        self.duplicates += o.duplicates;
-        self.skewed += o.skewed;
-        for (code, n) in &o.rejected {
-            *self.rejected.entry(code.clone()).or_default() += n;
+        self.counts.add(&o.counts);
+        for (code, n) in &o.counts.rejected {
+            *self.counts.rejected.entry(code.clone()).or_default() += n;
         }
-        self.completed += o.completed;
-        self.invalid += o.invalid;
-        self.no_fare += o.no_fare;
         self.open += o.open;
         self.newest_ns = self.newest_ns.max(o.newest_ns);
+    }
+
+    fn reject(&mut self, code: &str) {
+        self.counts.records += 1;
+        *self.counts.rejected.entry(code.to_owned()).or_default() += 1;
     }
 
     fn frame(&self, bucket: u32) -> Frame {
@@ -296,11 +280,11 @@ pub fn parse_split<P: CoreProvider>(
         for (i, outcome) in outcomes.into_iter().enumerate() {
             let reason = match outcome {
                 Outcome::Blank => {
-                    tally.blank_lines += 1;
+                    tally.counts.blank_lines += 1;
                     continue;
                 }
                 Outcome::Accepted => {
-                    tally.records += 1;
+                    tally.counts.records += 1;
                     let trip_id = trip_ids.get(accepted);
                     accepted += 1;
                     let b = &mut buckets[bucket_of(trip_id, split.buckets) as usize];
@@ -311,8 +295,7 @@ pub fn parse_split<P: CoreProvider>(
                 }
                 Outcome::Rejected(code, detail) => (code, detail),
             };
-            tally.records += 1;
-            *tally.rejected.entry(reason.0.clone()).or_default() += 1;
+            tally.reject(&reason.0);
             let record = QuarantineRecord {
                 source: name.clone(),
                 line: batch.lines[i],
@@ -682,8 +665,8 @@ pub fn resolve_bucket<P: CoreProvider>(
             buf.extend_from_slice(raw);
         }
         let r = resolve(provider, &mut session, &buf, &spans, clock)?;
-        tally.stored += r.new_events.len() as u64;
-        tally.duplicates += r.duplicates.len() as u64;
+        tally.counts.stored += r.new_events.len() as u64;
+        tally.counts.duplicates += r.duplicates.len() as u64;
         for c in &r.conflicts {
             let e = &batch[c.incoming as usize];
             let first = match c.first {
@@ -691,7 +674,8 @@ pub fn resolve_bucket<P: CoreProvider>(
                 EventRef::Stored(_) => None,
             };
             let code = Reject::ConflictingDuplicate(String::new()).code();
-            *tally.rejected.entry(code.to_owned()).or_default() += 1;
+            // Read in the parse stage; rejected here.
+            *tally.counts.rejected.entry(code.to_owned()).or_default() += 1;
             let record = QuarantineRecord {
                 source: names.get(e.input as usize).cloned().unwrap_or_default(),
                 line: e.line,
@@ -704,9 +688,9 @@ pub fn resolve_bucket<P: CoreProvider>(
         }
         for c in &r.closed {
             match c.status {
-                TripStatus::Completed => tally.completed += 1,
-                TripStatus::Invalid => tally.invalid += 1,
-                TripStatus::NoFare => tally.no_fare += 1,
+                TripStatus::Completed => tally.counts.completed += 1,
+                TripStatus::Invalid => tally.counts.invalid += 1,
+                TripStatus::NoFare => tally.counts.no_fare += 1,
             }
             fares.push(TripFare {
                 status: c.status,
@@ -735,7 +719,7 @@ pub fn resolve_bucket<P: CoreProvider>(
             open.extend_from_slice(id);
         }
         tally.open += r.opened.len() as u64;
-        tally.skewed += r.skewed.len() as u64;
+        tally.counts.skewed += r.skewed.len() as u64;
         tally.newest_ns = tally.newest_ns.max(r.newest_ns);
         start = end;
     }
@@ -1002,34 +986,27 @@ pub fn finish<P: CoreProvider>(
     }
     let (groups, quarantined) = quarantine_groups(quarantine, &opts.inputs)?;
     let mut summary = Summary::new();
-    summary.records = tally.records;
-    summary.blank_lines = tally.blank_lines;
-    summary.stored = tally.stored;
-    summary.duplicates = tally.duplicates;
-    summary.skewed = tally.skewed;
-    for (code, n) in &tally.rejected {
+    summary.add(&tally.counts);
+    for (code, n) in &tally.counts.rejected {
         *summary.rejected.entry(code.clone()).or_default() += n;
     }
-    summary.completed = tally.completed;
-    summary.invalid = tally.invalid;
-    summary.no_fare = tally.no_fare;
     summary.store = StoreTotals {
-        events: tally.stored,
-        completed: tally.completed,
-        invalid: tally.invalid,
-        no_fare: tally.no_fare,
+        events: summary.stored,
+        completed: summary.completed,
+        invalid: summary.invalid,
+        no_fare: summary.no_fare,
         open: tally.open,
         orphaned,
         quarantined,
     };
     let accounting = Accounting {
-        records_read: Some(tally.records),
-        blank_lines: Some(tally.blank_lines),
-        duplicates: Some(tally.duplicates),
-        stored_events: tally.stored,
-        completed: tally.completed,
-        invalid: tally.invalid,
-        no_fare: tally.no_fare,
+        records_read: Some(summary.records),
+        blank_lines: Some(summary.blank_lines),
+        duplicates: Some(summary.duplicates),
+        stored_events: summary.stored,
+        completed: summary.completed,
+        invalid: summary.invalid,
+        no_fare: summary.no_fare,
         open: tally.open,
         orphaned,
         rejected: groups,
@@ -1238,7 +1215,7 @@ mod tests {
         assert_eq!(whole.0.len(), 42);
         assert_eq!(whole.0[0], (1, "a".to_owned()));
         assert_eq!(whole.1.len(), 6);
-        assert_eq!(whole.2.blank_lines, 2);
+        assert_eq!(whole.2.counts.blank_lines, 2);
         let len = data.len() as u64;
         for step in [1u64, 2, 3, 7, 40, 97, 500, len / 3, len - 1] {
             let cuts: Vec<u64> = (1..len).step_by(step as usize).collect();
@@ -1255,7 +1232,7 @@ mod tests {
     fn a_record_over_the_limit_is_read_whole_by_the_split_it_starts_in() {
         let data = sample(true);
         let whole = split_and_parse(&data, &[]);
-        assert_eq!(whole.2.rejected["too_large"], 1);
+        assert_eq!(whole.2.counts.rejected["too_large"], 1);
         assert_eq!(whole.0.len(), 42);
         let len = data.len() as u64;
         for step in [4096u64, 65_536, len / 3] {

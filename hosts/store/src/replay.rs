@@ -12,7 +12,7 @@ use std::io::Write;
 use std::sync::{Arc, mpsc};
 
 use rusqlite::{Connection, TransactionBehavior, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 // `ToStore`: an accepted event the core decided to store (`log::NewEvent` is its record).
 use tripflow_runtime::core::batch::{
     BatchResolution, NewEvent as ToStore, Skipped, StoredEvent, TripIds,
@@ -78,7 +78,7 @@ impl Progress for () {
 }
 
 /// What a replay did, and what the store holds afterwards.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
     /// Records read (non-blank lines).
     pub records: u64,
@@ -100,6 +100,7 @@ pub struct Summary {
     /// Trips this replay closed without a fare.
     pub no_fare: u64,
     /// The store after the replay.
+    #[serde(default)]
     pub store: StoreTotals,
 }
 
@@ -113,7 +114,7 @@ impl Summary {
     }
 
     /// Adds a batch's counts (not its rejects, which are counted by reason).
-    fn add(&mut self, b: &Summary) {
+    pub(crate) fn add(&mut self, b: &Summary) {
         self.records += b.records;
         self.blank_lines += b.blank_lines;
         self.stored += b.stored;
