@@ -332,6 +332,20 @@ def test_command_line(binary, tmp_path):
         [*cmd, "kpis", "--partitions", "0", str(NYC)], capture_output=True, text=True, env=env
     )
     assert bad.returncode == 2 and "at least 1" in bad.stderr
+    # A bad input is refused before Spark starts, naming it and what to do.
+    missing = subprocess.run(
+        [*cmd, "kpis", str(tmp_path / "nope.ndjson")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert (
+        missing.returncode == 1
+        and "cannot read" in missing.stderr
+        and "nope.ndjson" in missing.stderr
+    )
+    assert "check the path" in missing.stderr
     no_java = subprocess.run(
         [*cmd, "kpis", str(NYC)],
         capture_output=True,

@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    from tripflow_spark.job import DEFAULT_SPLIT_BYTES, JobError, Options, run
+    from tripflow_spark.job import DEFAULT_SPLIT_BYTES, JobError, Options, check, run
     from tripflow_spark.worker import WorkerError, find_binary
 
     try:
@@ -202,29 +202,36 @@ def main(argv: list[str] | None = None) -> int:
         if why:
             print(f"error: {why}", file=sys.stderr)
             return 1
+    opts = Options(
+        inputs=args.inputs,
+        timezone=args.timezone,
+        partitions=args.partitions or 0,
+        kpi_out=args.kpi_out,
+        quarantine=args.quarantine,
+        report=args.report,
+        accounting=args.accounting,
+        publish=args.publish,
+        kpi_from=args.kpi_from,
+        kpi_to=args.kpi_to,
+        max_clock_skew=args.max_clock_skew,
+        orphans_older_than=args.orphans_older_than,
+        arrival_ns=args.arrival_ns,
+        split_bytes=args.split_size or DEFAULT_SPLIT_BYTES,
+        binary=binary,
+        component=component,
+    )
+    # Bad input is found in a second, before Spark's start.
+    try:
+        checked = check(opts)
+    except JobError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     spark = session(args.master if not under_submit else None)
     try:
-        partitions = args.partitions or max(2, 2 * spark.sparkContext.defaultParallelism)
-        opts = Options(
-            inputs=args.inputs,
-            timezone=args.timezone,
-            partitions=partitions,
-            kpi_out=args.kpi_out,
-            quarantine=args.quarantine,
-            report=args.report,
-            accounting=args.accounting,
-            publish=args.publish,
-            kpi_from=args.kpi_from,
-            kpi_to=args.kpi_to,
-            max_clock_skew=args.max_clock_skew,
-            orphans_older_than=args.orphans_older_than,
-            arrival_ns=args.arrival_ns,
-            split_bytes=args.split_size or DEFAULT_SPLIT_BYTES,
-            binary=binary,
-            component=component,
-        )
+        if not opts.partitions:
+            opts.partitions = max(2, 2 * spark.sparkContext.defaultParallelism)
         try:
-            result = run(spark, opts)
+            result = run(spark, opts, checked=checked)
         except JobError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

@@ -110,15 +110,21 @@ def describe_component(worker: Worker) -> tuple[str, str]:
     return contract, sha
 
 
-def run(spark: Any, opts: Options, log: Any = None) -> Result:
-    """Runs the job on ``spark``; writes the outputs ``opts`` names. Raises :class:`JobError`
-    (nothing written) for bad input found before the work starts, and for a failed stage."""
-    log = log or (lambda msg: print(f"tripflow-spark: {msg}", file=sys.stderr))
-    started = time.monotonic()
-    sc = spark.sparkContext
+@dataclass(frozen=True)
+class Checked:
+    """What :func:`check` found: the component and the inputs, in order."""
+
+    contract: str
+    sha256: str
+    files: list[inputs.InputFile]
+
+
+def check(opts: Options) -> Checked:
+    """Everything that can be checked before Spark starts: the component loads and speaks this
+    binary's contract, the outputs can be written, every input can be read, the time zone and
+    the days are valid. Raises :class:`JobError`, having done no work."""
     local = Worker(opts.binary, opts.component)
     contract, sha = describe_component(local)
-    log(f"component sha256 {sha} ({contract}), binary {opts.binary}")
     check_outputs(opts)
     try:
         files = inputs.expand(opts.inputs)
@@ -139,6 +145,19 @@ def run(spark: Any, opts: Options, log: Any = None) -> Result:
         )
     except WorkerError as e:
         raise JobError(str(e)) from e
+    return Checked(contract, sha, files)
+
+
+def run(spark: Any, opts: Options, log: Any = None, checked: Checked | None = None) -> Result:
+    """Runs the job on ``spark``; writes the outputs ``opts`` names. Raises :class:`JobError`
+    (nothing written) for bad input found before the work starts, and for a failed stage."""
+    log = log or (lambda msg: print(f"tripflow-spark: {msg}", file=sys.stderr))
+    started = time.monotonic()
+    sc = spark.sparkContext
+    local = Worker(opts.binary, opts.component)
+    checked = checked or check(opts)
+    contract, sha, files = checked.contract, checked.sha256, checked.files
+    log(f"component sha256 {sha} ({contract}), binary {opts.binary}")
     splits = inputs.plan(files, opts.split_bytes)
     log(f"{len(files)} input(s), {len(splits)} split(s), {opts.partitions} partition(s)")
 
