@@ -272,6 +272,11 @@ def test_s3_archive_published_in_the_pipeline_layout(spark, binary, tmp_path, mo
         Body=gzip.compress(b"".join(lines[:7000])),
     )
     client.put_object(Bucket="archive", Key="events/2019-03/b.ndjson", Body=b"".join(lines[7000:]))
+    # An empty object, and a job's leftovers that Spark-style listing leaves out.
+    client.put_object(Bucket="archive", Key="events/2019-03/c-empty.ndjson", Body=b"")
+    client.put_object(
+        Bucket="archive", Key="events/2019-03/_temporary/0/part.ndjson", Body=b"not an event\n"
+    )
     local = [tmp_path / "a.ndjson", tmp_path / "b.ndjson"]
     local[0].write_bytes(b"".join(lines[:7000]))
     local[1].write_bytes(b"".join(lines[7000:]))
@@ -385,3 +390,24 @@ def test_glue_entry_point_reads_its_job_arguments(monkeypatch, tmp_path):
     with pytest.raises(SystemExit) as e:
         glue_job.tripflow_args(["--JOB_ID", "j_1"])
     assert "--tripflow_args" in str(e.value)
+
+
+def test_an_input_that_breaks_off_fails_the_task(binary):
+    """An S3 read that fails midway must not look like the end of the input to the worker."""
+    from tripflow_spark.worker import Worker, WorkerError
+
+    class BreaksOff:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def read(self, _size: int = -1) -> bytes:
+            self.calls += 1
+            if self.calls == 1:
+                return NYC.read_bytes()[:5000]
+            raise OSError("Connection reset by peer")
+
+    args = ["parse", "--input-index", "0", "--name", "x", "--buckets", "2", "-"]
+    with pytest.raises(WorkerError) as e:
+        list(Worker(binary).run(args, BreaksOff()))
+    assert "reading the input of tripflow partition parse failed" in str(e.value)
+    assert "Connection reset" in str(e.value)

@@ -90,8 +90,13 @@ def expand(args: list[str]) -> list[InputFile]:
             found.append((arg, os.path.abspath(arg), os.path.getsize(arg)))
     files = []
     for index, (name, uri, size) in enumerate(found):
-        with open_range(uri, 0, 2) as head:
-            magic = head.read(2)
+        magic = b""
+        if size > 0:
+            try:
+                with open_range(uri, 0, 2) as head:
+                    magic = head.read(2)
+            except Exception as e:  # an S3 or file error, said in the user's terms
+                raise InputError(f"cannot read {name}: {e}; check it can be read") from e
         files.append(InputFile(index, name, uri, size, magic == GZIP_MAGIC))
     return files
 

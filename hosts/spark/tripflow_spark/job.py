@@ -17,6 +17,7 @@ Stages (Spark runs, retries and shuffles each; the ``tripflow`` binary decides i
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import stat
@@ -360,17 +361,24 @@ def ship(sc: Any, opts: Options) -> Shipped:
     sc.addFile(opts.binary)
     if opts.component:
         sc.addFile(opts.component)
+    archive = package_zip()
+    sc.addPyFile(archive)
+    return Shipped(
+        os.path.basename(opts.binary),
+        os.path.basename(opts.component) if opts.component else None,
+    )
+
+
+@functools.cache
+def package_zip() -> str:
+    """This package as a zip for the executors, made once per driver process."""
     package = os.path.dirname(os.path.abspath(__file__))
     archive = os.path.join(tempfile.mkdtemp(prefix="tripflow-spark-py-"), "tripflow_spark.zip")
     with zipfile.ZipFile(archive, "w") as z:
         for name in sorted(os.listdir(package)):
             if name.endswith(".py"):
                 z.write(os.path.join(package, name), f"tripflow_spark/{name}")
-    sc.addPyFile(archive)
-    return Shipped(
-        os.path.basename(opts.binary),
-        os.path.basename(opts.component) if opts.component else None,
-    )
+    return archive
 
 
 def storage_level() -> Any:
@@ -429,7 +437,11 @@ def parse_task(
         ]
         if split.end is not None:
             args += ["--end", str(split.end)]
-        if f.uri.startswith("s3://"):
+        if f.size == 0:
+            # Nothing to read (and S3 refuses a range of an empty object).
+            for fr in worker.run([*args, "-"], [b""]):
+                yield bucket_of(fr), fr
+        elif f.uri.startswith("s3://"):
             body = inputs.open_range(f.uri, max(split.start - 1, 0), None)
             with body:
                 for fr in worker.run([*args, "-"], body):

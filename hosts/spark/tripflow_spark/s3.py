@@ -37,7 +37,8 @@ def split_uri(uri: str) -> tuple[str, str]:
 
 def list_objects(uri: str) -> list[tuple[str, int]]:
     """The object ``uri`` itself, or every object under it as a prefix, by key, with sizes.
-    Keys ending in ``/`` (folder markers) and names starting with ``_`` or ``.`` are left out."""
+    Keys ending in ``/`` (folder markers), and keys with a part below the prefix that starts
+    with ``_`` or ``.`` (``_SUCCESS``, ``_temporary/``), are left out, as Spark leaves them."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     from tripflow_spark.inputs import InputError
@@ -49,8 +50,8 @@ def list_objects(uri: str) -> list[tuple[str, int]]:
         for page in pages:
             for o in page.get("Contents", []):
                 key = o["Key"]
-                base = key.rsplit("/", 1)[-1]
-                if key.endswith("/") or base.startswith(("_", ".")):
+                below = key[len(prefix) :].split("/")
+                if key.endswith("/") or any(p.startswith(("_", ".")) for p in below if p):
                     continue
                 if key != prefix and not (
                     prefix == "" or prefix.endswith("/") or key[len(prefix)] == "/"

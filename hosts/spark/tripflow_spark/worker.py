@@ -64,20 +64,33 @@ class Worker:
             )
             feeder = None
             if stdin is not None:
-                feeder = threading.Thread(target=_feed, args=(proc.stdin, stdin), daemon=True)
+                feeder = Feeder(proc, stdin)
                 feeder.start()
             assert proc.stdout is not None
+            broken: WorkerError | None = None
             try:
                 yield from read_frames(proc.stdout)
+            except WorkerError as e:
+                broken = e
             finally:
                 proc.stdout.close()
                 code = proc.wait()
                 if feeder is not None:
                     feeder.join()
+            if feeder is not None and feeder.failed is not None:
+                # The input broke off (an S3 read that failed midway): the feeder killed the
+                # worker, so that it could not take the break for the input's end.
+                raise WorkerError(
+                    f"reading the input of tripflow partition {args[0]} failed: {feeder.failed}"
+                ) from feeder.failed
             if code != 0:
                 err.seek(0)
                 said = err.read().decode("utf-8", "replace").strip()
-                raise WorkerError(said or f"tripflow partition {args[0]} exited with {code}")
+                raise WorkerError(
+                    said or f"tripflow partition {args[0]} exited with {code}"
+                ) from broken
+            if broken is not None:
+                raise broken
 
     def output(self, args: list[str], stdin: bytes | None = None) -> str:
         """Runs ``tripflow ARGS`` and returns its stdout; :class:`WorkerError` on failure."""
@@ -94,22 +107,39 @@ class Worker:
         return done.stdout.decode("utf-8")
 
 
-def _feed(pipe: BinaryIO | None, data: Iterable[bytes] | BinaryIO) -> None:
-    """Writes ``data`` to the worker until it ends or the worker stops reading (a split's
-    reader stops after its last line)."""
-    assert pipe is not None
-    try:
-        if hasattr(data, "read"):
-            while chunk := data.read(1 << 20):  # type: ignore[union-attr]
-                pipe.write(chunk)
+class Feeder(threading.Thread):
+    """Writes a worker's input to its stdin until the input ends or the worker stops reading
+    (a split's reader stops after its last line). If reading the input fails, the worker is
+    killed, so that it cannot take the break for the input's end, and the error is kept."""
+
+    def __init__(self, proc: subprocess.Popen, data: Iterable[bytes] | BinaryIO) -> None:
+        super().__init__(daemon=True)
+        self.proc = proc
+        self.data = data
+        self.failed: BaseException | None = None
+
+    def chunks(self) -> Iterator[bytes]:
+        if hasattr(self.data, "read"):
+            while chunk := self.data.read(1 << 20):  # type: ignore[union-attr]
+                yield chunk
         else:
-            for chunk in data:  # type: ignore[union-attr]
-                pipe.write(chunk)
-    except (BrokenPipeError, ConnectionResetError):
-        pass
-    finally:
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            pipe.close()
+            yield from self.data  # type: ignore[misc]
+
+    def run(self) -> None:
+        pipe = self.proc.stdin
+        assert pipe is not None
+        try:
+            for chunk in self.chunks():
+                try:
+                    pipe.write(chunk)
+                except (BrokenPipeError, ConnectionResetError):
+                    return
+        except BaseException as e:  # kept, and raised by Worker.run
+            self.failed = e
+            self.proc.kill()
+        finally:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                pipe.close()
 
 
 def read_frames(stream: BinaryIO) -> Iterator[bytes]:

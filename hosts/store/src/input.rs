@@ -5,7 +5,7 @@
 //! handed just enough of it to see that it is too large.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::PathBuf;
 
 use tripflow_runtime::core::Span;
@@ -89,18 +89,48 @@ impl Input {
 pub fn gunzip_if_compressed(
     mut reader: Box<dyn BufRead + Send>,
 ) -> io::Result<Box<dyn BufRead + Send>> {
-    let head = loop {
+    let first = fill(&mut reader)?;
+    if first.len() >= 2 {
+        return Ok(if first.starts_with(&[0x1f, 0x8b]) {
+            gunzip(reader)
+        } else {
+            reader
+        });
+    }
+    // A pipe may hand over a single byte first: take up to two before deciding.
+    let mut head = first.to_vec();
+    reader.consume(head.len());
+    while head.len() == 1 {
+        let more = fill(&mut reader)?;
+        let Some(&b) = more.first() else { break };
+        head.push(b);
+        reader.consume(1);
+    }
+    let whole: Box<dyn BufRead + Send> =
+        Box::new(BufReader::new(io::Cursor::new(head).chain(reader)));
+    let mut whole = whole;
+    Ok(if fill(&mut whole)?.starts_with(&[0x1f, 0x8b]) {
+        gunzip(whole)
+    } else {
+        whole
+    })
+}
+
+/// The next buffered bytes, read through interrupted calls.
+fn fill(reader: &mut Box<dyn BufRead + Send>) -> io::Result<&[u8]> {
+    loop {
         match reader.fill_buf() {
-            Ok(b) => break b,
+            Ok(_) => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
-    };
-    if head.starts_with(&[0x1f, 0x8b]) {
-        let gz = flate2::bufread::MultiGzDecoder::new(reader);
-        return Ok(Box::new(BufReader::with_capacity(1 << 20, Gunzip(gz))));
     }
-    Ok(reader)
+    reader.fill_buf()
+}
+
+fn gunzip(reader: Box<dyn BufRead + Send>) -> Box<dyn BufRead + Send> {
+    let gz = flate2::bufread::MultiGzDecoder::new(reader);
+    Box::new(BufReader::with_capacity(1 << 20, Gunzip(gz)))
 }
 
 /// A reader that looks at its first bytes, on its first read, to decide whether it is gzip.

@@ -459,15 +459,20 @@ impl BufRead for UntilLineAt {
             return Ok(&[]);
         }
         let available = self.inner.fill_buf()?;
-        if self.at_line_start || self.pos < self.end {
+        // The last line of the split is the one that starts before `end`: it ends at the first
+        // line feed at or after `end - 1`. Hand out nothing past it, whoever reads.
+        let from = (self.end - 1).saturating_sub(self.pos);
+        let Ok(from) = usize::try_from(from) else {
+            return Ok(available);
+        };
+        if from >= available.len() {
             return Ok(available);
         }
-        // Past the end inside the last line: hand out no more than its rest.
-        let line_end = available
+        let cut = available[from..]
             .iter()
             .position(|&b| b == b'\n')
-            .map_or(available.len(), |i| i + 1);
-        Ok(&available[..line_end])
+            .map_or(available.len(), |i| from + i + 1);
+        Ok(&available[..cut])
     }
 
     fn consume(&mut self, n: usize) {
@@ -1244,6 +1249,41 @@ mod tests {
             );
         }
         assert_eq!(split_and_parse(&data, &at_line_feeds(&data)), whole);
+    }
+
+    #[test]
+    fn a_split_read_whole_holds_exactly_its_lines() {
+        // Through `Read` as well as `read_until`: no byte of the next split's lines.
+        let data = b"aa\nbbbb\ncc\n\ndddddd\ne".to_vec();
+        for start in 0..data.len() {
+            for end in start + 1..=data.len() {
+                let line_start = |p: usize| p == 0 || data[p - 1] == b'\n';
+                let first = (start..data.len()).find(|&p| line_start(p));
+                let expected: Vec<u8> = match first {
+                    Some(f) if f < end => {
+                        let last = (f..end).filter(|&p| line_start(p)).max().unwrap();
+                        let stop = data[last..]
+                            .iter()
+                            .position(|&b| b == b'\n')
+                            .map_or(data.len(), |i| last + i + 1);
+                        data[f..stop].to_vec()
+                    }
+                    _ => Vec::new(),
+                };
+                let Some(f) = first.filter(|&f| f < end) else {
+                    continue;
+                };
+                let mut r = UntilLineAt {
+                    inner: Box::new(io::Cursor::new(data[f..].to_vec())),
+                    pos: f as u64,
+                    end: end as u64,
+                    at_line_start: true,
+                };
+                let mut got = Vec::new();
+                r.read_to_end(&mut got).unwrap();
+                assert_eq!(got, expected, "split {start}..{end}");
+            }
+        }
     }
 
     const MAX_LINE: usize = tripflow_runtime::core::MAX_RECORD_BYTES as usize + 10;
