@@ -1213,6 +1213,21 @@ mod tests {
             .collect()
     }
 
+    /// Cuts `data` every `step` bytes for each step, then at and around every line feed: each
+    /// set of splits must read what the whole input reads.
+    fn assert_every_cut(data: &[u8], whole: &(Vec<(u64, String)>, Vec<u64>, Tally), steps: &[u64]) {
+        let len = data.len() as u64;
+        for &step in steps {
+            let cuts: Vec<u64> = (1..len).step_by(step as usize).collect();
+            assert_eq!(
+                &split_and_parse(data, &cuts),
+                whole,
+                "cut every {step} bytes"
+            );
+        }
+        assert_eq!(&split_and_parse(data, &at_line_feeds(data)), whole);
+    }
+
     #[test]
     fn any_cut_of_an_input_reads_each_line_once_with_its_line_number() {
         let data = sample(false);
@@ -1222,15 +1237,7 @@ mod tests {
         assert_eq!(whole.1.len(), 6);
         assert_eq!(whole.2.counts.blank_lines, 2);
         let len = data.len() as u64;
-        for step in [1u64, 2, 3, 7, 40, 97, 500, len / 3, len - 1] {
-            let cuts: Vec<u64> = (1..len).step_by(step as usize).collect();
-            assert_eq!(
-                split_and_parse(&data, &cuts),
-                whole,
-                "cut every {step} bytes"
-            );
-        }
-        assert_eq!(split_and_parse(&data, &at_line_feeds(&data)), whole);
+        assert_every_cut(&data, &whole, &[1, 2, 3, 7, 40, 97, 500, len / 3, len - 1]);
     }
 
     #[test]
@@ -1240,15 +1247,7 @@ mod tests {
         assert_eq!(whole.2.counts.rejected["too_large"], 1);
         assert_eq!(whole.0.len(), 42);
         let len = data.len() as u64;
-        for step in [4096u64, 65_536, len / 3] {
-            let cuts: Vec<u64> = (1..len).step_by(step as usize).collect();
-            assert_eq!(
-                split_and_parse(&data, &cuts),
-                whole,
-                "cut every {step} bytes"
-            );
-        }
-        assert_eq!(split_and_parse(&data, &at_line_feeds(&data)), whole);
+        assert_every_cut(&data, &whole, &[4096, 65_536, len / 3]);
     }
 
     #[test]
