@@ -58,8 +58,9 @@ pub async fn add_marks(app: &App, pk: &str, sks: &[String], budget: &Budget) -> 
     Ok(())
 }
 
-/// A marker as read: its UTC date and its `marks` counter.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A marker as read: its UTC date and its `marks` counter. A scheduled execution of the KPI
+/// state machine carries the markers its plan read to its publish step as JSON.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Marker {
     /// UTC date, `YYYY-MM-DD`.
     pub utc_day: String,

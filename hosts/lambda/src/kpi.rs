@@ -19,23 +19,40 @@
 use std::collections::{BTreeSet, HashSet};
 
 use chrono::NaiveDate;
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tripflow_runtime::core::report::{Provenance, ReportRequest};
 use tripflow_runtime::core::{DayKpi, DayTotals, TripFare, TripStatus};
 use tripflow_runtime::{CoreProvider, TripCore};
 
+use crate::dirty::Marker;
 use crate::manifest::{self, DoneEntry, Kind};
 use crate::metrics::Counters;
 use crate::retry::{Budget, describe, retry};
 use crate::{App, Error, dirty};
 
-/// The longest range one run may cover.
+/// The longest range one invocation computes: a whole run without the state machine, or one
+/// of its chunks.
 pub const MAX_DAYS: i64 = 366;
+/// The longest range one state-machine execution covers (20 years). What an execution carries
+/// from step to step is at most 256 KiB: the chunks, and the dates each chunk published (13
+/// bytes a day). A longer republish runs as one execution per 20 years.
+pub const MAX_EXECUTION_DAYS: i64 = 7_320;
+/// The most chunks one execution fans out to: an inline Map's iterations stay well inside an
+/// execution's 25,000 history events.
+pub const MAX_CHUNKS: usize = 1_000;
 /// Trips handed to the core per `accumulate` call.
 const CHUNK: usize = 16_384;
+/// Daily objects a publish step reads at once.
+const PARALLEL_READS: usize = 16;
 
-/// The days a run covers.
-pub fn range(app: &App, payload: &Value, budget: &Budget) -> Result<(String, String), Error> {
+/// The days a manual or scheduled run covers, `from..=to`, at most `max_days` long.
+fn range(
+    app: &App,
+    payload: &Value,
+    budget: &Budget,
+    max_days: i64,
+) -> Result<(String, String), Error> {
     let field = |k: &str| payload.get(k).and_then(Value::as_str).map(str::to_owned);
     let (from, to) = match (field("from"), field("to")) {
         (Some(f), Some(t)) => (f, t),
@@ -61,9 +78,14 @@ pub fn range(app: &App, payload: &Value, budget: &Budget) -> Result<(String, Str
         .session()?
         .finish(&[], Some(&from), Some(&to))?;
     let days = (parse_date(&to)? - parse_date(&from)?).num_days() + 1;
-    if days > MAX_DAYS {
+    if days > max_days {
         return Err(format!(
-            "{from}..{to} is {days} days; one run covers at most {MAX_DAYS}: split the range"
+            "{from}..{to} is {days} days; one {} covers at most {max_days}: split the range",
+            if max_days == MAX_DAYS {
+                "invocation"
+            } else {
+                "execution"
+            }
         )
         .into());
     }
@@ -78,20 +100,31 @@ fn parse_date(s: &str) -> Result<NaiveDate, Error> {
 /// Dirty days handled by one run at most; the rest wait for the next run (oldest first), so a
 /// backfill of years is published over a few runs instead of timing one out.
 pub const MAX_DIRTY_DAYS_PER_RUN: usize = 366;
+/// Dirty days one scheduled execution of the state machine publishes at most (five years);
+/// the markers it carries to its publish step stay well inside the 256 KiB of its state.
+pub const MAX_DIRTY_DAYS_PER_EXECUTION: usize = 1_830;
 
-/// Handles one run.
-///
-/// A scheduled run (no dates) recomputes yesterday and today in `TIMEZONE` plus every local
-/// day that overlaps a dirty UTC day (see [`dirty`]): late ends, backlogs, backfills and
-/// reconciled trips are published by the next run after the matcher or sweeper completed
-/// them. A manual run (`from`/`to`) recomputes exactly its range and leaves the markers.
-pub async fn handle(app: &App, payload: Value, budget: &Budget) -> Result<Value, Error> {
-    let rcu_before = app.capacity.read_units();
-    let scheduled = payload.get("from").is_none() && payload.get("to").is_none();
-    let (from, to) = range(app, &payload, budget)?;
-    let zone = app.config.timezone.clone();
-    let bucket = app.config.bucket.clone().ok_or("BUCKET is not set")?;
+/// What a run recomputes: the local days, and the dirty-day markers it clears once published.
+struct Selection {
+    from: String,
+    to: String,
+    days: BTreeSet<NaiveDate>,
+    markers: Vec<Marker>,
+    deferred: usize,
+}
 
+/// A manual run (`from`/`to`) recomputes exactly its range and leaves the markers. A scheduled
+/// run (no dates) recomputes yesterday and today in `TIMEZONE` plus every local day that
+/// overlaps a dirty UTC day (see [`dirty`]), at most `max_dirty` of them, oldest first.
+async fn select(
+    app: &App,
+    request: &Value,
+    budget: &Budget,
+    max_days: i64,
+    max_dirty: usize,
+) -> Result<Selection, Error> {
+    let scheduled = request.get("from").is_none() && request.get("to").is_none();
+    let (from, to) = range(app, request, budget, max_days)?;
     let mut days: BTreeSet<NaiveDate> = BTreeSet::new();
     let mut d = parse_date(&from)?;
     while d <= parse_date(&to)? {
@@ -103,56 +136,369 @@ pub async fn handle(app: &App, payload: Value, budget: &Budget) -> Result<Value,
     } else {
         Vec::new()
     };
-    let deferred = markers.len().saturating_sub(MAX_DIRTY_DAYS_PER_RUN);
-    markers.truncate(MAX_DIRTY_DAYS_PER_RUN);
+    let deferred = markers.len().saturating_sub(max_dirty);
+    markers.truncate(max_dirty);
     if !markers.is_empty() {
         let utc: Vec<String> = markers.iter().map(|m| m.utc_day.clone()).collect();
-        for local in app.core_within(budget).session()?.local_days(&zone, &utc)? {
+        for local in app
+            .core_within(budget)
+            .session()?
+            .local_days(&app.config.timezone, &utc)?
+        {
             days.insert(parse_date(&local)?);
         }
     }
+    Ok(Selection {
+        from,
+        to,
+        days,
+        markers,
+        deferred,
+    })
+}
+
+/// Handles one invocation. The payload's `step` says which part of a run it is:
+///
+/// - none: a whole run in this invocation (a manual range of at most [`MAX_DAYS`], or what
+///   the schedule sends), as [`whole_run`] describes;
+/// - `plan`, `chunk`, `publish`: the steps of the KPI state machine (`KpiStateMachine` in
+///   `deploy/template.yaml`), which fans a run of any length out over chunks of days and
+///   keeps one writer for the combined CSV. The function decides; the state machine only
+///   carries each step's output to the next.
+pub async fn handle(app: &App, payload: Value, budget: &Budget) -> Result<Value, Error> {
+    match payload.get("step").and_then(Value::as_str) {
+        None => whole_run(app, payload, budget).await,
+        Some("plan") => plan(app, &payload, budget).await,
+        Some("chunk") => chunk(app, &payload, budget).await,
+        Some("publish") => publish(app, &payload, budget).await,
+        Some(other) => Err(format!(
+            "unknown step {other:?}: the KPI state machine's steps are plan, chunk and publish; \
+             leave step out for one whole run"
+        )
+        .into()),
+    }
+}
+
+/// One whole run in one invocation: every day of the selection computed, written and merged
+/// into the combined CSV, and the markers cleared.
+async fn whole_run(app: &App, payload: Value, budget: &Budget) -> Result<Value, Error> {
+    let rcu_before = app.capacity.read_units();
+    let selection = select(app, &payload, budget, MAX_DAYS, MAX_DIRTY_DAYS_PER_RUN).await?;
+    let bucket = bucket(app)?;
 
     // Each run of consecutive days is one range for the core.
     let mut rows: Vec<DayKpi> = Vec::new();
     let mut trips_read = 0u64;
-    for (first, last) in consecutive(&days) {
-        let (r, n) = compute(app, &zone, first, last, budget).await?;
+    for (first, last) in consecutive(&selection.days) {
+        let (r, n) = compute(app, &app.config.timezone, first, last, budget).await?;
         rows.extend(r);
         trips_read += n;
     }
-    let mut core = app.core_within(budget).session()?;
+    let daily = write_daily(app, &bucket, &rows, budget).await?;
+    let recomputed: BTreeSet<String> = selection.days.iter().map(NaiveDate::to_string).collect();
+    let published =
+        publish_rows(app, &bucket, &rows, &recomputed, &selection.markers, budget).await?;
 
-    // One object per day.
-    let mut daily = Vec::new();
-    for row in &rows {
-        let key = format!(
-            "{}date={}/daily_trip_kpis.csv",
-            app.config.kpi_daily_prefix, row.date
-        );
+    let mut counters = Counters::default();
+    counters.add("KpiTripsRead", trips_read as f64);
+    counters.add("DirtyDaysDeferred", selection.deferred as f64);
+    counters.add("ConsumedReadUnits", app.capacity.read_units() - rcu_before);
+    published.count(&mut counters);
+    app.emit(&counters);
+    tracing::info!(from = %selection.from, to = %selection.to, days = rows.len(), dirty = selection.markers.len(), deferred = selection.deferred, trips_read, "kpi run");
+    let mut out = published.summary(app, &bucket, &selection.from, &selection.to);
+    out["dirty_days_deferred"] = json!(selection.deferred);
+    out["daily_keys"] = json!(daily);
+    Ok(out)
+}
+
+/// A number from the request, else from the state machine's defaults, within `1..=max`.
+fn setting(payload: &Value, name: &str, max: u64) -> Result<u64, Error> {
+    let read = |v: &Value| -> Option<u64> {
+        v.as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+    };
+    let given = payload["request"].get(name).filter(|v| !v.is_null());
+    let value = match given {
+        Some(v) => read(v),
+        None => read(&payload["defaults"][name]),
+    };
+    match value {
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{name} must be a whole number from 1 to {max}, not {}",
+            given.unwrap_or(&payload["defaults"][name])
+        )
+        .into()),
+    }
+}
+
+/// `plan`: the execution's input (`request`: `from`/`to`, or nothing for a scheduled run;
+/// optional `chunk_days` and `max_concurrency`, else the state machine's `defaults`) → the
+/// chunks to compute (consecutive local days, at most `chunk_days` each), the markers the
+/// publish step clears, and the Map's concurrency.
+async fn plan(app: &App, payload: &Value, budget: &Budget) -> Result<Value, Error> {
+    let request = &payload["request"];
+    let chunk_days = setting(payload, "chunk_days", MAX_DAYS as u64)?;
+    // An inline Map runs at most 40 iterations at once, whatever it is asked for.
+    let max_concurrency = setting(payload, "max_concurrency", 40)?;
+    let selection = select(
+        app,
+        request,
+        budget,
+        MAX_EXECUTION_DAYS,
+        MAX_DIRTY_DAYS_PER_EXECUTION,
+    )
+    .await?;
+    let mut chunks = Vec::new();
+    for (first, last) in consecutive(&selection.days) {
+        let mut start = first;
+        while start <= last {
+            let end = (start + chrono::Days::new(chunk_days - 1)).min(last);
+            chunks.push(json!({"from": start.to_string(), "to": end.to_string()}));
+            start = end.succ_opt().ok_or("date out of range")?;
+        }
+    }
+    if chunks.len() > MAX_CHUNKS {
+        return Err(format!(
+            "{}..{} makes {} chunks of {chunk_days} days; one execution runs at most {MAX_CHUNKS}: \
+             raise chunk_days",
+            selection.from,
+            selection.to,
+            chunks.len()
+        )
+        .into());
+    }
+    let mut counters = Counters::default();
+    counters.add("DirtyDaysDeferred", selection.deferred as f64);
+    app.emit(&counters);
+    tracing::info!(from = %selection.from, to = %selection.to, chunks = chunks.len(), dirty = selection.markers.len(), deferred = selection.deferred, "kpi plan");
+    Ok(json!({
+        "from": selection.from,
+        "to": selection.to,
+        "days": selection.days.len(),
+        "chunks": chunks,
+        "max_concurrency": max_concurrency,
+        "markers": selection.markers,
+        "dirty_days_deferred": selection.deferred,
+    }))
+}
+
+/// `chunk`: the KPI rows of the local days `from..=to` written as their daily objects, and
+/// nothing else. Returns the range and the dates that have a row (the days with trips).
+async fn chunk(app: &App, payload: &Value, budget: &Budget) -> Result<Value, Error> {
+    let rcu_before = app.capacity.read_units();
+    let (from, to) = range(app, payload, budget, MAX_DAYS)?;
+    let bucket = bucket(app)?;
+    let (rows, trips_read) = compute(
+        app,
+        &app.config.timezone,
+        parse_date(&from)?,
+        parse_date(&to)?,
+        budget,
+    )
+    .await?;
+    write_daily(app, &bucket, &rows, budget).await?;
+    let mut counters = Counters::default();
+    counters.add("KpiTripsRead", trips_read as f64);
+    counters.add("ConsumedReadUnits", app.capacity.read_units() - rcu_before);
+    app.emit(&counters);
+    tracing::info!(from = %from, to = %to, days = rows.len(), trips_read, "kpi chunk");
+    Ok(json!({
+        "from": from,
+        "to": to,
+        "days": rows.iter().map(|r| r.date.as_str()).collect::<Vec<_>>(),
+        "trips": rows.iter().map(|r| r.trip_count).sum::<u64>(),
+    }))
+}
+
+/// Chunks that failed past their retries: the execution fails with this, and nothing is
+/// published. Reported to Lambda (and so to Step Functions) as the error type `ChunksFailed`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{} of {total} chunks failed past their retries, so nothing was published and no marker \
+     was cleared: {}. Fix the cause and start an execution with the same input again",
+    failed.len(),
+    failed.join("; ")
+)]
+pub struct ChunksFailed {
+    /// Each failed chunk: its range, the error and its cause.
+    pub failed: Vec<String>,
+    /// Chunks in the execution.
+    pub total: usize,
+}
+
+/// `publish`: the chunks' results (`chunks`: each `{from, to, days}`, or `{from, to, error,
+/// cause}` when it failed past its retries) and the plan's `markers` → the combined CSV with
+/// every day of every chunk replaced by its daily object, the report page, and the markers
+/// cleared. With a failed chunk, nothing is written ([`ChunksFailed`]).
+async fn publish(app: &App, payload: &Value, budget: &Budget) -> Result<Value, Error> {
+    let results = payload["chunks"]
+        .as_array()
+        .ok_or("publish needs chunks: the Map's results")?;
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|c| c.get("error").is_some())
+        .map(|c| {
+            format!(
+                "{}..{} ({}: {})",
+                c["from"].as_str().unwrap_or("?"),
+                c["to"].as_str().unwrap_or("?"),
+                c["error"].as_str().unwrap_or("?"),
+                c["cause"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    if !failed.is_empty() {
+        return Err(ChunksFailed {
+            failed,
+            total: results.len(),
+        }
+        .into());
+    }
+    let markers: Vec<Marker> = serde_json::from_value(payload["markers"].clone())
+        .map_err(|e| format!("publish: markers are not the plan's: {e}"))?;
+    let bucket = bucket(app)?;
+    let mut recomputed = BTreeSet::new();
+    let mut keys = Vec::new();
+    for c in results {
+        let (from, to) = range(app, c, budget, MAX_DAYS)?;
+        let mut d = parse_date(&from)?;
+        while d <= parse_date(&to)? {
+            recomputed.insert(d.to_string());
+            d = d.succ_opt().ok_or("date out of range")?;
+        }
+        for day in c["days"]
+            .as_array()
+            .ok_or("publish: a chunk without days")?
+        {
+            let day = day.as_str().ok_or("publish: a day is not a date")?;
+            keys.push(daily_key(app, &parse_date(day)?.to_string()));
+        }
+    }
+    // The rows as the chunks wrote them, read back through the core.
+    let texts: Vec<Result<Option<(String, String)>, Error>> =
+        futures_util::stream::iter(keys.iter().cloned())
+            .map(|key| {
+                let bucket = bucket.as_str();
+                async move { get(app, bucket, &key, budget).await }
+            })
+            .buffered(PARALLEL_READS)
+            .collect()
+            .await;
+    let mut core = app.core_within(budget).session()?;
+    let mut rows = Vec::with_capacity(keys.len());
+    for (key, text) in keys.iter().zip(texts) {
+        let (text, _) = text?.ok_or_else(|| {
+            format!("s3://{bucket}/{key} is gone: its chunk wrote it; run the execution again")
+        })?;
+        rows.extend(core.read_csv(&text)?);
+    }
+    let from = payload["from"].as_str().unwrap_or_default().to_owned();
+    let to = payload["to"].as_str().unwrap_or_default().to_owned();
+    let published = publish_rows(app, &bucket, &rows, &recomputed, &markers, budget).await?;
+    let mut counters = Counters::default();
+    published.count(&mut counters);
+    app.emit(&counters);
+    tracing::info!(from = %from, to = %to, chunks = results.len(), days = rows.len(), dirty = markers.len(), "kpi publish");
+    let mut out = published.summary(app, &bucket, &from, &to);
+    out["chunks"] = json!(results.len());
+    Ok(out)
+}
+
+fn bucket(app: &App) -> Result<String, Error> {
+    Ok(app.config.bucket.clone().ok_or("BUCKET is not set")?)
+}
+
+/// A day's object: `<KPI_DAILY_PREFIX>date=YYYY-MM-DD/daily_trip_kpis.csv`.
+fn daily_key(app: &App, date: &str) -> String {
+    format!(
+        "{}date={date}/daily_trip_kpis.csv",
+        app.config.kpi_daily_prefix
+    )
+}
+
+/// Writes one object per row (the day's CSV, rendered by the core). Returns the keys.
+async fn write_daily(
+    app: &App,
+    bucket: &str,
+    rows: &[DayKpi],
+    budget: &Budget,
+) -> Result<Vec<String>, Error> {
+    let mut core = app.core_within(budget).session()?;
+    let mut daily = Vec::with_capacity(rows.len());
+    for row in rows {
+        let key = daily_key(app, &row.date);
         let body = core.render_csv(std::slice::from_ref(row))?;
-        put(app, &bucket, &key, CSV, body, None, budget).await?;
+        put(app, bucket, &key, CSV, body, None, budget).await?;
         daily.push(key);
     }
+    Ok(daily)
+}
 
-    // The combined file: recomputed days replaced, the others kept. Written on the condition
-    // that it is still the version read (If-Match), so a concurrent writer's days are never
-    // lost: on a conflict it is read and merged again.
-    let recomputed: BTreeSet<String> = days.iter().map(NaiveDate::to_string).collect();
+/// What [`publish_rows`] did.
+struct Published {
+    rows: usize,
+    trips: u64,
+    recomputed: usize,
+    markers: Vec<Marker>,
+    cleared: usize,
+    report_key: String,
+}
+
+impl Published {
+    fn count(&self, counters: &mut Counters) {
+        counters.add("KpiDays", self.rows as f64);
+        counters.add("DirtyDaysPublished", self.markers.len() as f64);
+    }
+
+    fn summary(&self, app: &App, bucket: &str, from: &str, to: &str) -> Value {
+        json!({
+            "from": from,
+            "to": to,
+            "zone": app.config.timezone,
+            "recomputed_days": self.recomputed,
+            "dirty_days": self.markers.iter().map(|m| m.utc_day.clone()).collect::<Vec<_>>(),
+            "dirty_days_cleared": self.cleared,
+            "days": self.rows,
+            "trips": self.trips,
+            "bucket": bucket,
+            "combined_key": app.config.kpi_key,
+            "report_key": self.report_key,
+        })
+    }
+}
+
+/// The one writer of the combined CSV: `rows` replace the `recomputed` days (a recomputed day
+/// without a row has no trips and loses its line), the other days' lines are kept byte for
+/// byte. Written on the condition that it is still the version read (If-Match), so a
+/// concurrent writer's days are never lost: on a conflict it is read and merged again. Then
+/// the report page, then the markers read for this run are cleared, unless marked again
+/// meanwhile.
+async fn publish_rows(
+    app: &App,
+    bucket: &str,
+    rows: &[DayKpi],
+    recomputed: &BTreeSet<String>,
+    markers: &[Marker],
+    budget: &Budget,
+) -> Result<Published, Error> {
+    let mut core = app.core_within(budget).session()?;
     let header = core.render_csv(&[])?;
     let mut attempt = 0;
     let published = loop {
-        let previous = get(app, &bucket, &app.config.kpi_key, budget).await?;
+        let previous = get(app, bucket, &app.config.kpi_key, budget).await?;
         let combined = merge(
             &header,
             previous.as_ref().map(|(text, _)| text.as_str()),
-            &rows,
-            &recomputed,
+            rows,
+            recomputed,
             &mut core,
         )?;
         let expect = Some(previous.as_ref().map(|(_, etag)| etag.as_str()));
         match put(
             app,
-            &bucket,
+            bucket,
             &app.config.kpi_key,
             CSV,
             combined.clone(),
@@ -172,39 +518,21 @@ pub async fn handle(app: &App, payload: Value, budget: &Budget) -> Result<Value,
             Err(e) => return Err(e.into()),
         }
     };
-    let report_key = publish_report(app, &bucket, published, budget).await?;
-
-    // Published: the markers read are done, unless marked again meanwhile.
+    let report_key = publish_report(app, bucket, published, budget).await?;
     let mut cleared = 0;
-    for m in &markers {
+    for m in markers {
         if dirty::clear(app, m, budget).await? {
             cleared += 1;
         }
     }
-
-    let mut counters = Counters::default();
-    counters.add("KpiDays", rows.len() as f64);
-    counters.add("KpiTripsRead", trips_read as f64);
-    counters.add("DirtyDaysPublished", markers.len() as f64);
-    counters.add("DirtyDaysDeferred", deferred as f64);
-    counters.add("ConsumedReadUnits", app.capacity.read_units() - rcu_before);
-    app.emit(&counters);
-    tracing::info!(from = %from, to = %to, days = rows.len(), dirty = markers.len(), deferred, trips_read, "kpi run");
-    Ok(json!({
-        "from": from,
-        "to": to,
-        "zone": zone,
-        "recomputed_days": recomputed.len(),
-        "dirty_days": markers.iter().map(|m| m.utc_day.clone()).collect::<Vec<_>>(),
-        "dirty_days_cleared": cleared,
-        "dirty_days_deferred": deferred,
-        "days": rows.len(),
-        "trips": rows.iter().map(|r| r.trip_count).sum::<u64>(),
-        "bucket": bucket,
-        "combined_key": app.config.kpi_key,
-        "report_key": report_key,
-        "daily_keys": daily,
-    }))
+    Ok(Published {
+        rows: rows.len(),
+        trips: rows.iter().map(|r| r.trip_count).sum(),
+        recomputed: recomputed.len(),
+        markers: markers.to_vec(),
+        cleared,
+        report_key,
+    })
 }
 
 /// Content types of what the job writes.

@@ -384,10 +384,27 @@ pub async fn run() -> Result<(), Error> {
     lambda_runtime::run(lambda_runtime::service_fn(
         move |ev: lambda_runtime::LambdaEvent<serde_json::Value>| {
             let app = app.clone();
-            async move { app.invoke(ev.payload, ev.context.deadline).await }
+            async move {
+                app.invoke(ev.payload, ev.context.deadline)
+                    .await
+                    .map_err(diagnostic)
+            }
         },
     ))
     .await
+}
+
+/// The error Lambda reports for a failed invocation. The type of a failure the caller acts on
+/// is named (`ChunksFailed`, which ends a KPI state-machine execution); others keep the
+/// runtime's default.
+fn diagnostic(e: Error) -> lambda_runtime::Diagnostic {
+    if e.downcast_ref::<kpi::ChunksFailed>().is_some() {
+        return lambda_runtime::Diagnostic {
+            error_type: "ChunksFailed".into(),
+            error_message: e.to_string(),
+        };
+    }
+    lambda_runtime::Diagnostic::from(e)
 }
 
 #[cfg(test)]

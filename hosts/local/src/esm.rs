@@ -39,6 +39,18 @@ pub trait Invoker: Send + Sync {
     ) -> impl std::future::Future<Output = Result<Value, String>> + Send;
 }
 
+/// A shared invoker (the event source mappings and the Lambda endpoint of
+/// [`crate::step_functions`] drive the same functions).
+impl<I: Invoker> Invoker for std::sync::Arc<I> {
+    fn invoke(
+        &self,
+        function: Function,
+        payload: Value,
+    ) -> impl std::future::Future<Output = Result<Value, String>> + Send {
+        (**self).invoke(function, payload)
+    }
+}
+
 /// A mapping's settings (the names of `AWS::Lambda::EventSourceMapping`'s properties).
 #[derive(Clone, Debug)]
 pub struct Settings {

@@ -3,7 +3,9 @@
 //! [`LocalStack`] starts DynamoDB Local, kinesis-mock and moto; [`resources::create`] makes the
 //! stream, table, bucket and queues; [`esm`] plays Lambda's event source mappings;
 //! [`Pipeline`] wires them to the four functions — in this process ([`InProcess`]) or as real
-//! bootstrap processes behind a local Runtime API ([`runtime_api::BootstrapInvoker`]).
+//! bootstrap processes behind a local Runtime API ([`runtime_api::BootstrapInvoker`]);
+//! [`step_functions`] runs the template's KPI state machine on moto's ASL interpreter against
+//! them.
 
 pub mod capacity;
 pub mod cpu;
@@ -13,6 +15,7 @@ pub mod redrive;
 pub mod resources;
 pub mod runtime_api;
 pub mod stack;
+pub mod step_functions;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -58,6 +61,7 @@ pub struct Kills {
     rng: std::sync::Mutex<fastrand::Rng>,
     per_function: std::sync::Mutex<HashMap<&'static str, u64>>,
     within: Duration,
+    functions: Vec<Function>,
     /// Invocations so far.
     pub invocations: std::sync::atomic::AtomicU64,
     /// Invocations killed before they answered.
@@ -73,6 +77,7 @@ impl Kills {
             rng: std::sync::Mutex::new(fastrand::Rng::with_seed(seed)),
             per_function: Default::default(),
             within: Duration::from_millis(100),
+            functions: vec![Function::Ingest, Function::Matcher],
             invocations: Default::default(),
             killed: Default::default(),
         }
@@ -84,11 +89,20 @@ impl Kills {
         self
     }
 
+    /// Kills invocations of `functions` (default: the stream functions, ingest and matcher).
+    pub fn of(mut self, functions: &[Function]) -> Kills {
+        self.functions = functions.to_vec();
+        self
+    }
+
     /// When to kill this invocation of `function`, if it is to be killed: up to 100 ms in,
     /// which is inside most invocations here (one DynamoDB round trip is a few ms); one that
     /// answers sooner survives.
     pub(crate) fn next(&self, function: Function) -> Option<Duration> {
         use std::sync::atomic::Ordering;
+        if !self.functions.contains(&function) {
+            return None;
+        }
         self.invocations.fetch_add(1, Ordering::Relaxed);
         let n = {
             let mut counts = self.per_function.lock().expect("the kill counts");
@@ -130,7 +144,7 @@ impl InProcess {
         Ok(InProcess { apps, kills: None })
     }
 
-    /// Kills invocations of the stream functions at random points (see [`Kills`]).
+    /// Kills invocations at random points (see [`Kills`]).
     pub fn with_kills(mut self, kills: Kills) -> InProcess {
         self.kills = Some(kills);
         self
@@ -155,13 +169,7 @@ impl Invoker for InProcess {
             .unwrap_or(0)
             + 60_000;
         let run = self.apps[function.name()].invoke(payload, deadline);
-        let stream_function = matches!(function, Function::Ingest | Function::Matcher);
-        match self
-            .kills
-            .as_ref()
-            .filter(|_| stream_function)
-            .and_then(|k| k.next(function))
-        {
+        match self.kills.as_ref().and_then(|k| k.next(function)) {
             Some(after) => match tokio::time::timeout(after, run).await {
                 Ok(r) => r.map_err(|e| e.to_string()),
                 Err(_) => {

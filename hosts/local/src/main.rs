@@ -12,7 +12,7 @@ use tripflow_lambda::Function;
 use tripflow_local::esm::Invoker;
 use tripflow_local::faults::FaultSpec;
 use tripflow_local::runtime_api::BootstrapInvoker;
-use tripflow_local::{InProcess, Kills, LocalStack, Pipeline, resources, stack};
+use tripflow_local::{InProcess, Kills, LocalStack, Pipeline, resources, stack, step_functions};
 use tripflow_runtime::{ComponentSource, Limits, Runtime};
 
 #[derive(Parser)]
@@ -64,6 +64,13 @@ enum Command {
     /// One run end to end: start the stack, send FILE, run the pipeline to quiescence, run
     /// the KPI job as its schedule does (every day the events changed, plus yesterday and
     /// today) or over --from..--to, print the combined CSV from S3, and stop.
+    ///
+    /// With --via-step-functions, the KPI job is an execution of the template's KPI state
+    /// machine on moto's Step Functions interpreter, as deployed: plan, one chunk invocation
+    /// per --chunk-days days (at most --max-concurrency at once), publish. That is how a
+    /// backfill longer than one invocation's 366 days runs, e.g.
+    /// `tripflow-local run --bootstrap target/release/tripflow-lambda --via-step-functions
+    /// --chunk-days 31 --max-concurrency 4 --from 2017-01-01 --to 2019-12-31 events.ndjson`.
     Run {
         /// KPI time zone (IANA).
         #[arg(long, default_value = "UTC")]
@@ -93,6 +100,18 @@ enum Command {
         /// process, which cold-starts again); the mapping redelivers the same records.
         #[arg(long, value_name = "N")]
         kill_every: Option<u32>,
+        /// Run the KPI job as an execution of the KPI state machine (deploy/template.yaml's
+        /// KpiStateMachine, on moto's ASL interpreter) instead of one KPI invocation.
+        #[arg(long)]
+        via_step_functions: bool,
+        /// Days per chunk invocation (the execution's chunk_days; default: the template's
+        /// KpiChunkDays).
+        #[arg(long, value_name = "N", requires = "via_step_functions")]
+        chunk_days: Option<u32>,
+        /// Chunk invocations at once (the execution's max_concurrency; default: the
+        /// template's KpiMaxConcurrency). With --bootstrap, as many KPI processes run.
+        #[arg(long, value_name = "N", requires = "via_step_functions")]
+        max_concurrency: Option<u32>,
         /// NDJSON events.
         file: PathBuf,
     },
@@ -256,8 +275,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             bootstrap,
             faults,
             kill_every,
+            via_step_functions,
+            chunk_days,
+            max_concurrency,
             file,
         } => {
+            let kpi = if via_step_functions {
+                let mut input = kpi_payload(from.as_deref(), to.as_deref());
+                if let Some(n) = chunk_days {
+                    input["chunk_days"] = json!(n);
+                }
+                if let Some(n) = max_concurrency {
+                    input["max_concurrency"] = json!(n);
+                }
+                Kpi::StateMachine(input)
+            } else {
+                Kpi::Invoke(kpi_payload(from.as_deref(), to.as_deref()))
+            };
             let text = read(&file)?;
             let records = tripflow_local::shuffle_with_duplicates(
                 &tripflow_local::records_of(&text),
@@ -281,7 +315,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     if let Some(every) = kill_every {
                         inv = inv.with_kills(Kills::new(every, 1));
                     }
-                    run_pipeline(&stack, &r, inv, from.as_deref(), to.as_deref()).await?
+                    if via_step_functions {
+                        // Lambda runs concurrent invocations in as many instances.
+                        let instances = match max_concurrency {
+                            Some(n) => n as usize,
+                            None => step_functions::parameter_default(
+                                tripflow_local::esm::TEMPLATE,
+                                "KpiMaxConcurrency",
+                            )
+                            .and_then(|n| n.parse().ok())
+                            .unwrap_or(1),
+                        };
+                        inv.scale(Function::Kpi, instances).await?;
+                    }
+                    run_pipeline(&stack, &r, inv, &kpi).await?
                 }
                 None => {
                     let core = Arc::new(Runtime::load(
@@ -293,7 +340,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     if let Some(every) = kill_every {
                         inv = inv.with_kills(Kills::new(every, 1));
                     }
-                    run_pipeline(&stack, &r, inv, from.as_deref(), to.as_deref()).await?
+                    run_pipeline(&stack, &r, inv, &kpi).await?
                 }
             };
             if let Some(counts) = injected {
@@ -412,18 +459,48 @@ fn read(file: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(file).with_context(|| format!("cannot read {}: check the path", file.display()))
 }
 
-async fn run_pipeline<I: Invoker>(
+/// How `run` runs the KPI job.
+enum Kpi {
+    /// One invocation with this payload.
+    Invoke(serde_json::Value),
+    /// One execution of the KPI state machine with this input.
+    StateMachine(serde_json::Value),
+}
+
+async fn run_pipeline<I: Invoker + 'static>(
     stack: &LocalStack,
     r: &tripflow_local::Resources,
     invoker: I,
-    from: Option<&str>,
-    to: Option<&str>,
+    kpi: &Kpi,
 ) -> anyhow::Result<String> {
-    let mut pipeline = Pipeline::new(stack, r, invoker).await;
+    let invoker = Arc::new(invoker);
+    let mut pipeline = Pipeline::new(stack, r, invoker.clone()).await;
     pipeline.drain().await?;
-    pipeline
-        .invoke(Function::Kpi, kpi_payload(from, to))
-        .await?;
+    match kpi {
+        Kpi::Invoke(payload) => {
+            pipeline.invoke(Function::Kpi, payload.clone()).await?;
+        }
+        Kpi::StateMachine(input) => {
+            let machine = step_functions::KpiStateMachine::deploy(stack, invoker).await?;
+            let execution = machine.execute(input, Duration::from_secs(3600)).await?;
+            if execution.status != "SUCCEEDED" {
+                anyhow::bail!(
+                    "the KPI state machine's execution ended {}: {}: {}",
+                    execution.status,
+                    execution.error.unwrap_or_default(),
+                    execution.cause.unwrap_or_default()
+                );
+            }
+            let output = execution.output.unwrap_or_default();
+            eprintln!(
+                "KPI state machine: {} chunks, {} days published, in {:.1} s ({} chunk invocations)",
+                output["chunks"],
+                output["days"],
+                execution.elapsed.as_secs_f64(),
+                machine.lambda.faults.served("chunk")
+            );
+        }
+    }
     let sdk = stack.sdk_config().await;
     let body = tripflow_local::get_object(
         &stack.s3_client(&sdk),

@@ -205,7 +205,9 @@ fn logs() -> Stdio {
 /// Bootstrap processes, one per function, each on its own [`RuntimeApi`].
 pub struct BootstrapInvoker {
     apis: HashMap<&'static str, RuntimeApi>,
-    children: HashMap<&'static str, tokio::sync::Mutex<tokio::process::Child>>,
+    /// Each function's processes: one, or a pool taking invocations from the same endpoint
+    /// (as Lambda runs concurrent invocations in separate instances).
+    children: HashMap<&'static str, tokio::sync::Mutex<Vec<tokio::process::Child>>>,
     bootstrap: PathBuf,
     env: Vec<(String, String)>,
     kills: Option<crate::Kills>,
@@ -248,7 +250,7 @@ impl BootstrapInvoker {
             let api = RuntimeApi::start(Duration::from_secs(60)).await?;
             let child = spawn(bootstrap, *f, env, &api)?;
             apis.insert(f.name(), api);
-            children.insert(f.name(), tokio::sync::Mutex::new(child));
+            children.insert(f.name(), tokio::sync::Mutex::new(vec![child]));
         }
         Ok(BootstrapInvoker {
             apis,
@@ -259,7 +261,23 @@ impl BootstrapInvoker {
         })
     }
 
-    /// SIGKILLs the stream functions' processes during some invocations (see
+    /// Runs `instances` processes of `function` (at least one), all taking invocations from
+    /// its endpoint, so that concurrent invocations run in parallel.
+    pub async fn scale(&self, function: Function, instances: usize) -> anyhow::Result<()> {
+        let (Some(children), Some(api)) = (
+            self.children.get(function.name()),
+            self.apis.get(function.name()),
+        ) else {
+            anyhow::bail!("no bootstrap runs {}", function.name());
+        };
+        let mut children = children.lock().await;
+        while children.len() < instances.max(1) {
+            children.push(spawn(&self.bootstrap, function, &self.env, api)?);
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs processes during some invocations (see
     /// [`crate::Kills`]): whatever the process had written stays written, the invocation gets
     /// no answer, a new process cold-starts for the next one, and the mapping redelivers the
     /// same records.
@@ -273,22 +291,34 @@ impl BootstrapInvoker {
         self.kills.as_ref()
     }
 
+    /// Kills every process of `f` (which of a pool took the invocation is not known here, so
+    /// the others' invocations fail too, as in an instance crash they would be retried) and
+    /// starts as many again.
     async fn kill_and_restart(&self, f: Function) -> anyhow::Result<()> {
-        let (Some(child), Some(api)) = (self.children.get(f.name()), self.apis.get(f.name()))
+        let (Some(children), Some(api)) = (self.children.get(f.name()), self.apis.get(f.name()))
         else {
             return Ok(());
         };
-        let mut child = child.lock().await;
-        child.start_kill()?; // SIGKILL
-        let _ = child.wait().await;
+        let mut children = children.lock().await;
+        for child in children.iter_mut() {
+            child.start_kill()?; // SIGKILL
+            let _ = child.wait().await;
+        }
         api.drop_in_flight().await;
-        *child = spawn(&self.bootstrap, f, &self.env, api)?;
+        for child in children.iter_mut() {
+            *child = spawn(&self.bootstrap, f, &self.env, api)?;
+        }
         Ok(())
     }
 
-    /// The process id of `function`'s bootstrap, while it runs.
+    /// The process id of `function`'s (first) bootstrap, while it runs.
     pub async fn pid(&self, function: Function) -> Option<u32> {
-        self.children.get(function.name())?.lock().await.id()
+        self.children
+            .get(function.name())?
+            .lock()
+            .await
+            .first()?
+            .id()
     }
 
     /// The endpoint serving `function`.
@@ -299,7 +329,9 @@ impl BootstrapInvoker {
     /// Stops the processes.
     pub async fn stop(self) {
         for c in self.children.values() {
-            let _ = c.lock().await.kill().await;
+            for child in c.lock().await.iter_mut() {
+                let _ = child.kill().await;
+            }
         }
     }
 }
@@ -309,12 +341,7 @@ impl Invoker for BootstrapInvoker {
         let Some(api) = self.apis.get(function.name()) else {
             return Err(format!("no bootstrap runs {}", function.name()));
         };
-        let stream_function = matches!(function, Function::Ingest | Function::Matcher);
-        let kill_at = self
-            .kills
-            .as_ref()
-            .filter(|_| stream_function)
-            .and_then(|k| k.next(function));
+        let kill_at = self.kills.as_ref().and_then(|k| k.next(function));
         let Some(after) = kill_at else {
             return api.invoke(payload).await;
         };

@@ -35,6 +35,10 @@ pub struct LocalStack {
     /// The endpoints the functions use: the engines', or fault proxies in front of them
     /// ([`LocalStack::inject_faults`]).
     pub functions: Endpoints,
+    /// Where moto's Step Functions interpreter sends Lambda `Invoke`: moto calls its own port
+    /// for the services a state machine uses, as named by `MOTO_PORT`, which is set to this
+    /// port instead; [`crate::step_functions::LambdaEndpoint`] serves it with the functions.
+    pub lambda_port: u16,
     logs: PathBuf,
 }
 
@@ -110,6 +114,7 @@ impl LocalStack {
                 kinesis: String::new(),
                 moto: String::new(),
             },
+            lambda_port: free_port()?,
             logs: logs.clone(),
         };
         let (ddb_port, kin_port, kin_tls, moto_port) =
@@ -152,6 +157,7 @@ impl LocalStack {
         let (out, err) = log("moto")?;
         let child = Command::new(&moto)
             .args(["-H", "127.0.0.1", "-p", &moto_port.to_string()])
+            .env("MOTO_PORT", stack.lambda_port.to_string())
             .stdout(out)
             .stderr(err)
             .spawn()
