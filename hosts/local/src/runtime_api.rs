@@ -327,7 +327,7 @@ impl BootstrapInvoker {
     }
 
     /// Stops the processes.
-    pub async fn stop(self) {
+    pub async fn stop(&self) {
         for c in self.children.values() {
             for child in c.lock().await.iter_mut() {
                 let _ = child.kill().await;

@@ -85,7 +85,8 @@ pub fn parameter_default(template: &str, name: &str) -> Option<String> {
 }
 
 /// Faults of Lambda's own service, struck on the KPI state machine's chunk invocations before
-/// they reach the function (a killed process is [`crate::Kills`]' business).
+/// they reach the function (a killed process is [`crate::Kills`]' business), and what the
+/// endpoint served.
 #[derive(Default)]
 pub struct InvokeFaults {
     /// One chunk invocation in N is throttled (429 `TooManyRequestsException`); 0 = none.
@@ -101,7 +102,10 @@ pub struct InvokeFaults {
     pub throttled: AtomicU64,
     /// Invocations answered with a 500.
     pub errors: AtomicU64,
+    /// The most chunk invocations that were running at once.
+    pub peak_chunks_in_flight: AtomicU64,
     chunks: AtomicU64,
+    chunks_in_flight: AtomicU64,
 }
 
 impl InvokeFaults {
@@ -226,9 +230,17 @@ fn function_named(name: &str) -> Option<Function> {
     Function::from_name(name.strip_prefix("tripflow-").unwrap_or(name))
 }
 
+/// A fresh `x-amzn-RequestId` (Lambda sends one with every answer; the SDKs read it, and
+/// moto's interpreter names it in the cause of a failed task).
+fn request_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!("local-invoke-{:08}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
 fn service_error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
+        .header("x-amzn-RequestId", request_id())
         .header("Content-Type", "application/json")
         .header("x-amzn-ErrorType", code)
         .body(Full::new(Bytes::from(
@@ -291,7 +303,18 @@ async fn route<I: Invoker>(
     if let Some((status, code)) = faults.strike(&payload) {
         return service_error(status, code, "injected by tripflow-local");
     }
-    let (body, function_error) = match invoker.invoke(function, payload).await {
+    let chunk = payload["step"] == "chunk";
+    if chunk {
+        let now = faults.chunks_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        faults
+            .peak_chunks_in_flight
+            .fetch_max(now, Ordering::SeqCst);
+    }
+    let answer = invoker.invoke(function, payload).await;
+    if chunk {
+        faults.chunks_in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+    let (body, function_error) = match answer {
         Ok(v) => (v.to_string(), false),
         // The bootstrap posts the error as Lambda's JSON; a process that died answered nothing.
         Err(text) => match serde_json::from_str::<Value>(&text) {
@@ -304,6 +327,7 @@ async fn route<I: Invoker>(
     };
     let mut response = Response::builder()
         .status(StatusCode::OK)
+        .header("x-amzn-RequestId", request_id())
         .header("Content-Type", "application/json")
         .header("X-Amz-Executed-Version", "$LATEST");
     if function_error {
@@ -412,12 +436,17 @@ impl StepFunctions {
             .context("CreateStateMachine answered no ARN")
     }
 
-    /// Starts an execution; returns its ARN.
-    pub async fn start_execution(&self, machine: &str, input: &Value) -> anyhow::Result<String> {
+    /// Starts an execution named `name`; returns its ARN.
+    pub async fn start_execution(
+        &self,
+        machine: &str,
+        name: &str,
+        input: &Value,
+    ) -> anyhow::Result<String> {
         let out = self
             .call(
                 "StartExecution",
-                json!({"stateMachineArn": machine, "input": input.to_string()}),
+                json!({"stateMachineArn": machine, "name": name, "input": input.to_string()}),
             )
             .await?;
         out["executionArn"]
@@ -463,6 +492,7 @@ pub struct KpiStateMachine {
     pub sfn: StepFunctions,
     /// Where its Lambda tasks go.
     pub lambda: LambdaEndpoint,
+    executions: AtomicU64,
 }
 
 impl KpiStateMachine {
@@ -478,12 +508,21 @@ impl KpiStateMachine {
         let arn = sfn
             .create_state_machine("tripflow-kpi", &definition)
             .await?;
-        Ok(KpiStateMachine { arn, sfn, lambda })
+        Ok(KpiStateMachine {
+            arn,
+            sfn,
+            lambda,
+            executions: AtomicU64::new(0),
+        })
     }
 
     /// Runs one execution with `input` to its end.
     pub async fn execute(&self, input: &Value, timeout: Duration) -> anyhow::Result<Execution> {
-        let execution = self.sfn.start_execution(&self.arn, input).await?;
+        let n = self.executions.fetch_add(1, Ordering::Relaxed) + 1;
+        let execution = self
+            .sfn
+            .start_execution(&self.arn, &format!("local-{n}"), input)
+            .await?;
         self.sfn.wait(&execution, timeout).await
     }
 }
