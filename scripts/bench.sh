@@ -8,7 +8,10 @@
 #                             cold start
 #   scripts/bench.sh spark    the Spark job (local[2]) on the 2M file next to the replay and
 #                             DuckDB, same run; per core: local[1] and the replay on one core
-#   scripts/bench.sh          all three
+#   scripts/bench.sh stepfunctions   the KPI state machine of deploy/template.yaml on moto's
+#                             interpreter: a three-year backfill at concurrency 1 and 4, real
+#                             bootstrap processes, checked against tripflow kpi
+#   scripts/bench.sh          all four
 # Needs hyperfine and GNU time for the replay part (Debian: hyperfine, time), and the local
 # engines (scripts/install-local-aws.sh) for the AWS part.
 set -euo pipefail
@@ -142,10 +145,30 @@ PY
     $bin partition resolve --timezone UTC --arrival-ns "$(date +%s%N)" < "$work/bucket0.bin" >/dev/null
 }
 
+stepfunctions() {
+  cargo build --release --locked -q -p tripflow -p tripflow-lambda -p tripflow-local
+  # 100 trips a day for three years (2024-01-01 .. 2026-12-30, UTC starts), shuffled.
+  [ -f "$work/3y.ndjson" ] || python3 scripts/peers/gen_events.py 109500 "$work/3y.ndjson" 1095
+  for c in 1 4; do
+    echo "== KPI state machine, 31-day chunks, max_concurrency $c"
+    target/release/tripflow-local run --timezone America/New_York \
+      --bootstrap target/release/tripflow-lambda --via-step-functions --chunk-days 31 \
+      --max-concurrency "$c" --from 2024-01-01 --to 2026-12-31 "$work/3y.ndjson" \
+      2>&1 >"$work/sfn-$c.csv" | grep -E "KPI state machine|records sent"
+  done
+  rm -rf "$work/state-3y"
+  target/release/tripflow replay --state "$work/state-3y" "$work/3y.ndjson" >/dev/null
+  target/release/tripflow kpi --state "$work/state-3y" --timezone America/New_York \
+    --from 2024-01-01 --to 2026-12-31 --out "$work/kpi-3y.csv" 2>/dev/null
+  cmp "$work/sfn-1.csv" "$work/kpi-3y.csv" && cmp "$work/sfn-4.csv" "$work/kpi-3y.csv" &&
+    echo "both executions' combined CSV == tripflow kpi"
+}
+
 case $what in
   replay) replay ;;
+  stepfunctions) stepfunctions ;;
   aws) aws ;;
   spark) spark ;;
-  all) replay; aws; spark ;;
-  *) echo "usage: scripts/bench.sh [replay|aws|spark|all]" >&2; exit 2 ;;
+  all) replay; aws; spark; stepfunctions ;;
+  *) echo "usage: scripts/bench.sh [replay|aws|spark|stepfunctions|all]" >&2; exit 2 ;;
 esac

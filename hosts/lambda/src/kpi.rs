@@ -1,8 +1,10 @@
 //! kpi: completed trips of a date range → one CSV per day and the combined CSV in S3.
 //!
-//! Input: an EventBridge scheduled event (any payload without dates), which means yesterday
-//! and today in `TIMEZONE` plus every local day overlapping a dirty UTC day (see
-//! [`crate::dirty`]), or `{"from": "YYYY-MM-DD", "to": "YYYY-MM-DD"}` for a manual run.
+//! Input: a scheduled run (any payload without dates), which means yesterday and today in
+//! `TIMEZONE` plus every local day overlapping a dirty UTC day (see [`crate::dirty`]), or
+//! `{"from": "YYYY-MM-DD", "to": "YYYY-MM-DD"}` for a manual run; either whole in one
+//! invocation, or as the `plan`, `chunk` and `publish` steps of the KPI state machine, which
+//! fans a run of any length out over chunks of days (see [`handle`]).
 //!
 //! Completed trips are read from the `DONE` manifests the matcher files by the UTC date of the
 //! trip's start ([`crate::manifest`]), each trip id counted once. A local day lies within one
