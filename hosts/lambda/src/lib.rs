@@ -394,17 +394,20 @@ pub async fn run() -> Result<(), Error> {
     .await
 }
 
-/// The error Lambda reports for a failed invocation. The type of a failure the caller acts on
-/// is named (`ChunksFailed`, which ends a KPI state-machine execution); others keep the
-/// runtime's default.
+/// The error Lambda reports for a failed invocation, which Step Functions shows as the task's
+/// error name: `ChunksFailed` when a KPI state-machine execution ends on chunks that failed
+/// past their retries, `TripflowError` for anything else (the runtime's default would be the
+/// Rust type name of a boxed error). The message says what failed and what to do.
 fn diagnostic(e: Error) -> lambda_runtime::Diagnostic {
-    if e.downcast_ref::<kpi::ChunksFailed>().is_some() {
-        return lambda_runtime::Diagnostic {
-            error_type: "ChunksFailed".into(),
-            error_message: e.to_string(),
-        };
+    let error_type = if e.downcast_ref::<kpi::ChunksFailed>().is_some() {
+        "ChunksFailed"
+    } else {
+        "TripflowError"
+    };
+    lambda_runtime::Diagnostic {
+        error_type: error_type.into(),
+        error_message: e.to_string(),
     }
-    lambda_runtime::Diagnostic::from(e)
 }
 
 #[cfg(test)]

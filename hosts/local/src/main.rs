@@ -492,12 +492,20 @@ async fn run_pipeline<I: Invoker + 'static>(
                 );
             }
             let output = execution.output.unwrap_or_default();
+            let served = &machine.lambda.faults;
             eprintln!(
-                "KPI state machine: {} chunks, {} days published, in {:.1} s ({} chunk invocations)",
+                "KPI state machine: {} chunks, {} days published, in {:.1} s ({} chunk invocations, {:.1} s in the function, at most {} at once)",
                 output["chunks"],
                 output["days"],
                 execution.elapsed.as_secs_f64(),
-                machine.lambda.faults.served("chunk")
+                served.served("chunk"),
+                served
+                    .chunk_busy_us
+                    .load(std::sync::atomic::Ordering::Relaxed) as f64
+                    / 1e6,
+                served
+                    .peak_chunks_in_flight
+                    .load(std::sync::atomic::Ordering::Relaxed)
             );
         }
     }

@@ -89,7 +89,8 @@ pub fn parameter_default(template: &str, name: &str) -> Option<String> {
 /// endpoint served.
 #[derive(Default)]
 pub struct InvokeFaults {
-    /// One chunk invocation in N is throttled (429 `TooManyRequestsException`); 0 = none.
+    /// One chunk invocation in N is throttled (429 `TooManyRequestsException`); 0 = none. Each
+    /// chunk is struck once at most by these two, so its retries get through.
     pub throttle_every: AtomicU32,
     /// One chunk invocation in N gets a 500 `ServiceException`; 0 = none.
     pub error_every: AtomicU32,
@@ -104,8 +105,11 @@ pub struct InvokeFaults {
     pub errors: AtomicU64,
     /// The most chunk invocations that were running at once.
     pub peak_chunks_in_flight: AtomicU64,
+    /// Time spent in the function by chunk invocations, summed (µs).
+    pub chunk_busy_us: AtomicU64,
     chunks: AtomicU64,
     chunks_in_flight: AtomicU64,
+    struck: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl InvokeFaults {
@@ -135,6 +139,13 @@ impl InvokeFaults {
             let every = u64::from(every.load(Ordering::Relaxed));
             every > 0 && n % every == every / 2
         };
+        if !(hits(&self.throttle_every) || hits(&self.error_every)) {
+            return None;
+        }
+        let chunk = format!("{}..{}", payload["from"], payload["to"]);
+        if !self.struck.lock().expect("the struck chunks").insert(chunk) {
+            return None;
+        }
         if hits(&self.throttle_every) {
             self.throttled.fetch_add(1, Ordering::Relaxed);
             return Some((StatusCode::TOO_MANY_REQUESTS, "TooManyRequestsException"));
@@ -310,9 +321,13 @@ async fn route<I: Invoker>(
             .peak_chunks_in_flight
             .fetch_max(now, Ordering::SeqCst);
     }
+    let started = Instant::now();
     let answer = invoker.invoke(function, payload).await;
     if chunk {
         faults.chunks_in_flight.fetch_sub(1, Ordering::SeqCst);
+        faults
+            .chunk_busy_us
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
     }
     let (body, function_error) = match answer {
         Ok(v) => (v.to_string(), false),

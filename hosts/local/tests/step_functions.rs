@@ -218,13 +218,13 @@ async fn a_three_year_backfill_through_the_state_machine_is_the_clis() {
     let r = resources::create(&sdk, &stack, 2).await.unwrap();
     let mut env = tripflow_local::function_env(&r, ZONE, "24h");
     env.extend(stack.function_env());
-    // Every KPI invocation in 13 SIGKILLs the KPI processes a few ms in; four of them serve
+    // Every KPI invocation in 23 SIGKILLs the KPI processes a few ms in; four of them serve
     // the Map's concurrent chunks.
     let inv = BootstrapInvoker::start(&bootstrap(), &Function::ALL, &env)
         .await
         .unwrap()
         .with_kills(
-            Kills::new(13, 11)
+            Kills::new(23, 11)
                 .of(&[Function::Kpi])
                 .within(Duration::from_millis(20)),
         );
@@ -241,6 +241,21 @@ async fn a_three_year_backfill_through_the_state_machine_is_the_clis() {
     let limit = Duration::from_secs(600);
     let combined = || object(&stack, &r.bucket, "kpi_results/daily_trip_kpis.csv");
     let page = || object(&stack, &r.bucket, "kpi_results/daily_trip_kpis.html");
+
+    // 0. A bad input fails in Plan, at once (not retried), saying what to set; nothing written.
+    let e = machine
+        .execute(&json!({"from": FROM, "to": TO, "chunk_days": 0}), limit)
+        .await
+        .unwrap();
+    assert_eq!(e.status, "FAILED", "{e:?}");
+    assert_eq!(e.error.as_deref(), Some("TripflowError"), "{e:?}");
+    let cause = e.cause.unwrap_or_default();
+    assert!(
+        cause.contains("chunk_days must be a whole number from 1 to 366, not 0"),
+        "{cause}"
+    );
+    assert_eq!(faults.served("plan"), 1);
+    assert_eq!(combined().await, None);
 
     // 1. The first year, one chunk at a time, 30 days a chunk.
     let first_year =

@@ -89,3 +89,47 @@ fn every_alarm_is_on_the_dashboard_and_points_at_its_runbook() {
         );
     }
 }
+
+/// The KPI state machine's permissions are what its runbook promises: its role may invoke the
+/// KPI function and nothing else, and the hourly schedule starts the machine (SAM gives the
+/// schedule's role `states:StartExecution` on this machine only), not the function.
+#[test]
+fn the_kpi_state_machine_may_invoke_only_the_kpi_function() {
+    let doc: Value = serde_yaml::from_str(tripflow_local::esm::TEMPLATE).unwrap();
+    let machine = &doc["Resources"]["KpiStateMachine"];
+    assert_eq!(machine["Type"], "AWS::Serverless::StateMachine");
+    let policies = machine["Properties"]["Policies"].as_sequence().unwrap();
+    assert_eq!(policies.len(), 1, "{policies:?}");
+    let statements = policies[0]["Statement"].as_sequence().unwrap();
+    assert_eq!(statements.len(), 1);
+    let statement = &statements[0];
+    assert_eq!(statement["Effect"], "Allow");
+    let actions: Vec<&str> = statement["Action"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["lambda:InvokeFunction"]);
+    for resource in statement["Resource"].as_sequence().unwrap() {
+        let Value::Tagged(t) = resource else {
+            panic!("{resource:?}")
+        };
+        let target = t.value.as_str().unwrap();
+        assert!(
+            target == "KpiFunction.Arn" || target == "${KpiFunction.Arn}:*",
+            "the state machine may invoke {target}"
+        );
+    }
+    let events = machine["Properties"]["Events"].as_mapping().unwrap();
+    assert_eq!(events.len(), 1);
+    let (_, schedule) = events.iter().next().unwrap();
+    assert_eq!(schedule["Type"], "ScheduleV2");
+    assert_eq!(schedule["Properties"]["ScheduleExpression"], "rate(1 hour)");
+    assert!(
+        doc["Resources"]["KpiFunction"]["Properties"]
+            .get("Events")
+            .is_none(),
+        "the KPI function has a trigger of its own besides the state machine"
+    );
+}
