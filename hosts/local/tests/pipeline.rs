@@ -20,6 +20,9 @@ use tripflow_local::{InProcess, Kills, LocalStack, Pipeline, resources, stack};
 use tripflow_runtime::{ComponentSource, Limits, Runtime};
 use tripflow_store::{Input, InputSource, KpiOptions, ReplayOptions, ReportOptions, StateDir};
 
+mod common;
+use common::shared_part;
+
 const ZONE: &str = "America/New_York";
 
 fn repo() -> PathBuf {
@@ -212,23 +215,6 @@ async fn published_report(stack: &LocalStack, r: &tripflow_local::Resources) -> 
     .await
     .unwrap();
     String::from_utf8(body).unwrap()
-}
-
-/// A page without what only its host knows: the accounting section and the provenance's host
-/// and input rows (the replay's files; the function's table and object).
-fn shared_part(page: &str) -> String {
-    let start = page
-        .find("<section id=\"accounting\">")
-        .expect("accounting section");
-    let end = start + page[start..].find("</section>\n").unwrap() + "</section>\n".len();
-    let page = format!("{}{}", &page[..start], &page[end..]);
-    page.lines()
-        .filter(|l| {
-            !l.starts_with("<tr><td class=\"l\">rendered by<")
-                && !l.starts_with("<tr><td class=\"l\">input<")
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// The published page is the CLI's for the same events, apart from what only one host knows.
@@ -545,23 +531,7 @@ async fn nyc_sample_through_the_pipeline_equals_the_cli_replay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_binary_runs_through_the_runtime_api() {
-    let bootstrap = std::env::var_os("TRIPFLOW_BOOTSTRAP")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            // cargo builds tripflow-lambda's binary for that crate's integration tests, next to
-            // this test's own directory (target/<profile>/).
-            let exe = std::env::current_exe().unwrap();
-            exe.parent()
-                .unwrap()
-                .parent()
-                .unwrap()
-                .join("tripflow-lambda")
-        });
-    assert!(
-        bootstrap.exists(),
-        "{} is missing: run `cargo build -p tripflow-lambda` or set TRIPFLOW_BOOTSTRAP",
-        bootstrap.display()
-    );
+    let bootstrap = common::bootstrap();
     let stack = LocalStack::start(&stack::tools_dir()).await.unwrap();
     let sdk = stack.sdk_config().await;
     let r = resources::create(&sdk, &stack, 1).await.unwrap();

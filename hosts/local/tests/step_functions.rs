@@ -7,7 +7,6 @@
 //!
 //! Needs the engines installed by `scripts/install-local-aws.sh` (the test command runs it).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -21,29 +20,12 @@ use tripflow_local::{Kills, LocalStack, Pipeline, resources, stack};
 use tripflow_runtime::{ComponentSource, Limits, Runtime};
 use tripflow_store::{Input, InputSource, KpiOptions, ReplayOptions, ReportOptions, StateDir};
 
+mod common;
+use common::{bootstrap, shared_part};
+
 const ZONE: &str = "America/New_York";
 const FROM: &str = "2017-01-01";
 const TO: &str = "2019-12-31";
-
-fn bootstrap() -> PathBuf {
-    let path = std::env::var_os("TRIPFLOW_BOOTSTRAP")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            // cargo builds tripflow-lambda's binary next to this test's directory.
-            let exe = std::env::current_exe().unwrap();
-            exe.parent()
-                .unwrap()
-                .parent()
-                .unwrap()
-                .join("tripflow-lambda")
-        });
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build -p tripflow-lambda` or set TRIPFLOW_BOOTSTRAP",
-        path.display()
-    );
-    path
-}
 
 /// Three years of trips where the answers are easy to get wrong: every day, trips starting a
 /// second before and at local midnight in winter (05:00Z) and in summer (04:00Z), so that every
@@ -155,23 +137,6 @@ impl Cli {
         )
         .unwrap()
     }
-}
-
-/// A page without what only its host knows: the accounting section and the provenance's host
-/// and input rows.
-fn shared_part(page: &str) -> String {
-    let start = page
-        .find("<section id=\"accounting\">")
-        .expect("accounting section");
-    let end = start + page[start..].find("</section>\n").unwrap() + "</section>\n".len();
-    let page = format!("{}{}", &page[..start], &page[end..]);
-    page.lines()
-        .filter(|l| {
-            !l.starts_with("<tr><td class=\"l\">rendered by<")
-                && !l.starts_with("<tr><td class=\"l\">input<")
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 async fn object(stack: &LocalStack, bucket: &str, key: &str) -> Option<String> {
