@@ -1,4 +1,4 @@
-//! The tripflow core as a WASI component: only the `tripflow:core@0.5.0` export glue.
+//! The tripflow core as a WASI component: only the `tripflow:core@0.6.0` export glue.
 //!
 //! Every function converts the WIT types to `tripflow_core`'s, calls the library and converts
 //! the answer back; there is no logic here to test on its own.
@@ -14,8 +14,8 @@ mod bindings {
 use bindings::exports::tripflow::core::events::{self, ParseOutcome};
 use bindings::exports::tripflow::core::kpi::{self, DayKpi, DayTotals, KpiError, TripFare};
 use bindings::exports::tripflow::core::matching::{
-    self, Clock, ClosedTrip, Closing, Conflict, Decision, EventRef, OpenTrip, Resolution,
-    TripStatus,
+    self, Clock, ClosedTrip, Closing, Conflict, Decision, EventRef, Halves, OpenTrip, Paired,
+    Resolution, TripStatus,
 };
 use bindings::exports::tripflow::core::types::{
     ContractLimits, EventKind, RejectReason, Span, TripEvent,
@@ -66,6 +66,20 @@ impl matching::Guest for Component {
 
     fn pair(start: TripEvent, end: TripEvent) -> ClosedTrip {
         closed_out(core::pair(&event_in(start), &event_in(end)))
+    }
+
+    fn pair_all(trips: Vec<Halves>) -> Vec<Paired> {
+        let trips: Vec<(core::TripEvent, core::TripEvent)> = trips
+            .into_iter()
+            .map(|h| (event_in(h.start), event_in(h.end)))
+            .collect();
+        core::pair_all(&trips)
+            .into_iter()
+            .map(|p| Paired {
+                trip: closed_out(p.trip),
+                utc_day: p.utc_day,
+            })
+            .collect()
     }
 
     fn sweep(open: Vec<OpenTrip>, newest_ns: i64, older_than_ns: i64) -> Vec<u32> {

@@ -54,6 +54,11 @@ pub fn day_of(zone: &str, timestamp_ns: i64) -> Result<String, KpiError> {
     Ok(format_date(Zone::new(zone)?.day_of(timestamp_ns)))
 }
 
+/// The UTC date (`YYYY-MM-DD`) of an instant.
+pub fn utc_day(timestamp_ns: i64) -> String {
+    format_date(timestamp_ns.div_euclid(NANOS_PER_DAY))
+}
+
 /// The UTC dates (`YYYY-MM-DD`, sorted, distinct) of the starts of the trips among `trips` that
 /// count in the KPIs: the days whose KPIs a newly completed trip changes, recorded so that the
 /// next KPI run republishes them however late the trip completed. UTC, so that the record does

@@ -17,8 +17,8 @@ use foldhash::fast::FixedState;
 use crate::money::format_cents;
 use crate::time::format_rfc3339_utc;
 use crate::types::{
-    Clock, ClosedTrip, Closing, Conflict, Decision, EventKind, EventRef, Resolution, TripEvent,
-    TripStatus,
+    Clock, ClosedTrip, Closing, Conflict, Decision, EventKind, EventRef, Paired, Resolution,
+    TripEvent, TripStatus,
 };
 
 /// An event as [`resolve`] reads it, borrowed from wherever the caller keeps it.
@@ -189,6 +189,20 @@ fn slot_for<'a>(
 /// else the start's, and a trip with neither is `no_fare`.
 pub fn pair(start: &TripEvent, end: &TripEvent) -> ClosedTrip {
     pair_views(start.as_view(), end.as_view())
+}
+
+/// [`pair`] of every trip's two halves, in order, each with the UTC date of its start: the
+/// date a host files the trip under for a KPI job (see `kpi.local-days` for the local days one
+/// such date overlaps).
+pub fn pair_all(trips: &[(TripEvent, TripEvent)]) -> Vec<Paired> {
+    trips
+        .iter()
+        .map(|(start, end)| {
+            let trip = pair(start, end);
+            let utc_day = crate::kpi::utc_day(trip.start_ns);
+            Paired { trip, utc_day }
+        })
+        .collect()
 }
 
 fn pair_views(start: EventView<'_>, end: EventView<'_>) -> ClosedTrip {

@@ -100,18 +100,23 @@ pub enum Reject {
 }
 
 impl Reject {
+    /// The reason this rejection is kept under.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Reject::MalformedJson(_) => Reason::MalformedJson,
+            Reject::MissingField(_) => Reason::MissingField,
+            Reject::BadEventType(_) => Reason::BadEventType,
+            Reject::BadTimestamp(_) => Reason::BadTimestamp,
+            Reject::BadFare(_) => Reason::BadFare,
+            Reject::BadTripId(_) => Reason::BadTripId,
+            Reject::TooLarge(_) => Reason::TooLarge,
+            Reject::ConflictingDuplicate(_) => Reason::ConflictingDuplicate,
+        }
+    }
+
     /// The reason code used in quarantine files, DLQ messages and summaries.
     pub fn code(&self) -> &'static str {
-        match self {
-            Reject::MalformedJson(_) => "malformed_json",
-            Reject::MissingField(_) => "missing_field",
-            Reject::BadEventType(_) => "bad_event_type",
-            Reject::BadTimestamp(_) => "bad_timestamp",
-            Reject::BadFare(_) => "bad_fare",
-            Reject::BadTripId(_) => "bad_trip_id",
-            Reject::TooLarge(_) => "too_large",
-            Reject::ConflictingDuplicate(_) => "conflicting_duplicate",
-        }
+        self.reason().as_str()
     }
 
     /// The human-readable detail.
@@ -127,18 +132,89 @@ impl Reject {
             | Reject::ConflictingDuplicate(d) => d,
         }
     }
+}
 
-    /// Every reason code, in a fixed order (for summaries that list zero counts too).
-    pub const CODES: [&'static str; 8] = [
-        "malformed_json",
-        "missing_field",
-        "bad_event_type",
-        "bad_timestamp",
-        "bad_fare",
-        "bad_trip_id",
-        "too_large",
-        "conflicting_duplicate",
+/// Why a record was kept instead of stored: the contract's `types.reason`, the one list of
+/// reason codes every host writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// See [`Reject::MalformedJson`].
+    MalformedJson,
+    /// See [`Reject::MissingField`].
+    MissingField,
+    /// See [`Reject::BadEventType`].
+    BadEventType,
+    /// See [`Reject::BadTimestamp`].
+    BadTimestamp,
+    /// See [`Reject::BadFare`].
+    BadFare,
+    /// See [`Reject::BadTripId`].
+    BadTripId,
+    /// See [`Reject::TooLarge`].
+    TooLarge,
+    /// See [`Reject::ConflictingDuplicate`].
+    ConflictingDuplicate,
+    /// The core itself failed on the record (a trap, its memory cap or its deadline) when the
+    /// host parsed it alone.
+    CoreFailure,
+    /// The store refused an event the core decided to store.
+    StoreRefused,
+}
+
+impl Reason {
+    /// The reasons the core gives (the cases of [`Reject`]), in the contract's order: the ones
+    /// a summary lists even at zero.
+    pub const CORE: [Reason; 8] = [
+        Reason::MalformedJson,
+        Reason::MissingField,
+        Reason::BadEventType,
+        Reason::BadTimestamp,
+        Reason::BadFare,
+        Reason::BadTripId,
+        Reason::TooLarge,
+        Reason::ConflictingDuplicate,
     ];
+
+    /// Every reason, in the contract's order.
+    pub const ALL: [Reason; 10] = [
+        Reason::MalformedJson,
+        Reason::MissingField,
+        Reason::BadEventType,
+        Reason::BadTimestamp,
+        Reason::BadFare,
+        Reason::BadTripId,
+        Reason::TooLarge,
+        Reason::ConflictingDuplicate,
+        Reason::CoreFailure,
+        Reason::StoreRefused,
+    ];
+
+    /// The reason code: the contract's case name with `_` for `-`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::MalformedJson => "malformed_json",
+            Reason::MissingField => "missing_field",
+            Reason::BadEventType => "bad_event_type",
+            Reason::BadTimestamp => "bad_timestamp",
+            Reason::BadFare => "bad_fare",
+            Reason::BadTripId => "bad_trip_id",
+            Reason::TooLarge => "too_large",
+            Reason::ConflictingDuplicate => "conflicting_duplicate",
+            Reason::CoreFailure => "core_failure",
+            Reason::StoreRefused => "store_refused",
+        }
+    }
+
+    /// The reason of a code, `None` for a string that is not one.
+    pub fn from_code(code: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == code)
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What became of one record.
@@ -213,6 +289,19 @@ impl TripStatus {
     }
 }
 
+impl TripStatus {
+    /// The status of a string [`TripStatus::as_str`] wrote, `None` for any other.
+    pub fn from_str_opt(s: &str) -> Option<TripStatus> {
+        [
+            TripStatus::Completed,
+            TripStatus::Invalid,
+            TripStatus::NoFare,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
+    }
+}
+
 impl fmt::Display for TripStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -232,6 +321,16 @@ pub struct ClosedTrip {
     pub end_ns: i64,
     /// The end's fare, else the start's.
     pub fare_cents: Option<i64>,
+}
+
+/// A trip closed by [`crate::pair_all`], with the UTC date of its start (`YYYY-MM-DD`): the
+/// date a host files it under for a KPI job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Paired {
+    /// The trip, as [`crate::pair`] closes it.
+    pub trip: ClosedTrip,
+    /// The UTC date of the start.
+    pub utc_day: String,
 }
 
 /// A closed trip and the incoming event that closed it.

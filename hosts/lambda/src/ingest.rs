@@ -34,7 +34,8 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use base64::Engine as _;
 use serde::Serialize;
-use tripflow_runtime::core::{Clock, Decision, EventRef, ParseOutcome, Span, TripEvent};
+use tripflow_runtime::core::{Clock, Decision, Reason, Span, TripEvent};
+use tripflow_runtime::fate::{self, FirstCopy, Lines};
 use tripflow_runtime::{CoreError, CoreProvider, TripCore, parse_isolating};
 
 use crate::metrics::{Counters, units};
@@ -115,19 +116,19 @@ pub enum PutOutcome {
     Failed(String),
 }
 
-/// The reason code of a record DynamoDB refused to store.
-pub const STORE_REFUSED: &str = "store_refused";
-
 /// The ingest protocol's decisions, with the I/O left to the caller: parse, pick first copies,
 /// and after the writes, one resolution of the whole batch against the stored copies the
-/// writes handed back. Everything here is a call into the core; [`handle`] only moves bytes.
+/// writes handed back. Everything here is a call into the core, and every record's fate comes
+/// from [`tripflow_runtime::fate`], as the replay's do; [`handle`] only moves bytes.
 pub struct Plan {
-    /// One fate per record (decided for parse rejects and blanks; pending for the rest).
+    /// One fate per record: pending until [`Plan::settle`].
     pub fates: Vec<Fate>,
     /// `(record index, event)` of every accepted record, in batch order.
     pub accepted: Vec<(usize, TripEvent)>,
     /// Indices into `accepted` of the first copies to write.
     pub first_copies: Vec<usize>,
+    /// Each record's parse outcome.
+    lines: Lines,
 }
 
 impl Plan {
@@ -153,32 +154,7 @@ impl Plan {
             });
             buffer.extend_from_slice(r);
         }
-        let mut fates = vec![Fate::Pending; records.len()];
-        let mut accepted = Vec::new();
-        for (i, o) in parse_isolating(core, &buffer, &spans)?
-            .into_iter()
-            .enumerate()
-        {
-            match o {
-                Ok(ParseOutcome::Accepted(e)) => accepted.push((i, e)),
-                Ok(ParseOutcome::Rejected(r)) => {
-                    fates[i] = Fate::Rejected {
-                        reason: r.code().to_owned(),
-                        detail: r.detail().to_owned(),
-                        first: None,
-                    }
-                }
-                Ok(ParseOutcome::Blank) => fates[i] = Fate::Blank,
-                Err(e) => {
-                    fates[i] = Fate::Rejected {
-                        reason: tripflow_runtime::CORE_FAILURE.to_owned(),
-                        detail: e.to_string(),
-                        first: None,
-                    }
-                }
-            }
-        }
-        let events: Vec<TripEvent> = accepted.iter().map(|(_, e)| e.clone()).collect();
+        let (lines, events) = Lines::from_parsed(parse_isolating(core, &buffer, &spans)?);
         let first = core.session()?.resolve(&events, &[], clock)?;
         let first_copies = first
             .decisions
@@ -188,9 +164,10 @@ impl Plan {
             .map(|(i, _)| i)
             .collect();
         Ok(Plan {
-            fates,
-            accepted,
+            fates: vec![Fate::Pending; records.len()],
+            accepted: lines.accepted.iter().copied().zip(events).collect(),
             first_copies,
+            lines,
         })
     }
 
@@ -208,44 +185,54 @@ impl Plan {
         assert_eq!(puts.len(), self.first_copies.len(), "one outcome per write");
         let mut stored = Vec::new();
         let mut written = vec![false; self.accepted.len()];
+        // The fate of a first copy that DynamoDB refused or that was not written in time.
+        let mut not_written: Vec<Option<Fate>> = vec![None; self.accepted.len()];
         for (&a, put) in self.first_copies.iter().zip(puts) {
-            let i = self.accepted[a].0;
             match put {
                 PutOutcome::Stored | PutOutcome::StoredBefore => written[a] = true,
                 PutOutcome::Taken(copy) => stored.push(copy.clone()),
                 PutOutcome::Refused(why) => {
-                    self.fates[i] = Fate::Rejected {
-                        reason: STORE_REFUSED.to_owned(),
+                    not_written[a] = Some(Fate::Rejected {
+                        reason: Reason::StoreRefused.as_str().to_owned(),
                         detail: why.clone(),
                         first: None,
-                    }
+                    })
                 }
-                PutOutcome::Failed(why) => self.fates[i] = Fate::Failed(why.clone()),
+                PutOutcome::Failed(why) => not_written[a] = Some(Fate::Failed(why.clone())),
             }
         }
         let events: Vec<TripEvent> = self.accepted.iter().map(|(_, e)| e.clone()).collect();
         let r = core.session()?.resolve(&events, &stored, clock)?;
-        for (a, d) in r.decisions.iter().enumerate() {
-            let i = self.accepted[a].0;
-            if !matches!(self.fates[i], Fate::Pending) {
-                continue; // refused or failed above
-            }
-            self.fates[i] = match d {
-                Decision::Store if written[a] => Fate::Stored,
-                Decision::Store => Fate::Failed(
-                    "the core would store an event that was not written; redelivering".into(),
-                ),
-                Decision::Duplicate(_) => Fate::Duplicate,
-                Decision::ConflictingDuplicate(c) => Fate::Rejected {
-                    reason: "conflicting_duplicate".into(),
-                    detail: c.detail.clone(),
-                    first: match c.first {
-                        EventRef::Incoming(j) => Some(self.accepted[j as usize].0),
-                        EventRef::Stored(_) => None,
+        let fates = fate::fates(&self.lines, &r.decisions).ok_or_else(|| CoreError::Trapped {
+            message: format!(
+                "the core decided {} events of a batch with {} accepted",
+                r.decisions.len(),
+                events.len()
+            ),
+            stderr: String::new(),
+        })?;
+        self.fates = fates
+            .into_iter()
+            .map(|f| match f {
+                fate::Fate::Blank => Fate::Blank,
+                fate::Fate::Rejected(r) => Fate::Rejected {
+                    reason: r.reason.as_str().to_owned(),
+                    detail: r.detail,
+                    first: match r.first {
+                        Some(FirstCopy::Record(j)) => Some(j),
+                        Some(FirstCopy::Stored(_)) | None => None,
                     },
                 },
-            };
-        }
+                fate::Fate::Stored { event } if not_written[event as usize].is_some() => {
+                    not_written[event as usize].take().expect("checked")
+                }
+                fate::Fate::Stored { event } if written[event as usize] => Fate::Stored,
+                fate::Fate::Stored { .. } => Fate::Failed(
+                    "the core would store an event that was not written; redelivering".into(),
+                ),
+                fate::Fate::Duplicate { .. } => Fate::Duplicate,
+            })
+            .collect();
         Ok(Settled {
             newest_ns: r.newest_ns,
             skewed: r.skewed.len(),

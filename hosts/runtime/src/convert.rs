@@ -162,6 +162,39 @@ fn status_out(s: c::TripStatus) -> wm::TripStatus {
     }
 }
 
+pub(crate) fn halves_out(start: &c::TripEvent, end: &c::TripEvent) -> wm::Halves {
+    wm::Halves {
+        start: event_out(start),
+        end: event_out(end),
+    }
+}
+
+pub(crate) fn paired_in(p: wm::Paired) -> c::Paired {
+    c::Paired {
+        trip: closed_in(p.trip),
+        utc_day: p.utc_day,
+    }
+}
+
+/// The contract's reasons as the core's: the exhaustive match is what ties
+/// `tripflow_core::Reason` to the WIT enum `types.reason` (a case added to either side fails to
+/// compile here or in the test below).
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) fn reason_in(r: wt::Reason) -> c::Reason {
+    match r {
+        wt::Reason::MalformedJson => c::Reason::MalformedJson,
+        wt::Reason::MissingField => c::Reason::MissingField,
+        wt::Reason::BadEventType => c::Reason::BadEventType,
+        wt::Reason::BadTimestamp => c::Reason::BadTimestamp,
+        wt::Reason::BadFare => c::Reason::BadFare,
+        wt::Reason::BadTripId => c::Reason::BadTripId,
+        wt::Reason::TooLarge => c::Reason::TooLarge,
+        wt::Reason::ConflictingDuplicate => c::Reason::ConflictingDuplicate,
+        wt::Reason::CoreFailure => c::Reason::CoreFailure,
+        wt::Reason::StoreRefused => c::Reason::StoreRefused,
+    }
+}
+
 pub(crate) fn closed_in(t: wm::ClosedTrip) -> c::ClosedTrip {
     c::ClosedTrip {
         trip_id: t.trip_id,
@@ -308,5 +341,50 @@ pub(crate) fn report_out(r: &c::report::ReportRequest) -> wr::ReportRequest {
             inputs: r.provenance.inputs.clone(),
             accounting_note: r.provenance.accounting_note.clone(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every case of the WIT enum `types.reason`, in the contract's order, is the core's reason
+    /// at the same place, and its code is the case's WIT name with `_` for `-`.
+    #[test]
+    fn reasons_are_the_contracts() {
+        let wit = include_str!("../../../wit/tripflow.wit");
+        let body = wit
+            .split("enum reason {")
+            .nth(1)
+            .and_then(|rest| rest.split('}').next())
+            .expect("wit/tripflow.wit declares `enum reason`");
+        let cases: Vec<&str> = body
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("//"))
+            .map(|l| l.trim_end_matches(','))
+            .collect();
+        let wt_cases = [
+            wt::Reason::MalformedJson,
+            wt::Reason::MissingField,
+            wt::Reason::BadEventType,
+            wt::Reason::BadTimestamp,
+            wt::Reason::BadFare,
+            wt::Reason::BadTripId,
+            wt::Reason::TooLarge,
+            wt::Reason::ConflictingDuplicate,
+            wt::Reason::CoreFailure,
+            wt::Reason::StoreRefused,
+        ];
+        assert_eq!(cases.len(), c::Reason::ALL.len(), "{cases:?}");
+        for ((case, w), core) in cases.iter().zip(wt_cases).zip(c::Reason::ALL) {
+            assert_eq!(reason_in(w), core);
+            assert_eq!(core.as_str(), case.replace('-', "_"));
+            assert_eq!(c::Reason::from_code(core.as_str()), Some(core));
+        }
+        let rejects = c::Reason::ALL
+            .iter()
+            .filter(|r| c::Reason::CORE.contains(r));
+        assert_eq!(rejects.count(), 8);
     }
 }

@@ -1,6 +1,6 @@
 //! The one crate that owns wasmtime.
 //!
-//! It runs `bindgen!` once for `tripflow:core@0.5.0`, defines the single engine configuration
+//! It runs `bindgen!` once for `tripflow:core@0.6.0`, defines the single engine configuration
 //! used by every host and by the precompiler, loads a component (`.wasm`, or a precompiled
 //! `.cwasm`), builds the [`InstancePre`](wasmtime::component::InstancePre) once, and gives every
 //! batch a fresh, bounded [`Store`]: a memory cap and an epoch deadline stop a runaway guest
@@ -11,6 +11,7 @@
 //! the component to the library it was built from.
 
 mod convert;
+pub mod fate;
 mod native;
 
 use std::hash::{Hash, Hasher};
@@ -30,8 +31,8 @@ pub use tripflow_core as core;
 use tripflow_core::batch::{BatchResolution, ParsedBatch, StoredEvent};
 use tripflow_core::report::ReportRequest;
 use tripflow_core::{
-    Clock, ClosedTrip, DayKpi, DayTotals, KpiError, ParseOutcome, Resolution, Span, TripEvent,
-    TripFare,
+    Clock, ClosedTrip, DayKpi, DayTotals, KpiError, Paired, ParseOutcome, Resolution, Span,
+    TripEvent, TripFare,
 };
 
 #[allow(missing_docs)]
@@ -113,6 +114,9 @@ pub trait TripCore {
     ) -> Result<(ParsedBatch, BatchResolution), E>;
     /// See `matching.pair`: the closed trip a start and an end make.
     fn pair(&mut self, start: &TripEvent, end: &TripEvent) -> Result<ClosedTrip, CoreError>;
+    /// See `matching.pair-all`: [`TripCore::pair`] of every trip's `(start, end)`, each with the
+    /// UTC date a host files it under.
+    fn pair_all(&mut self, trips: &[(TripEvent, TripEvent)]) -> Result<Vec<Paired>, CoreError>;
     /// See `matching.sweep`; `open` holds the timestamp of each open trip's stored half.
     fn sweep(
         &mut self,
@@ -422,10 +426,6 @@ impl CoreProvider for Bounded<'_> {
     }
 }
 
-/// The reason code under which every host keeps a record the core itself failed on (a trap,
-/// or its memory or time limit), with the error as the detail.
-pub const CORE_FAILURE: &str = "core_failure";
-
 /// What became of one record when a batch was parsed with [`parse_isolating`].
 pub type Parsed = Result<ParseOutcome, CoreError>;
 
@@ -584,6 +584,15 @@ impl TripCore for WasmSession {
         let (start, end) = (convert::event_out(start), convert::event_out(end));
         let t = self.call(|c, s| c.tripflow_core_matching().call_pair(s, &start, &end))?;
         Ok(convert::closed_in(t))
+    }
+
+    fn pair_all(&mut self, trips: &[(TripEvent, TripEvent)]) -> Result<Vec<Paired>, CoreError> {
+        let trips: Vec<_> = trips
+            .iter()
+            .map(|(start, end)| convert::halves_out(start, end))
+            .collect();
+        let paired = self.call(|c, s| c.tripflow_core_matching().call_pair_all(s, &trips))?;
+        Ok(paired.into_iter().map(convert::paired_in).collect())
     }
 
     fn sweep(

@@ -2,7 +2,8 @@
 //! trait. Used to hold the component to the library in tests and benchmarks.
 
 use tripflow_core::{
-    Clock, ClosedTrip, DayKpi, DayTotals, ParseOutcome, Resolution, Span, TripEvent, TripFare,
+    Clock, ClosedTrip, DayKpi, DayTotals, Paired, ParseOutcome, Resolution, Span, TripEvent,
+    TripFare,
 };
 
 use tripflow_core::batch::{Batch, BatchResolution, ParsedBatch, StoredEvent};
@@ -63,6 +64,10 @@ impl TripCore for NativeCore {
 
     fn pair(&mut self, start: &TripEvent, end: &TripEvent) -> Result<ClosedTrip, CoreError> {
         Ok(tripflow_core::pair(start, end))
+    }
+
+    fn pair_all(&mut self, trips: &[(TripEvent, TripEvent)]) -> Result<Vec<Paired>, CoreError> {
+        Ok(tripflow_core::pair_all(trips))
     }
 
     fn sweep(

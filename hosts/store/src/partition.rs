@@ -36,9 +36,10 @@ use tripflow_runtime::core::report::{
     Accounting, Provenance, RejectExample, RejectGroup, ReportRequest,
 };
 use tripflow_runtime::core::{
-    Clock, DayKpi, DayTotals, EventKind, EventRef, ParseOutcome, Reject, Span, TripFare, TripStatus,
+    Clock, DayKpi, DayTotals, EventKind, EventRef, ParseOutcome, Reason, Span, TripFare, TripStatus,
 };
-use tripflow_runtime::{CORE_FAILURE, CoreError, CoreProvider, TripCore, parse_isolating};
+use tripflow_runtime::fate::{Line, Lines};
+use tripflow_runtime::{CoreError, CoreProvider, TripCore, parse_isolating};
 
 use crate::db::StoreTotals;
 use crate::error::{Error, IoContext};
@@ -277,13 +278,13 @@ pub fn parse_split<P: CoreProvider>(
             trip_ids,
         } = parse(provider, &mut session, &batch)?;
         let mut accepted = 0;
-        for (i, outcome) in outcomes.into_iter().enumerate() {
-            let reason = match outcome {
-                Outcome::Blank => {
+        for (i, outcome) in outcomes.lines.into_iter().enumerate() {
+            let (reason, detail) = match outcome {
+                Line::Blank => {
                     tally.counts.blank_lines += 1;
                     continue;
                 }
-                Outcome::Accepted => {
+                Line::Accepted => {
                     tally.counts.records += 1;
                     let trip_id = trip_ids.get(accepted);
                     accepted += 1;
@@ -293,14 +294,14 @@ pub fn parse_split<P: CoreProvider>(
                     buffered += b.len() - before;
                     continue;
                 }
-                Outcome::Rejected(code, detail) => (code, detail),
+                Line::Rejected { reason, detail } => (reason, detail),
             };
-            tally.reject(&reason.0);
+            tally.reject(reason.as_str());
             let record = QuarantineRecord {
                 source: name.clone(),
                 line: batch.lines[i],
-                reason: reason.0,
-                detail: reason.1,
+                reason: reason.as_str().to_owned(),
+                detail,
                 raw: RawBytes(batch.raw(i).to_vec()),
                 first_copy: None,
             };
@@ -315,18 +316,9 @@ pub fn parse_split<P: CoreProvider>(
     finish_split(split, &rejects, &tally, out)
 }
 
-/// What became of one line.
-#[derive(Clone)]
-enum Outcome {
-    Accepted,
-    Blank,
-    /// Reason code and detail.
-    Rejected(String, String),
-}
-
 /// The outcome of each line of a batch and the trip ids of the accepted ones.
 struct Outcomes {
-    lines: Vec<Outcome>,
+    lines: Lines,
     trip_ids: TripIds,
 }
 
@@ -349,46 +341,19 @@ fn parse<P: CoreProvider>(
     };
     if let Ok((parsed, _)) =
         core.parse_resolve::<CoreError>(&batch.buf, &batch.spans, clock, |_| Ok(Vec::new()))
+        && let Some(lines) = Lines::from_skipped(batch.spans.len(), parsed.skipped)
+        && lines.accepted.len() == parsed.trip_ids.len()
     {
-        let mut lines = vec![Outcome::Accepted; batch.spans.len()];
-        let mut fits = parsed.trip_ids.len() + parsed.skipped.len() == batch.spans.len();
-        for s in parsed.skipped {
-            match lines.get_mut(s.line as usize) {
-                Some(slot @ Outcome::Accepted) => {
-                    *slot = match s.reason {
-                        Some(r) => Outcome::Rejected(r.code().to_owned(), r.detail().to_owned()),
-                        None => Outcome::Blank,
-                    }
-                }
-                _ => fits = false,
-            }
-        }
-        if fits {
-            return Ok(Outcomes {
-                lines,
-                trip_ids: parsed.trip_ids,
-            });
-        }
-    }
-    *session = None;
-    let mut lines = Vec::with_capacity(batch.spans.len());
-    let mut ids: Vec<String> = Vec::new();
-    for outcome in parse_isolating(provider, &batch.buf, &batch.spans)? {
-        lines.push(match outcome {
-            Ok(ParseOutcome::Accepted(e)) => {
-                ids.push(e.trip_id);
-                Outcome::Accepted
-            }
-            Ok(ParseOutcome::Blank) => Outcome::Blank,
-            Ok(ParseOutcome::Rejected(r)) => {
-                Outcome::Rejected(r.code().to_owned(), r.detail().to_owned())
-            }
-            Err(failure) => Outcome::Rejected(CORE_FAILURE.to_owned(), failure.to_string()),
+        return Ok(Outcomes {
+            lines,
+            trip_ids: parsed.trip_ids,
         });
     }
+    *session = None;
+    let (lines, events) = Lines::from_parsed(parse_isolating(provider, &batch.buf, &batch.spans)?);
     Ok(Outcomes {
         lines,
-        trip_ids: ids.iter().map(String::as_str).collect(),
+        trip_ids: events.iter().map(|e| e.trip_id.as_str()).collect(),
     })
 }
 
@@ -678,7 +643,7 @@ pub fn resolve_bucket<P: CoreProvider>(
                 EventRef::Incoming(j) => batch.get(j as usize).map(|f| bucket.raw(f).to_vec()),
                 EventRef::Stored(_) => None,
             };
-            let code = Reject::ConflictingDuplicate(String::new()).code();
+            let code = Reason::ConflictingDuplicate.as_str();
             // Read in the parse stage; rejected here.
             *tally.counts.rejected.entry(code.to_owned()).or_default() += 1;
             let record = QuarantineRecord {

@@ -14,14 +14,12 @@ use std::sync::{Arc, mpsc};
 use rusqlite::{Connection, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 // `ToStore`: an accepted event the core decided to store (`log::NewEvent` is its record).
-use tripflow_runtime::core::batch::{
-    BatchResolution, NewEvent as ToStore, Skipped, StoredEvent, TripIds,
-};
+use tripflow_runtime::core::batch::{BatchResolution, NewEvent as ToStore, StoredEvent, TripIds};
 use tripflow_runtime::core::{
-    Clock, DEFAULT_MAX_SKEW_NS, Decision, EventKind, EventRef, ParseOutcome, Reject, TripEvent,
-    TripStatus,
+    Clock, DEFAULT_MAX_SKEW_NS, EventKind, Reason, TripEvent, TripStatus,
 };
-use tripflow_runtime::{CORE_FAILURE, CoreProvider, TripCore, parse_isolating};
+use tripflow_runtime::fate::{self, Fate, FirstCopy, Lines};
+use tripflow_runtime::{CoreProvider, TripCore, parse_isolating};
 
 use crate::db::{Committed, StateDir, StoreTotals, count_source};
 use crate::error::{DbContext, Error, IoContext};
@@ -108,7 +106,10 @@ impl Summary {
     /// No records yet; every reason code listed with zero.
     pub(crate) fn new() -> Summary {
         Summary {
-            rejected: Reject::CODES.iter().map(|c| ((*c).to_owned(), 0)).collect(),
+            rejected: Reason::CORE
+                .iter()
+                .map(|r| (r.as_str().to_owned(), 0))
+                .collect(),
             ..Summary::default()
         }
     }
@@ -320,7 +321,7 @@ impl<'a, P: CoreProvider> Pipeline<'a, P> {
 }
 
 /// An open input's lines.
-type Lines = LineReader<Box<dyn std::io::BufRead + Send>>;
+type InputLines = LineReader<Box<dyn std::io::BufRead + Send>>;
 
 /// The inputs, read batch by batch.
 struct Reader<'a> {
@@ -329,7 +330,7 @@ struct Reader<'a> {
     ids: Vec<u32>,
     next_input: usize,
     /// The input being read: its index, its number in `events.log`, its lines.
-    lines: Option<(usize, u32, Lines)>,
+    lines: Option<(usize, u32, InputLines)>,
     max_record_bytes: u32,
 }
 
@@ -554,25 +555,13 @@ fn lookup(state: &mut StateDir, fps: &[Fp]) -> Result<Vec<Hit>, Error> {
     Ok(hits)
 }
 
-/// What became of one line of a batch.
-enum Outcome {
-    Blank,
-    Accepted,
-    /// Reason code and detail.
-    Rejected(String, String),
-}
-
 /// The core's decisions on a batch.
 struct Decided {
     /// One per line.
-    outcomes: Vec<Outcome>,
-    /// For each accepted event (the resolution's `incoming`), its line in the batch.
-    incoming_span: Vec<usize>,
+    fates: Vec<Fate>,
     /// For each accepted event, its trip id and its fingerprint.
     trip_ids: TripIds,
     fps: Arc<Vec<Fp>>,
-    /// For each accepted event, its decision.
-    decisions: Vec<Decision>,
     /// For each accepted event decided `store`, the event; `None` for the others.
     incoming: Vec<Option<ToStore>>,
     /// The rest of the resolution (its `new_events` are in `incoming`).
@@ -583,54 +572,28 @@ impl Decided {
     /// Puts a batch's resolution in the shape [`prepare`] reads; `None` when it does not fit
     /// the batch's accepted events (a component that breaks the contract).
     fn new(
-        (outcomes, incoming_span): (Vec<Outcome>, Vec<usize>),
+        lines: Lines,
         trip_ids: TripIds,
         fps: Arc<Vec<Fp>>,
         mut resolution: BatchResolution,
     ) -> Option<Decided> {
-        let decisions = resolution.decisions();
-        if incoming_span.len() != trip_ids.len() || decisions.len() != trip_ids.len() {
+        if lines.accepted.len() != trip_ids.len() {
             return None;
         }
-        let mut incoming: Vec<Option<ToStore>> = (0..incoming_span.len()).map(|_| None).collect();
+        let fates = fate::fates(&lines, &resolution.decisions())?;
+        let mut incoming: Vec<Option<ToStore>> = (0..trip_ids.len()).map(|_| None).collect();
         for e in std::mem::take(&mut resolution.new_events) {
             let i = e.incoming as usize;
-            incoming[i] = Some(e);
+            *incoming.get_mut(i)? = Some(e);
         }
         Some(Decided {
-            outcomes,
-            incoming_span,
+            fates,
             trip_ids,
             fps,
-            decisions,
             incoming,
             resolution,
         })
     }
-}
-
-/// Each line's outcome, and the line of each accepted event, from the lines `batch.parse`
-/// skipped; `None` when they are not lines of the batch in order.
-fn outcomes(lines: usize, skipped: Vec<Skipped>) -> Option<(Vec<Outcome>, Vec<usize>)> {
-    let mut outcomes = Vec::with_capacity(lines);
-    let mut incoming_span = Vec::with_capacity(lines);
-    let mut skipped = skipped.into_iter().peekable();
-    for line in 0..lines {
-        outcomes.push(match skipped.next_if(|s| s.line as usize == line) {
-            Some(Skipped { reason: None, .. }) => Outcome::Blank,
-            Some(Skipped {
-                reason: Some(r), ..
-            }) => Outcome::Rejected(r.code().to_owned(), r.detail().to_owned()),
-            None => {
-                incoming_span.push(line);
-                Outcome::Accepted
-            }
-        });
-    }
-    skipped
-        .next()
-        .is_none()
-        .then_some((outcomes, incoming_span))
 }
 
 /// Decides a batch in one guest (`batches.batch`: parse, look up, resolve); if the core fails on
@@ -656,10 +619,12 @@ fn decide<P: CoreProvider>(
         Ok(stored)
     });
     let decided = match in_core {
-        Ok((parsed, r)) => outcomes(batch.spans.len(), parsed.skipped).and_then(|outcomes| {
-            let fps = std::mem::take(&mut looked.0);
-            Decided::new(outcomes, parsed.trip_ids, fps, r)
-        }),
+        Ok((parsed, r)) => {
+            Lines::from_skipped(batch.spans.len(), parsed.skipped).and_then(|lines| {
+                let fps = std::mem::take(&mut looked.0);
+                Decided::new(lines, parsed.trip_ids, fps, r)
+            })
+        }
         Err(Error::Core(_)) => None,
         Err(e) => {
             *session = None;
@@ -683,24 +648,7 @@ fn decide_isolating<P: CoreProvider>(
     to_main: &mpsc::Sender<Message>,
 ) -> Result<(Decided, Vec<u64>), Error> {
     let batch = &job.batch;
-    let parsed = parse_isolating(provider, &batch.buf, &batch.spans)?;
-    let mut outcomes = Vec::with_capacity(parsed.len());
-    let mut events: Vec<TripEvent> = Vec::with_capacity(parsed.len());
-    let mut incoming_span = Vec::with_capacity(parsed.len());
-    for (i, outcome) in parsed.into_iter().enumerate() {
-        outcomes.push(match outcome {
-            Ok(ParseOutcome::Blank) => Outcome::Blank,
-            Ok(ParseOutcome::Accepted(event)) => {
-                events.push(event);
-                incoming_span.push(i);
-                Outcome::Accepted
-            }
-            Ok(ParseOutcome::Rejected(reject)) => {
-                Outcome::Rejected(reject.code().to_owned(), reject.detail().to_owned())
-            }
-            Err(failure) => Outcome::Rejected(CORE_FAILURE.to_owned(), failure.to_string()),
-        });
-    }
+    let (lines, events) = Lines::from_parsed(parse_isolating(provider, &batch.buf, &batch.spans)?);
     let trip_ids: TripIds = events.iter().map(|e| e.trip_id.as_str()).collect();
     let (stored, stored_pos, fps) = ask(to_main, job.seq, fingerprints, &trip_ids)?;
     let stored: Vec<TripEvent> = stored
@@ -715,7 +663,7 @@ fn decide_isolating<P: CoreProvider>(
         .collect();
     let resolution = provider.session()?.resolve(&events, &stored, job.clock)?;
     let resolution = BatchResolution::from_resolution(resolution, &events);
-    let decided = Decided::new((outcomes, incoming_span), trip_ids, fps, resolution)
+    let decided = Decided::new(lines, trip_ids, fps, resolution)
         .expect("a resolution of the events parsed fits them");
     Ok((decided, stored_pos))
 }
@@ -753,11 +701,7 @@ struct Closing {
 /// Tallies a batch's decisions, collects its rejects and encodes its records (on the worker).
 fn prepare(job: &Job, decided: &Decided, stored_pos: &[u64]) -> Result<Prepared, Error> {
     let batch = &job.batch;
-    let (incoming, incoming_span, resolution) = (
-        &decided.incoming,
-        &decided.incoming_span,
-        &decided.resolution,
-    );
+    let (incoming, resolution) = (&decided.incoming, &decided.resolution);
     let new_event = |i: usize| -> &ToStore {
         incoming[i]
             .as_ref()
@@ -773,25 +717,20 @@ fn prepare(job: &Job, decided: &Decided, stored_pos: &[u64]) -> Result<Prepared,
         newest_ns: resolution.newest_ns,
     };
     p.tally.skewed = resolution.skewed.len() as u64;
-    for (i, outcome) in decided.outcomes.iter().enumerate() {
-        match outcome {
-            Outcome::Blank => p.tally.blank_lines += 1,
-            Outcome::Accepted => p.tally.records += 1,
-            Outcome::Rejected(code, detail) => {
-                p.tally.records += 1;
-                p.rejects
-                    .push(quarantine_record(job, i, code, detail, None));
-            }
-        }
-    }
     // Where each event stored by this batch goes, by trip and half: a trip that closes within
     // the batch finds its first half here.
     let mut here: HashMap<(Fp, bool), u64, BuildHasherDefault<Identity>> = HashMap::default();
     let mut pos_of = vec![0u64; incoming.len()];
-    for (i, decision) in decided.decisions.iter().enumerate() {
-        let span = incoming_span[i];
-        match decision {
-            Decision::Store => {
+    for (line, fate) in decided.fates.iter().enumerate() {
+        if *fate == Fate::Blank {
+            p.tally.blank_lines += 1;
+            continue;
+        }
+        p.tally.records += 1;
+        match fate {
+            Fate::Blank => {}
+            Fate::Stored { event } => {
+                let i = *event as usize;
                 let e = new_event(i);
                 let pos = encode_event(
                     &mut p.events,
@@ -800,33 +739,29 @@ fn prepare(job: &Job, decided: &Decided, stored_pos: &[u64]) -> Result<Prepared,
                         timestamp_ns: e.timestamp_ns,
                         fare_cents: e.fare_cents,
                         source: job.source,
-                        line: batch.lines[span],
+                        line: batch.lines[line],
                         trip_id: decided.trip_ids.get(i),
                         extras: &e.extras,
-                        raw: batch.raw(span),
+                        raw: batch.raw(line),
                     },
                 );
                 pos_of[i] = pos;
                 here.insert((decided.fps[i], e.kind == EventKind::End), pos);
                 p.tally.stored += 1;
             }
-            Decision::Duplicate(_) => p.tally.duplicates += 1,
-            Decision::ConflictingDuplicate(conflict) => {
-                let first = match conflict.first {
-                    EventRef::Incoming(j) => Some(batch.raw(incoming_span[j as usize]).to_vec()),
-                    EventRef::Stored(j) => {
+            Fate::Duplicate { .. } => p.tally.duplicates += 1,
+            Fate::Rejected(r) => {
+                let first = match r.first {
+                    Some(FirstCopy::Record(j)) => Some(batch.raw(j).to_vec()),
+                    Some(FirstCopy::Stored(j)) => {
                         p.first_copies
                             .push((p.rejects.len(), stored_pos[j as usize]));
                         None
                     }
+                    None => None,
                 };
-                p.rejects.push(quarantine_record(
-                    job,
-                    span,
-                    "conflicting_duplicate",
-                    &conflict.detail,
-                    first,
-                ));
+                p.rejects
+                    .push(quarantine_record(job, line, r.reason, &r.detail, first));
             }
         }
     }
@@ -1037,14 +972,14 @@ fn write_quarantine(conn: &Connection, rejects: &[QuarantineRecord]) -> Result<(
 fn quarantine_record(
     job: &Job,
     span: usize,
-    reason: &str,
+    reason: Reason,
     detail: &str,
     first: Option<Vec<u8>>,
 ) -> QuarantineRecord {
     QuarantineRecord {
         source: job.name.clone(),
         line: job.batch.lines[span],
-        reason: reason.to_owned(),
+        reason: reason.as_str().to_owned(),
         detail: detail.to_owned(),
         raw: RawBytes(job.batch.raw(span).to_vec()),
         first_copy: first.map(RawBytes),
