@@ -24,7 +24,7 @@ use chrono::NaiveDate;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tripflow_runtime::core::report::{Provenance, ReportRequest};
-use tripflow_runtime::core::{DayKpi, DayTotals, TripFare, TripStatus};
+use tripflow_runtime::core::{DayKpi, DayTotals, TripFare};
 use tripflow_runtime::{CoreProvider, TripCore};
 
 use crate::dirty::Marker;
@@ -486,12 +486,10 @@ async fn publish_rows(
     budget: &Budget,
 ) -> Result<Published, Error> {
     let mut core = app.core_within(budget).session()?;
-    let header = core.render_csv(&[])?;
     let mut attempt = 0;
     let published = loop {
         let previous = get(app, bucket, &app.config.kpi_key, budget).await?;
         let combined = merge(
-            &header,
             previous.as_ref().map(|(text, _)| text.as_str()),
             rows,
             recomputed,
@@ -617,7 +615,8 @@ async fn compute(
     to: NaiveDate,
     budget: &Budget,
 ) -> Result<(Vec<DayKpi>, u64), Error> {
-    // Every completed trip whose start's UTC date can be a local day in the range.
+    // Every closed trip whose start's UTC date can be a local day in the range; the core's
+    // `accumulate` decides which of them count.
     let first = from.pred_opt().ok_or("date out of range")?;
     let last = to.succ_opt().ok_or("date out of range")?;
     let mut totals: Vec<DayTotals> = Vec::new();
@@ -630,14 +629,14 @@ async fn compute(
         // A trip filed twice (a retried matcher batch) counts once; all its filings are under
         // its start's date, so one day's ids are enough to tell.
         let mut seen: HashSet<String> = HashSet::with_capacity(entries.len());
-        for (trip_id, start_ns, fare) in entries {
-            if !seen.insert(trip_id) {
+        for entry in entries {
+            if !seen.insert(entry.trip_id) {
                 continue;
             }
             chunk.push(TripFare {
-                status: TripStatus::Completed,
-                start_ns,
-                fare_cents: Some(fare),
+                status: entry.status,
+                start_ns: entry.start_ns,
+                fare_cents: entry.fare_cents,
             });
             trips_read += 1;
             if chunk.len() == CHUNK {
@@ -664,45 +663,30 @@ async fn compute(
     Ok((rows, trips_read))
 }
 
-/// The combined CSV: `header`, then by date the lines of `previous` for days not in
-/// `recomputed` and the core's lines for `rows`.
+/// The combined CSV: by date, the rows of `previous` for days not in `recomputed` and `rows`,
+/// read and rendered by the core (`report.read-csv`, `kpi.render-csv`).
 pub fn merge<C: TripCore>(
-    header: &str,
     previous: Option<&str>,
     rows: &[DayKpi],
     recomputed: &BTreeSet<String>,
     core: &mut C,
 ) -> Result<String, Error> {
-    let mut lines: Vec<(String, String)> = Vec::new();
-    if let Some(prev) = previous {
-        let mut it = prev.lines();
-        if let Some(h) = it.next()
-            && h != header.trim_end()
-        {
-            return Err(format!(
-                "the existing combined CSV has header {h:?}, not {:?}: move it away or set KPI_KEY",
-                header.trim_end()
-            )
-            .into());
-        }
-        for line in it.filter(|l| !l.is_empty()) {
-            let date = line.split(',').next().unwrap_or_default();
-            if !recomputed.contains(date) {
-                lines.push((date.to_owned(), format!("{line}\n")));
-            }
-        }
-    }
-    for row in rows {
-        let csv = core.render_csv(std::slice::from_ref(row))?;
-        let line = csv.strip_prefix(header).unwrap_or(&csv).to_owned();
-        lines.push((row.date.clone(), line));
-    }
-    lines.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut out = header.to_owned();
-    for (_, l) in lines {
-        out.push_str(&l);
-    }
-    Ok(out)
+    let mut merged: Vec<DayKpi> = match previous {
+        Some(csv) => core
+            .read_csv(csv)
+            .map_err(|e| {
+                format!(
+                    "the existing combined CSV cannot be read ({e}): move it away or set KPI_KEY"
+                )
+            })?
+            .into_iter()
+            .filter(|row| !recomputed.contains(&row.date))
+            .collect(),
+        None => Vec::new(),
+    };
+    merged.extend(rows.iter().cloned());
+    merged.sort_by(|a, b| a.date.cmp(&b.date));
+    Ok(core.render_csv(&merged)?)
 }
 
 /// Why a put did not happen.
@@ -830,7 +814,6 @@ mod tests {
     #[test]
     fn merge_replaces_only_recomputed_days() {
         let mut core = NativeCore;
-        let header = core.render_csv(&[]).unwrap();
         let before = core
             .render_csv(&[
                 row("2019-03-01", 1),
@@ -839,7 +822,6 @@ mod tests {
             ])
             .unwrap();
         let merged = merge(
-            &header,
             Some(&before),
             &[row("2019-03-02", 20), row("2019-03-03", 3)],
             &days(&["2019-03-02", "2019-03-03"]),
@@ -857,7 +839,6 @@ mod tests {
         assert_eq!(merged, expected);
         // No previous file: just the rows.
         let fresh = merge(
-            &header,
             None,
             &[row("2019-03-02", 2)],
             &days(&["2019-03-01", "2019-03-02"]),
@@ -866,15 +847,6 @@ mod tests {
         .unwrap();
         assert_eq!(fresh, core.render_csv(&[row("2019-03-02", 2)]).unwrap());
         // A foreign file is not silently overwritten.
-        assert!(
-            merge(
-                &header,
-                Some("a,b\n1,2\n"),
-                &[],
-                &days(&["2019-03-01"]),
-                &mut core
-            )
-            .is_err()
-        );
+        assert!(merge(Some("a,b\n1,2\n"), &[], &days(&["2019-03-01"]), &mut core).is_err());
     }
 }

@@ -7,7 +7,7 @@
 //! |----------|------------------------------|-------------------------------------------|-------------|
 //! | open     | `OPEN#<hour>#<0..3>`         | `[trip id, event type, ts]`: a first half | sweeper |
 //! | settled  | `SETTLED#<hour>#<0..3>`      | `trip id`: completed or orphaned           | sweeper     |
-//! | done     | `DONE#<UTC date>#<0..3>`     | `[trip id, start ns, fare cents]`: a trip that counts in the KPIs | KPI job |
+//! | done     | `DONE#<UTC date>#<0..3>`     | `[trip id, start ns, fare cents, status]`: a closed trip ([`DoneEntry`]) | KPI job |
 //! | sweep mark | `SWEEP` / `HOUR#<hour>`     | `marks`: the hour has open entries to sweep | sweeper    |
 //!
 //! `<hour>` is the trip item's `opened_hour` (the first stored half's hour), so the open entry
@@ -27,6 +27,7 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tripflow_runtime::core::{ClosedTrip, TripStatus};
 
 use crate::App;
 use crate::metrics::units;
@@ -42,8 +43,73 @@ pub const MAX_ITEM_BYTES: usize = 64 * 1024;
 
 /// A first half waiting for its other half: trip id, which half, its instant (ns).
 pub type OpenEntry = (String, String, i64);
-/// A trip that counts in the KPIs: trip id, start instant (ns), fare (cents).
-pub type DoneEntry = (String, i64, i64);
+/// A closed trip, filed for the KPI job as the core closed it; the KPI job hands it to the core
+/// as it is, and the core decides whether it counts. On the wire: `[trip id, start ns, fare
+/// cents or null, status]`.
+///
+/// Before contract 0.6.0 the matcher filed only the trips that count, as `[trip id, start ns,
+/// fare cents]`; such an entry reads as a completed trip, which is what it was filed as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DoneEntry {
+    /// The trip's id.
+    pub trip_id: String,
+    /// The start's instant, ns since the epoch.
+    pub start_ns: i64,
+    /// The trip's fare, cents.
+    pub fare_cents: Option<i64>,
+    /// How the trip closed.
+    pub status: TripStatus,
+}
+
+impl From<&ClosedTrip> for DoneEntry {
+    fn from(t: &ClosedTrip) -> DoneEntry {
+        DoneEntry {
+            trip_id: t.trip_id.clone(),
+            start_ns: t.start_ns,
+            fare_cents: t.fare_cents,
+            status: t.status,
+        }
+    }
+}
+
+impl Serialize for DoneEntry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (
+            &self.trip_id,
+            self.start_ns,
+            self.fare_cents,
+            self.status.as_str(),
+        )
+            .serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DoneEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<DoneEntry, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Wire {
+            Closed(String, i64, Option<i64>, String),
+            Counted(String, i64, i64),
+        }
+        Ok(match Wire::deserialize(d)? {
+            Wire::Closed(trip_id, start_ns, fare_cents, status) => DoneEntry {
+                trip_id,
+                start_ns,
+                fare_cents,
+                status: TripStatus::from_str_opt(&status).ok_or_else(|| {
+                    serde::de::Error::custom(format!("unknown trip status {status:?}"))
+                })?,
+            },
+            Wire::Counted(trip_id, start_ns, fare) => DoneEntry {
+                trip_id,
+                start_ns,
+                fare_cents: Some(fare),
+                status: TripStatus::Completed,
+            },
+        })
+    }
+}
 
 /// The kinds of manifest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,7 +118,7 @@ pub enum Kind {
     Open,
     /// Trip ids by opened hour.
     Settled,
-    /// [`DoneEntry`] by UTC date of the start.
+    /// [`DoneEntry`] by UTC date of the start (`matching.pair-all`'s filing date).
     Done,
 }
 
@@ -195,7 +261,12 @@ mod tests {
     #[test]
     fn large_batches_are_split_and_read_back_whole() {
         let entries: Vec<DoneEntry> = (0..5_000)
-            .map(|i| (format!("trip-{i:06}"), i * 1_000_000_000, 1_000 + i))
+            .map(|i| DoneEntry {
+                trip_id: format!("trip-{i:06}"),
+                start_ns: i * 1_000_000_000,
+                fare_cents: Some(1_000 + i),
+                status: TripStatus::Completed,
+            })
             .collect();
         let items = chunks("a#b", &entries);
         assert!(items.len() > 1, "{} items", items.len());

@@ -6,10 +6,12 @@
 //! carries the whole trip (`NEW_IMAGE`). The matcher therefore reads nothing. For each batch
 //! of stream records (the event source mapping passes only `INSERT`/`MODIFY` of trip items;
 //! the handler checks again) it takes each trip's latest image in the batch and:
-//! - **both halves stored**: the core pairs them (`matching.pair`); the trip is filed as
-//!   settled under its opened hour, and, if it counts in the KPIs, as done under the UTC date
-//!   of its start (`kpi.day-of`); the KPI days it touches are marked dirty. A trip the sweeper
-//!   had orphaned is completed all the same (a reconciliation);
+//! - **both halves stored**: the core pairs them, all the batch's trips in one call
+//!   (`matching.pair-all`); the trip is filed as settled under its opened hour, and as done,
+//!   with its status, under the UTC date the core names; the days whose KPIs the batch's trips
+//!   change (`kpi.utc-days-touched`) are marked dirty. Whether a trip counts is the core's
+//!   call, here and in the KPI job. A trip the sweeper had orphaned is completed all the same
+//!   (a reconciliation);
 //! - **one half stored**: filed as open under its opened hour, and the hour is marked for the
 //!   sweeper; an image the sweeper's own orphaning wrote is skipped.
 //!
@@ -23,7 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use aws_lambda_events::event::dynamodb::{Event, EventRecord};
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use aws_sdk_dynamodb::types::AttributeValue;
-use tripflow_runtime::core::{ClosedTrip, TripStatus};
+use tripflow_runtime::core::{ClosedTrip, TripEvent, TripFare, TripStatus};
 use tripflow_runtime::{CoreProvider, TripCore};
 
 use crate::manifest::{self, DoneEntry, Kind, OpenEntry};
@@ -39,37 +41,27 @@ pub struct Filing {
     pub open: BTreeMap<i64, Vec<OpenEntry>>,
     /// Completed trip ids by opened hour.
     pub settled: BTreeMap<i64, Vec<String>>,
-    /// Trips that count in the KPIs, by UTC date of the start.
+    /// Every trip closed in the batch, by UTC date of the start.
     pub done: BTreeMap<String, Vec<DoneEntry>>,
+    /// The UTC dates whose KPIs the batch's closed trips change: the days to mark dirty.
+    pub dirty: Vec<String>,
     /// Every trip completed in the batch, as the core closed it.
     pub closed: Vec<ClosedTrip>,
     /// Completed trips the sweeper had orphaned.
     pub reconciled: usize,
 }
 
-/// What the core says about the latest image of each trip in a batch.
+/// What the core says about the latest image of each trip in a batch: two calls, whatever the
+/// batch's size.
 pub fn filing<C: TripCore>(core: &mut C, trips: &[TripItem]) -> Result<Filing, Error> {
     let mut f = Filing::default();
+    let mut both: Vec<&TripItem> = Vec::new();
+    let mut halves: Vec<(TripEvent, TripEvent)> = Vec::new();
     for t in trips {
         match (&t.start, &t.end) {
             (Some(start), Some(end)) => {
-                let trip = core.pair(start, end)?;
-                f.settled
-                    .entry(t.opened_hour)
-                    .or_default()
-                    .push(t.trip_id.clone());
-                if t.orphaned {
-                    f.reconciled += 1;
-                }
-                if let (TripStatus::Completed, Some(fare)) = (trip.status, trip.fare_cents) {
-                    let day = core.day_of("UTC", trip.start_ns)?;
-                    f.done.entry(day).or_default().push((
-                        trip.trip_id.clone(),
-                        trip.start_ns,
-                        fare,
-                    ));
-                }
-                f.closed.push(trip);
+                both.push(t);
+                halves.push((start.clone(), end.clone()));
             }
             _ if t.orphaned => {} // the sweeper's own write
             (Some(half), None) | (None, Some(half)) => {
@@ -82,6 +74,34 @@ pub fn filing<C: TripCore>(core: &mut C, trips: &[TripItem]) -> Result<Filing, E
             (None, None) => unreachable!("a trip item holds a half at least"),
         }
     }
+    if halves.is_empty() {
+        return Ok(f);
+    }
+    let paired = core.pair_all(&halves)?;
+    if paired.len() != both.len() {
+        return Err(format!(
+            "the core paired {} of the batch's {} trips",
+            paired.len(),
+            both.len()
+        )
+        .into());
+    }
+    for (t, p) in both.into_iter().zip(paired) {
+        f.settled
+            .entry(t.opened_hour)
+            .or_default()
+            .push(t.trip_id.clone());
+        if t.orphaned {
+            f.reconciled += 1;
+        }
+        f.done
+            .entry(p.utc_day)
+            .or_default()
+            .push(DoneEntry::from(&p.trip));
+        f.closed.push(p.trip);
+    }
+    let fares: Vec<TripFare> = f.closed.iter().map(TripFare::from).collect();
+    f.dirty = core.utc_days_touched(&fares)?;
     Ok(f)
 }
 
@@ -143,7 +163,7 @@ pub async fn handle(
                 "LeftOpen",
                 f.open.values().map(Vec::len).sum::<usize>() as f64,
             );
-            counters.add("DirtyDaysMarked", f.done.len() as f64);
+            counters.add("DirtyDaysMarked", f.dirty.len() as f64);
         }
         Err(why) => {
             // Everything filed is filed again under the same names.
@@ -194,9 +214,8 @@ async fn file_all(app: &App, batch: &str, f: &Filing, budget: &Budget) -> Result
     }
     futures_util::future::try_join_all(writes).await?;
     let hours: Vec<String> = f.open.keys().map(|h| manifest::hour_sk(*h)).collect();
-    // The dirty days are the done manifests' dates: the UTC dates of the starts of the trips
-    // that count, as the core's `day-of` named them.
-    let days: Vec<String> = f.done.keys().map(|d| table::day_pk(d)).collect();
+    // The dirty days are the UTC dates the core says the batch's trips change.
+    let days: Vec<String> = f.dirty.iter().map(|d| table::day_pk(d)).collect();
     futures_util::future::try_join(
         dirty::add_marks(app, manifest::SWEEP_PK, &hours, budget),
         dirty::add_marks(app, dirty::DIRTY_PK, &days, budget),
@@ -347,21 +366,25 @@ mod tests {
         ];
         let f = filing(&mut NativeCore, &trips).unwrap();
         let hour0 = table::hour_of(day);
+        let entry = |id: &str, start: i64, fare, status| DoneEntry {
+            trip_id: id.to_owned(),
+            start_ns: day + start,
+            fare_cents: fare,
+            status,
+        };
         assert_eq!(
             f.done,
             BTreeMap::from([(
                 "2019-03-01".to_owned(),
                 vec![
-                    ("done".to_owned(), day + h, 1250),
-                    ("late".to_owned(), day + 3 * h, 700)
+                    entry("done", h, Some(1250), TripStatus::Completed),
+                    entry("late", 3 * h, Some(700), TripStatus::Completed),
+                    entry("nofare", h, None, TripStatus::NoFare),
                 ]
             )])
         );
-        assert_eq!(
-            f.closed.len(),
-            3,
-            "no-fare trips close too, and are not filed as done"
-        );
+        assert_eq!(f.dirty, ["2019-03-01"]);
+        assert_eq!(f.closed.len(), 3, "no-fare trips close too");
         assert_eq!(f.reconciled, 1);
         assert_eq!(f.settled[&(hour0 + 1)], ["done", "nofare"]);
         assert_eq!(f.settled[&(hour0 + 3)], ["late"]);
@@ -378,5 +401,39 @@ mod tests {
                 ),
             ])
         );
+    }
+
+    #[test]
+    fn a_batch_whose_trips_do_not_count_marks_no_day_dirty() {
+        let day = 17_956 * 24 * table::HOUR_NS;
+        let trip = TripItem {
+            trip_id: "backwards".into(),
+            start: Some(half("backwards", EventKind::Start, day + 10, Some(500))),
+            end: Some(half("backwards", EventKind::End, day, Some(500))),
+            opened_hour: table::hour_of(day),
+            orphaned: false,
+        };
+        let f = filing(&mut NativeCore, &[trip]).unwrap();
+        assert_eq!(f.done["2019-03-01"][0].status, TripStatus::Invalid);
+        assert!(f.dirty.is_empty(), "{:?}", f.dirty);
+    }
+
+    #[test]
+    fn done_entries_filed_before_0_6_read_as_completed_trips() {
+        let old: Vec<DoneEntry> = serde_json::from_str(r#"[["a",5,1250]]"#).unwrap();
+        assert_eq!(old[0].status, TripStatus::Completed);
+        assert_eq!(old[0].fare_cents, Some(1250));
+        let new = DoneEntry {
+            trip_id: "b".into(),
+            start_ns: 7,
+            fare_cents: None,
+            status: TripStatus::NoFare,
+        };
+        let json = serde_json::to_string(&[&new]).unwrap();
+        assert_eq!(json, r#"[["b",7,null,"no_fare"]]"#);
+        let back: Vec<DoneEntry> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back[0], new);
+        let bad = serde_json::from_str::<Vec<DoneEntry>>(r#"[["c",7,null,"lost"]]"#);
+        assert!(bad.is_err());
     }
 }

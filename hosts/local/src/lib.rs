@@ -26,7 +26,8 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use serde_json::Value;
 use tripflow_lambda::{App, Config, Function};
-use tripflow_runtime::Runtime;
+use tripflow_runtime::core::{ParseOutcome, Span};
+use tripflow_runtime::{NativeCore, Runtime, TripCore};
 
 use crate::esm::{DynamoDbMapping, Invoker, KinesisMapping, OnFailure, Settings};
 pub use crate::resources::Resources;
@@ -292,15 +293,16 @@ pub async fn send(
     records: &[Vec<u8>],
 ) -> anyhow::Result<()> {
     for chunk in records.chunks(500) {
-        let mut pending: Vec<&Vec<u8>> = chunk.iter().collect();
+        let keys = partition_keys(chunk);
+        let mut pending: Vec<(&Vec<u8>, &String)> = chunk.iter().zip(&keys).collect();
         let mut attempt = 0;
         while !pending.is_empty() {
             let entries = pending
                 .iter()
-                .map(|r| {
+                .map(|(r, key)| {
                     PutRecordsRequestEntry::builder()
                         .data(Blob::new(r.as_slice()))
-                        .partition_key(partition_key(r))
+                        .partition_key(key.as_str())
                         .build()
                         .expect("data and key are set")
                 })
@@ -312,7 +314,7 @@ pub async fn send(
                 .send()
                 .await
                 .context("PutRecords")?;
-            let failed: Vec<&Vec<u8>> = out
+            let failed: Vec<(&Vec<u8>, &String)> = out
                 .records()
                 .iter()
                 .zip(&pending)
@@ -332,13 +334,27 @@ pub async fn send(
     Ok(())
 }
 
-/// The trip id, or for a record without one a hash of its bytes.
-pub fn partition_key(record: &[u8]) -> String {
-    serde_json::from_slice::<Value>(record)
-        .ok()
-        .and_then(|v| v.get("trip_id").and_then(Value::as_str).map(str::to_owned))
-        .filter(|k| !k.is_empty() && k.len() <= 256)
-        .unwrap_or_else(|| format!("unparsable-{:016x}", fnv(record)))
+/// Each record's partition key: its trip id as the core reads it (`events.parse`), so both
+/// halves of a trip share a shard; a record the core rejects, by a hash of its bytes.
+pub fn partition_keys(records: &[Vec<u8>]) -> Vec<String> {
+    let mut buffer = Vec::with_capacity(records.iter().map(Vec::len).sum());
+    let mut spans = Vec::with_capacity(records.len());
+    for r in records {
+        spans.push(Span {
+            offset: buffer.len() as u32,
+            len: r.len() as u32,
+        });
+        buffer.extend_from_slice(r);
+    }
+    let outcomes = NativeCore.parse(&buffer, &spans).unwrap_or_default();
+    records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| match outcomes.get(i) {
+            Some(ParseOutcome::Accepted(e)) => e.trip_id.clone(),
+            _ => format!("unparsable-{:016x}", fnv(r)),
+        })
+        .collect()
 }
 
 fn fnv(b: &[u8]) -> u64 {
