@@ -34,6 +34,15 @@ pub struct Lines {
 }
 
 impl Lines {
+    /// `records` records that are all accepted events (a host that parsed them before, such as
+    /// the Spark job's resolve stage).
+    pub fn accepted(records: usize) -> Lines {
+        Lines {
+            lines: vec![Line::Accepted; records],
+            accepted: (0..records).collect(),
+        }
+    }
+
     /// The outcomes of a batch of `records` parsed in one guest (`batches.batch`), from the
     /// records it skipped; `None` when they are not records of the batch in order (a component
     /// that breaks the contract).

@@ -2,136 +2,22 @@
 //! SQLite for the rest, and the in-memory index the replay matches against.
 //!
 //! The SQLite transaction of a batch is its commit point (see [`crate::log`]); the index
-//! ([`crate::index`]) is rebuilt from the logs when a writer opens the store.
+//! ([`crate::index`]) is rebuilt from the logs when a writer opens the store. The SQL the jobs
+//! run is here; the schema, and upgrading older stores to it, is [`crate::schema`]; the `meta`
+//! table is [`crate::meta`].
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
-use tripflow_runtime::core::{EventKind, TripEvent, TripStatus};
+use tripflow_runtime::core::{EventKind, TripEvent};
 
 use crate::error::{DbContext, Error, IoContext};
 use crate::index::{Fingerprinter, Fp, Index, SNAPSHOT};
 use crate::log::{EventLog, Log, TRIP_RECORD, TripLog, TripRecord};
-
-/// The schema version this build reads and writes.
-const SCHEMA_VERSION: i64 = 4;
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS meta (
-    key   TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-) WITHOUT ROWID;
--- Every rejected record, with its original bytes (and the first copy's, for conflicts).
-CREATE TABLE IF NOT EXISTS quarantine (
-    id        INTEGER PRIMARY KEY,
-    source    TEXT NOT NULL,
-    line      INTEGER NOT NULL,
-    reason    TEXT NOT NULL,
-    detail    TEXT NOT NULL,
-    raw       BLOB NOT NULL,
-    first_raw BLOB
-);
--- A record is quarantined once: replaying the same file again does not add its rejects again.
-CREATE UNIQUE INDEX IF NOT EXISTS quarantine_once ON quarantine (source, line, raw);
--- What every replay read from each input (re-reads included), for the report's accounting;
--- updated in each batch's transaction.
-CREATE TABLE IF NOT EXISTS sources (
-    name       TEXT PRIMARY KEY,
-    records    INTEGER NOT NULL,
-    blank      INTEGER NOT NULL,
-    duplicates INTEGER NOT NULL
-) WITHOUT ROWID;
--- The inputs events.log records refer to by number.
-CREATE TABLE IF NOT EXISTS inputs (
-    id   INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE
-);
--- Open trips the sweep marked as orphans, by trip-id fingerprint; a row goes when its trip
--- closes. orphaned_ns is the newest event time when the sweep marked it.
-CREATE TABLE IF NOT EXISTS orphans (
-    fp0         INTEGER NOT NULL,
-    fp1         INTEGER NOT NULL,
-    orphaned_ns INTEGER NOT NULL,
-    PRIMARY KEY (fp0, fp1)
-) WITHOUT ROWID;
-";
-
-/// Version 1 stores lack `quarantine_once`; re-replays may have left exact repeats, which
-/// the index would refuse.
-const MIGRATE_FROM_1: &str = "
-DELETE FROM quarantine WHERE id NOT IN (SELECT min(id) FROM quarantine GROUP BY source, line, raw);
-UPDATE meta SET value = 2 WHERE key = 'schema_version';
-";
-
-/// Version 2 stores did not count records per input: their counts start at the upgrade, so
-/// `sources_complete` stays unset and the report says "not counted".
-const MIGRATE_FROM_2: &str = "
-UPDATE meta SET value = 3 WHERE key = 'schema_version';
-";
-
-/// The committed state of the logs and the counts that go with it, as `meta` records them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Committed {
-    pub events_len: u64,
-    pub events: u64,
-    pub trips_len: u64,
-    pub completed: u64,
-    pub invalid: u64,
-    pub no_fare: u64,
-}
-
-impl Committed {
-    const KEYS: [&str; 6] = [
-        "events_len",
-        "events",
-        "trips_len",
-        "completed",
-        "invalid",
-        "no_fare",
-    ];
-
-    fn values(&self) -> [u64; 6] {
-        [
-            self.events_len,
-            self.events,
-            self.trips_len,
-            self.completed,
-            self.invalid,
-            self.no_fare,
-        ]
-    }
-
-    fn read(conn: &Connection) -> Result<Committed, Error> {
-        let get = |k: &str| meta(conn, k).map(|v| v.unwrap_or(0) as u64);
-        Ok(Committed {
-            events_len: get("events_len")?,
-            events: get("events")?,
-            trips_len: get("trips_len")?,
-            completed: get("completed")?,
-            invalid: get("invalid")?,
-            no_fare: get("no_fare")?,
-        })
-    }
-
-    /// Records these values (inside the batch's transaction).
-    pub fn write(&self, conn: &Connection) -> Result<(), Error> {
-        for (k, v) in Self::KEYS.iter().zip(self.values()) {
-            set_meta(conn, k, v as i64)?;
-        }
-        Ok(())
-    }
-
-    /// Counts one closed trip.
-    pub fn count(&mut self, status: TripStatus) {
-        match status {
-            TripStatus::Completed => self.completed += 1,
-            TripStatus::Invalid => self.invalid += 1,
-            TripStatus::NoFare => self.no_fare += 1,
-        }
-    }
-}
+use crate::meta::{Committed, meta, set_meta};
+use crate::quarantine::QuarantineRecord;
 
 /// An open state directory:
 ///
@@ -188,74 +74,38 @@ pub(crate) struct SourceCounts {
     pub duplicates: u64,
 }
 
+/// Opens the database of the store in `dir`, set up for the jobs.
+pub(crate) fn connect(dir: &Path) -> Result<Connection, Error> {
+    let db = dir.join("tripflow.sqlite");
+    let conn = Connection::open(&db).db(&format!("opening {}", db.display()))?;
+    // The batch's transaction is a few rows: a small cache does.
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = NORMAL;
+         PRAGMA cache_size = -8192;
+         PRAGMA temp_store = MEMORY;",
+    )
+    .db("configuring the database")?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))
+        .db("setting the busy timeout")?;
+    Ok(conn)
+}
+
 impl StateDir {
-    /// Opens (creating if needed) the store in `dir`.
-    pub fn open(dir: &Path) -> Result<StateDir, Error> {
-        std::fs::create_dir_all(dir).io(|| {
-            format!(
-                "creating the state directory {}: choose a writable place with --state DIR",
-                dir.display()
-            )
-        })?;
-        Self::init(dir.to_path_buf(), dir, None)
-    }
-
-    /// A store in a fresh temporary directory, removed when it is dropped (for tests and the
-    /// conformance runner).
-    pub fn temporary() -> Result<StateDir, Error> {
-        let temp = tempfile::tempdir().io(|| "creating a temporary state directory".to_owned())?;
-        let dir = temp.path().to_path_buf();
-        Self::init(dir.clone(), &dir, Some(temp))
-    }
-
-    fn init(path: PathBuf, dir: &Path, temp: Option<tempfile::TempDir>) -> Result<StateDir, Error> {
-        let db = dir.join("tripflow.sqlite");
-        let conn = Connection::open(&db).db(&format!("opening {}", db.display()))?;
-        // The batch's transaction is a few rows: a small cache does.
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
-             PRAGMA cache_size = -8192;
-             PRAGMA temp_store = MEMORY;",
-        )
-        .db("configuring the database")?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))
-            .db("setting the busy timeout")?;
-        let old = meta_or_none(&conn, "schema_version")?;
-        if old == Some(1) {
-            conn.execute_batch(MIGRATE_FROM_1)
-                .db("migrating the store from schema version 1")?;
-        }
-        conn.execute_batch(SCHEMA).db("creating the schema")?;
-        if matches!(old, Some(1 | 2)) {
-            conn.execute_batch(MIGRATE_FROM_2)
-                .db("migrating the store from schema version 2")?;
-        }
-        match meta(&conn, "schema_version")? {
-            None => {
-                // A store's fingerprint key: random, fixed for its life.
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?1),
-                     ('sources_complete', 1), ('key0', ?2), ('key1', ?3)",
-                    params![SCHEMA_VERSION, random_key() as i64, random_key() as i64],
-                )
-                .db("writing the schema version")?;
-            }
-            Some(SCHEMA_VERSION | 3) => {}
-            Some(other) => {
-                return Err(Error::Damaged(format!(
-                    "the store in {} has schema version {other}, this tripflow reads \
-                     {SCHEMA_VERSION}; use a new --state directory",
-                    path.display()
-                )));
-            }
-        }
+    /// The store in `dir` over its database `conn`, whose schema is current (see
+    /// [`crate::schema`]); `path` is how the store is named in messages.
+    pub(crate) fn assemble(
+        path: PathBuf,
+        dir: &Path,
+        conn: Connection,
+        temp: Option<tempfile::TempDir>,
+    ) -> Result<StateDir, Error> {
         let committed = Committed::read(&conn)?;
         let key = [
             meta(&conn, "key0")?.unwrap_or(0) as u64,
             meta(&conn, "key1")?.unwrap_or(0) as u64,
         ];
-        let mut state = StateDir {
+        Ok(StateDir {
             events: EventLog(Log::open(dir, "events.log", committed.events_len)?),
             trips: TripLog(Log::open(dir, "trips.log", committed.trips_len)?),
             path,
@@ -265,12 +115,7 @@ impl StateDir {
             index: None,
             lock: None,
             _temp: temp,
-        };
-        if meta(&state.conn, "schema_version")? == Some(3) {
-            state.lock_for_writing()?;
-            crate::migrate::from_3(&mut state)?;
-        }
-        Ok(state)
+        })
     }
 
     /// Takes the state directory's lock (once per process), then cuts off what a writer that
@@ -613,39 +458,66 @@ pub(crate) fn count_source(
     Ok(())
 }
 
-/// 64 random bits (from the standard library's per-process random hash keys).
-pub(crate) fn random_key() -> u64 {
-    use std::hash::BuildHasher;
-    std::collections::hash_map::RandomState::new().hash_one(0u8)
+/// Quarantines rejected records; a record already quarantined (same input, line and bytes) is
+/// kept once.
+pub(crate) fn insert_quarantine(
+    conn: &Connection,
+    rejects: &[QuarantineRecord],
+) -> Result<(), Error> {
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO quarantine (source, line, reason, detail, raw, first_raw)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .db("preparing the quarantine insert")?;
+    for r in rejects {
+        insert
+            .execute(params![
+                r.source,
+                r.line as i64,
+                r.reason,
+                r.detail,
+                r.raw.0,
+                r.first_copy.as_ref().map(|f| &f.0)
+            ])
+            .db("quarantining a record")?;
+    }
+    Ok(())
 }
 
-/// A `meta` value; `None` if unset.
-pub(crate) fn meta(conn: &Connection, key: &str) -> Result<Option<i64>, Error> {
-    conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")
-        .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
-        .db("reading the store's meta")
-}
-
-/// Like [`meta`], but `None` also when the store is new (no `meta` table yet).
-fn meta_or_none(conn: &Connection, key: &str) -> Result<Option<i64>, Error> {
-    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-        .optional()
-        .or_else(|e| match e {
-            rusqlite::Error::SqliteFailure(_, Some(ref m)) if m.contains("no such table") => {
-                Ok(None)
-            }
-            e => Err(e),
-        })
-        .db("reading the schema version")
-}
-
-pub(crate) fn set_meta(conn: &Connection, key: &str, value: i64) -> Result<(), Error> {
+/// Raises the newest event time seen to `newest` (never lowers it).
+pub(crate) fn raise_newest_ns(conn: &Connection, newest: i64) -> Result<(), Error> {
     conn.prepare_cached(
-        "INSERT INTO meta (key, value) VALUES (?1, ?2)
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        "INSERT INTO meta (key, value) VALUES ('newest_ns', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
     )
-    .and_then(|mut s| s.execute(params![key, value]))
-    .db("writing the store's meta")?;
+    .and_then(|mut s| s.execute([newest]))
+    .db("recording the newest event time")?;
+    Ok(())
+}
+
+/// Marks open trips as orphans, as of the newest event time `orphaned_ns`.
+pub(crate) fn mark_orphans(conn: &Connection, fps: &[Fp], orphaned_ns: i64) -> Result<(), Error> {
+    let mut mark = conn
+        .prepare_cached("INSERT INTO orphans (fp0, fp1, orphaned_ns) VALUES (?1, ?2, ?3)")
+        .db("preparing the orphan mark")?;
+    for fp in fps {
+        mark.execute(params![fp.0[0] as i64, fp.0[1] as i64, orphaned_ns])
+            .db("marking an orphan")?;
+    }
+    Ok(())
+}
+
+/// Clears the orphan marks of trips that closed.
+pub(crate) fn unmark_orphans(conn: &Connection, fps: &[Fp]) -> Result<(), Error> {
+    let mut unmark = conn
+        .prepare_cached("DELETE FROM orphans WHERE fp0 = ?1 AND fp1 = ?2")
+        .db("preparing the orphan unmark")?;
+    for fp in fps {
+        unmark
+            .execute(params![fp.0[0] as i64, fp.0[1] as i64])
+            .db("clearing an orphan mark")?;
+    }
     Ok(())
 }
 

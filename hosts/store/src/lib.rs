@@ -13,11 +13,12 @@ mod index;
 mod input;
 mod kpi;
 mod log;
-mod migrate;
+mod meta;
 pub mod partition;
 mod quarantine;
 mod replay;
 mod report;
+mod schema;
 mod sweep;
 
 pub use db::{StateDir, StoreTotals};

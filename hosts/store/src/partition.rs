@@ -36,9 +36,9 @@ use tripflow_runtime::core::report::{
     Accounting, Provenance, RejectExample, RejectGroup, ReportRequest,
 };
 use tripflow_runtime::core::{
-    Clock, DayKpi, DayTotals, EventKind, EventRef, ParseOutcome, Reason, Span, TripFare, TripStatus,
+    Clock, DayKpi, DayTotals, EventKind, ParseOutcome, Span, TripFare, TripStatus,
 };
-use tripflow_runtime::fate::{Line, Lines};
+use tripflow_runtime::fate::{self, Fate, FirstCopy, Line, Lines};
 use tripflow_runtime::{CoreError, CoreProvider, TripCore, parse_isolating};
 
 use crate::db::StoreTotals;
@@ -584,36 +584,18 @@ pub fn resolve_bucket<P: CoreProvider>(
     out: &mut dyn Write,
 ) -> Result<(), Error> {
     provider.session()?.check_time_zone(zone)?;
-    let mut names: Vec<String> = Vec::new();
-    let mut bucket = Bucket::default();
-    let mut tally = Tally::default();
-    let mut number = 0;
-    for f in frames {
-        number = f.bucket;
-        match f.tag {
-            Tag::Names => {
-                names = serde_json::from_slice(&f.payload)
-                    .map_err(|e| Error::Damaged(format!("the inputs' names: {e}")))?;
-            }
-            Tag::Events => bucket.add(&f.payload)?,
-            Tag::Tally => tally.add(&read_json::<Tally>(&f.payload, "a tally")?),
-            Tag::Rejects => f.write_to(out).io(|| "writing rejects".to_owned())?,
-            other => {
-                return Err(Error::Damaged(format!(
-                    "resolve got a {other:?} frame: it takes names, events, rejects and tallies"
-                )));
-            }
-        }
-    }
+    let Gathered {
+        names,
+        mut bucket,
+        mut tally,
+        number,
+    } = gather(frames, out)?;
     // Whole trips, each in input order: the order the replay meets its events in.
     let mut entries = std::mem::take(&mut bucket.entries);
     entries.sort_unstable_by(|a, b| {
         (bucket.id(a), a.input, a.line).cmp(&(bucket.id(b), b.input, b.line))
     });
-    let mut rejects = Vec::new();
-    let mut open = Vec::new();
-    let mut totals: Vec<DayTotals> = Vec::new();
-    let mut fares: Vec<TripFare> = Vec::new();
+    let mut resolved = Resolved::default();
     let mut session = None;
     let mut buf = Vec::new();
     let mut spans = Vec::new();
@@ -635,26 +617,106 @@ pub fn resolve_bucket<P: CoreProvider>(
             buf.extend_from_slice(raw);
         }
         let r = resolve(provider, &mut session, &buf, &spans, clock)?;
-        tally.counts.stored += r.new_events.len() as u64;
-        tally.counts.duplicates += r.duplicates.len() as u64;
-        for c in &r.conflicts {
-            let e = &batch[c.incoming as usize];
-            let first = match c.first {
-                EventRef::Incoming(j) => batch.get(j as usize).map(|f| bucket.raw(f).to_vec()),
-                EventRef::Stored(_) => None,
-            };
-            let code = Reason::ConflictingDuplicate.as_str();
-            // Read in the parse stage; rejected here.
-            *tally.counts.rejected.entry(code.to_owned()).or_default() += 1;
-            let record = QuarantineRecord {
-                source: names.get(e.input as usize).cloned().unwrap_or_default(),
-                line: e.line,
-                reason: code.to_owned(),
-                detail: c.detail.clone(),
-                raw: RawBytes(bucket.raw(e).to_vec()),
-                first_copy: first.map(RawBytes),
-            };
-            push_reject(&mut rejects, e.input, &record);
+        resolved.add(&bucket, batch, &names, &r, &mut tally)?;
+        if resolved.fares.len() >= ACCUMULATE_CHUNK {
+            resolved.accumulate(session_of(provider, &mut session)?, zone)?;
+        }
+        start = end;
+    }
+    if !resolved.fares.is_empty() {
+        resolved.accumulate(session_of(provider, &mut session)?, zone)?;
+    }
+    resolved.write_to(number, &tally, out)
+}
+
+/// A bucket's frames, as the parse stage wrote them.
+struct Gathered {
+    /// The inputs' names.
+    names: Vec<String>,
+    bucket: Bucket,
+    tally: Tally,
+    /// The bucket's number.
+    number: u32,
+}
+
+/// Reads a bucket's frames; the parse stage's rejects pass straight on to `out`.
+fn gather(frames: Vec<Frame>, out: &mut dyn Write) -> Result<Gathered, Error> {
+    let mut g = Gathered {
+        names: Vec::new(),
+        bucket: Bucket::default(),
+        tally: Tally::default(),
+        number: 0,
+    };
+    for f in frames {
+        g.number = f.bucket;
+        match f.tag {
+            Tag::Names => {
+                g.names = serde_json::from_slice(&f.payload)
+                    .map_err(|e| Error::Damaged(format!("the inputs' names: {e}")))?;
+            }
+            Tag::Events => g.bucket.add(&f.payload)?,
+            Tag::Tally => g.tally.add(&read_json::<Tally>(&f.payload, "a tally")?),
+            Tag::Rejects => f.write_to(out).io(|| "writing rejects".to_owned())?,
+            other => {
+                return Err(Error::Damaged(format!(
+                    "resolve got a {other:?} frame: it takes names, events, rejects and tallies"
+                )));
+            }
+        }
+    }
+    Ok(g)
+}
+
+/// What a bucket's resolved batches add up to.
+#[derive(Default)]
+struct Resolved {
+    /// Conflicting duplicates, as reject frames' payload.
+    rejects: Vec<u8>,
+    /// The open trips' stored halves, as an open frame's payload.
+    open: Vec<u8>,
+    totals: Vec<DayTotals>,
+    /// Closed trips not yet accumulated into `totals`.
+    fares: Vec<TripFare>,
+}
+
+impl Resolved {
+    /// Adds one batch's resolution: each event's fate (`tripflow_runtime::fate`), the trips it
+    /// closed and the halves it left open.
+    fn add(
+        &mut self,
+        bucket: &Bucket,
+        batch: &[Entry],
+        names: &[String],
+        r: &BatchResolution,
+        tally: &mut Tally,
+    ) -> Result<(), Error> {
+        let fates = fate::fates(&Lines::accepted(batch.len()), &r.decisions())
+            .ok_or_else(changed_its_mind)?;
+        for (i, f) in fates.into_iter().enumerate() {
+            match f {
+                Fate::Stored { .. } => tally.counts.stored += 1,
+                Fate::Duplicate { .. } => tally.counts.duplicates += 1,
+                // Every record here was accepted in the parse stage (and counted there).
+                Fate::Blank => return Err(changed_its_mind()),
+                Fate::Rejected(rejection) => {
+                    let e = &batch[i];
+                    let first = match rejection.first {
+                        Some(FirstCopy::Record(j)) => Some(bucket.raw(&batch[j]).to_vec()),
+                        Some(FirstCopy::Stored(_)) | None => None,
+                    };
+                    let code = rejection.reason.as_str();
+                    *tally.counts.rejected.entry(code.to_owned()).or_default() += 1;
+                    let record = QuarantineRecord {
+                        source: names.get(e.input as usize).cloned().unwrap_or_default(),
+                        line: e.line,
+                        reason: code.to_owned(),
+                        detail: rejection.detail,
+                        raw: RawBytes(bucket.raw(e).to_vec()),
+                        first_copy: first.map(RawBytes),
+                    };
+                    push_reject(&mut self.rejects, e.input, &record);
+                }
+            }
         }
         for c in &r.closed {
             match c.status {
@@ -662,15 +724,11 @@ pub fn resolve_bucket<P: CoreProvider>(
                 TripStatus::Invalid => tally.counts.invalid += 1,
                 TripStatus::NoFare => tally.counts.no_fare += 1,
             }
-            fares.push(TripFare {
+            self.fares.push(TripFare {
                 status: c.status,
                 start_ns: c.start_ns,
                 fare_cents: c.fare_cents,
             });
-        }
-        if fares.len() >= ACCUMULATE_CHUNK {
-            totals = session_of(provider, &mut session)?.accumulate(zone, &totals, &fares)?;
-            fares.clear();
         }
         // The open trips' stored halves, for the sweep (`new_events` and `opened` are both in
         // the order of the accepted events).
@@ -683,47 +741,57 @@ pub fn resolve_bucket<P: CoreProvider>(
                 ));
             };
             let id = bucket.id(&batch[i as usize]);
-            open.push(u8::from(half.kind == EventKind::End));
-            open.extend_from_slice(&half.timestamp_ns.to_le_bytes());
-            open.extend_from_slice(&(id.len() as u32).to_le_bytes());
-            open.extend_from_slice(id);
+            self.open.push(u8::from(half.kind == EventKind::End));
+            self.open
+                .extend_from_slice(&half.timestamp_ns.to_le_bytes());
+            self.open
+                .extend_from_slice(&(id.len() as u32).to_le_bytes());
+            self.open.extend_from_slice(id);
         }
         tally.open += r.opened.len() as u64;
         tally.counts.skewed += r.skewed.len() as u64;
         tally.newest_ns = tally.newest_ns.max(r.newest_ns);
-        start = end;
+        Ok(())
     }
-    if !fares.is_empty() {
-        totals = session_of(provider, &mut session)?.accumulate(zone, &totals, &fares)?;
+
+    /// Adds the closed trips gathered so far to the day totals.
+    fn accumulate<C: TripCore>(&mut self, core: &mut C, zone: &str) -> Result<(), Error> {
+        self.totals = core.accumulate(zone, &self.totals, &self.fares)?;
+        self.fares.clear();
+        Ok(())
     }
-    let io = |what: &str| format!("writing {what}");
-    if !rejects.is_empty() {
+
+    /// Writes the bucket's frames: rejects, day totals, open trips, the tally.
+    fn write_to(self, number: u32, tally: &Tally, out: &mut dyn Write) -> Result<(), Error> {
+        let io = |what: &str| format!("writing {what}");
+        if !self.rejects.is_empty() {
+            Frame {
+                tag: Tag::Rejects,
+                bucket: number,
+                payload: self.rejects,
+            }
+            .write_to(out)
+            .io(|| io("rejects"))?;
+        }
         Frame {
-            tag: Tag::Rejects,
+            tag: Tag::Totals,
             bucket: number,
-            payload: rejects,
+            payload: totals_json(&self.totals),
         }
         .write_to(out)
-        .io(|| io("rejects"))?;
-    }
-    Frame {
-        tag: Tag::Totals,
-        bucket: number,
-        payload: totals_json(&totals),
-    }
-    .write_to(out)
-    .io(|| io("day totals"))?;
-    if !open.is_empty() {
-        Frame {
-            tag: Tag::Open,
-            bucket: number,
-            payload: open,
+        .io(|| io("day totals"))?;
+        if !self.open.is_empty() {
+            Frame {
+                tag: Tag::Open,
+                bucket: number,
+                payload: self.open,
+            }
+            .write_to(out)
+            .io(|| io("open trips"))?;
         }
-        .write_to(out)
-        .io(|| io("open trips"))?;
+        tally.frame(number).write_to(out).io(|| io("the tally"))?;
+        out.flush().io(|| io("frames"))
     }
-    tally.frame(number).write_to(out).io(|| io("the tally"))?;
-    out.flush().io(|| io("frames"))
 }
 
 fn session_of<'s, P: CoreProvider>(

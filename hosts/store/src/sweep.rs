@@ -3,12 +3,11 @@
 //! Age is measured back from the newest event time in the store, not the wall clock, so a
 //! replay of last year's data sweeps the way the live pipeline did.
 
-use rusqlite::params;
 use serde::Serialize;
 use tripflow_runtime::{CoreProvider, TripCore};
 
 use crate::db::StateDir;
-use crate::error::{DbContext, Error};
+use crate::error::Error;
 use crate::index::{Fp, OpenHalf};
 
 /// Open trips handed to the core per call.
@@ -76,17 +75,7 @@ pub fn sweep<P: CoreProvider>(
             });
         }
     }
-    state.write_transaction(|state| {
-        let mut mark = state
-            .conn
-            .prepare_cached("INSERT INTO orphans (fp0, fp1, orphaned_ns) VALUES (?1, ?2, ?3)")
-            .db("preparing the orphan mark")?;
-        for fp in &marked {
-            mark.execute(params![fp.0[0] as i64, fp.0[1] as i64, newest])
-                .db("marking an orphan")?;
-        }
-        Ok(())
-    })?;
+    state.write_transaction(|state| crate::db::mark_orphans(&state.conn, &marked, newest))?;
     let index = state.index()?;
     for fp in marked {
         index.mark_orphaned(fp);
