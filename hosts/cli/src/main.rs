@@ -18,9 +18,10 @@ use tripflow_store::{Input, KpiOptions, KpiReport, ReplayOptions, ReportOptions,
 ///
 /// Events are NDJSON, one per line: trip_id, event_type (trip_start | trip_end), timestamp
 /// (RFC 3339 with offset, or Unix seconds) and fare (decimal, on either half); plain or gzip.
-/// The store is the state directory (append-only logs of events and trips, and a SQLite
-/// database for the rest); replays add to it, and replaying the same events again changes
-/// nothing.
+/// The store is a state directory: append-only logs of the stored events (with their original
+/// bytes) and of the closed trips, a snapshot of the open trips, and a small SQLite database of
+/// the logs' committed ends, the inputs read, the quarantine and the orphans. Replays add to
+/// it, and replaying the same events again changes nothing.
 #[derive(Parser, Debug)]
 #[command(name = "tripflow", version, max_term_width = 100)]
 struct Cli {
