@@ -42,43 +42,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Push events from NDJSON files through the core into the store, then print the KPIs.
-    Replay {
-        /// NDJSON event files (plain or gzip), replayed in order; `-` reads standard input.
-        #[arg(required = true, value_name = "FILE")]
-        files: Vec<String>,
-        #[command(flatten)]
-        state: StateArg,
-        /// IANA time zone whose calendar dates are the KPI days.
-        #[arg(long, default_value = "UTC", value_name = "ZONE")]
-        timezone: String,
-        /// Also write the KPI CSV to this file.
-        #[arg(long, value_name = "FILE")]
-        kpi_out: Option<PathBuf>,
-        /// Write this replay's rejected records (reason, detail, original bytes) as NDJSON to
-        /// this file. They are always kept in the store too.
-        #[arg(long, value_name = "FILE")]
-        quarantine: Option<PathBuf>,
-        /// Also write the report page of the store after the replay (as `tripflow report`).
-        #[arg(long, value_name = "FILE.html")]
-        report: Option<PathBuf>,
-        /// Print the summary as JSON instead of text.
-        #[arg(long)]
-        json: bool,
-        /// Lines handed to the core per call.
-        #[arg(long, default_value_t = 8192, value_name = "N", hide = true)]
-        batch_lines: usize,
-        /// Threads running the core, each on its own batch; batches still commit one at a
-        /// time in input order, so the result is the same for any number [default: the
-        /// machine's cores, at most 4].
-        #[arg(long, value_name = "N")]
-        threads: Option<usize>,
-        /// Events dated more than this after the moment they are read (e.g. 15m, 1h, 2d) are
-        /// stored and matched but do not move the event-time clock that `sweep` measures
-        /// from, so one device with a broken clock cannot orphan every open trip. The AWS
-        /// ingest applies the same rule to each record's Kinesis arrival time.
-        #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = tripflow_store::parse_duration)]
-        max_clock_skew: i64,
-    },
+    Replay(ReplayArgs),
     /// Recompute the KPIs from the store.
     Kpi {
         #[command(flatten)]
@@ -148,6 +112,46 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         export_wasm: Option<PathBuf>,
     },
+}
+
+// What `tripflow replay` takes (the subcommand's help is the variant's doc comment).
+#[derive(clap::Args, Debug)]
+struct ReplayArgs {
+    /// NDJSON event files (plain or gzip), replayed in order; `-` reads standard input.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<String>,
+    #[command(flatten)]
+    state: StateArg,
+    /// IANA time zone whose calendar dates are the KPI days.
+    #[arg(long, default_value = "UTC", value_name = "ZONE")]
+    timezone: String,
+    /// Also write the KPI CSV to this file.
+    #[arg(long, value_name = "FILE")]
+    kpi_out: Option<PathBuf>,
+    /// Write this replay's rejected records (reason, detail, original bytes) as NDJSON to
+    /// this file. They are always kept in the store too.
+    #[arg(long, value_name = "FILE")]
+    quarantine: Option<PathBuf>,
+    /// Also write the report page of the store after the replay (as `tripflow report`).
+    #[arg(long, value_name = "FILE.html")]
+    report: Option<PathBuf>,
+    /// Print the summary as JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Lines handed to the core per call.
+    #[arg(long, default_value_t = 8192, value_name = "N", hide = true)]
+    batch_lines: usize,
+    /// Threads running the core, each on its own batch; batches still commit one at a
+    /// time in input order, so the result is the same for any number [default: the
+    /// machine's cores, at most 4].
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Events dated more than this after the moment they are read (e.g. 15m, 1h, 2d) are
+    /// stored and matched but do not move the event-time clock that `sweep` measures
+    /// from, so one device with a broken clock cannot orphan every open trip. The AWS
+    /// ingest applies the same rule to each record's Kinesis arrival time.
+    #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = tripflow_store::parse_duration)]
+    max_clock_skew: i64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -380,80 +384,7 @@ fn run(cli: Cli) -> Result<()> {
 
 fn dispatch<P: CoreProvider>(cli: &Cli, core: &P) -> Result<()> {
     match &cli.command {
-        Command::Replay {
-            files,
-            state,
-            timezone,
-            kpi_out,
-            quarantine,
-            report: report_out,
-            json,
-            batch_lines,
-            threads,
-            max_clock_skew,
-        } => {
-            core.session()?.check_time_zone(timezone)?;
-            let inputs: Vec<Input> = files.iter().map(|f| Input::from_arg(f)).collect();
-            for input in &inputs {
-                input.open()?;
-            }
-            if *batch_lines == 0 {
-                bail!("--batch-lines must be at least 1");
-            }
-            if *threads == Some(0) {
-                bail!("--threads must be at least 1");
-            }
-            let mut state_dir = StateDir::open(&state.dir)?;
-            let mut quarantine_file = quarantine
-                .as_ref()
-                .map(|p| create(p).map(BufWriter::new))
-                .transpose()?;
-            eprintln!("tripflow: replaying with {}", core.describe());
-            let progress = output::ProgressBar::for_inputs(&inputs);
-            let opts = ReplayOptions {
-                batch_lines: *batch_lines,
-                max_skew_ns: *max_clock_skew,
-                threads: threads.unwrap_or(ReplayOptions::default().threads),
-                ..ReplayOptions::default()
-            };
-            let summary = tripflow_store::replay(
-                core,
-                &mut state_dir,
-                &inputs,
-                &opts,
-                quarantine_file.as_mut().map(|f| f as &mut dyn Write),
-                &progress,
-            )?;
-            progress.finish();
-            let report = tripflow_store::kpi(
-                core,
-                &state_dir,
-                &KpiOptions {
-                    zone: timezone.clone(),
-                    ..KpiOptions::default()
-                },
-            )?;
-            if let Some(path) = kpi_out {
-                write_kpi_csv(path, &report, core)?;
-            }
-            if let Some(path) = report_out {
-                let opts = KpiOptions {
-                    zone: timezone.clone(),
-                    ..KpiOptions::default()
-                };
-                write_report(path, core, &state_dir, opts)?;
-            }
-            let mut stdout = io::stdout().lock();
-            if *json {
-                serde_json::to_writer_pretty(&mut stdout, &summary)?;
-                writeln!(stdout)?;
-            } else {
-                output::print_summary(&mut stdout, &summary, files, quarantine.as_deref())?;
-                writeln!(stdout)?;
-                output::print_kpi_table(&mut stdout, &report.rows, timezone)?;
-            }
-            Ok(())
-        }
+        Command::Replay(args) => replay(core, args),
         Command::Kpi { state, days, out } => {
             let state_dir = open_existing(&state.dir)?;
             let report = tripflow_store::kpi(core, &state_dir, &days.options())?;
@@ -494,33 +425,119 @@ fn dispatch<P: CoreProvider>(cli: &Cli, core: &P) -> Result<()> {
         Command::Component {
             precompile,
             export_wasm,
-        } => {
-            let mut stdout = io::stdout().lock();
-            writeln!(stdout, "package  {}", tripflow_runtime::WIT_PACKAGE)?;
-            writeln!(stdout, "runs     {}", core.describe())?;
-            let wasm = match &cli.component {
-                Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
-                None => tripflow_runtime::EMBEDDED_COMPONENT.to_vec(),
-            };
-            if let Some(path) = export_wasm {
-                write_file(path, &wasm)?;
-                writeln!(stdout, "wrote    {}", path.display())?;
-            }
-            if let Some(path) = precompile {
-                write_file(path, &tripflow_runtime::precompile(&wasm)?)?;
-                writeln!(
-                    stdout,
-                    "wrote    {} (precompiled for this host)",
-                    path.display()
-                )?;
-            }
-            Ok(())
-        }
+        } => component(cli, core, precompile.as_deref(), export_wasm.as_deref()),
         Command::Partition(stage) => partition::run(stage, core),
         Command::Convert(_) | Command::Generate { .. } => {
             unreachable!("handled before loading the core")
         }
     }
+}
+
+/// `tripflow replay`: the inputs into the store, then the KPIs (and the report page).
+fn replay<P: CoreProvider>(core: &P, args: &ReplayArgs) -> Result<()> {
+    let ReplayArgs {
+        files,
+        state,
+        timezone,
+        kpi_out,
+        quarantine,
+        report: report_out,
+        json,
+        batch_lines,
+        threads,
+        max_clock_skew,
+    } = args;
+    core.session()?.check_time_zone(timezone)?;
+    let inputs: Vec<Input> = files.iter().map(|f| Input::from_arg(f)).collect();
+    for input in &inputs {
+        input.open()?;
+    }
+    if *batch_lines == 0 {
+        bail!("--batch-lines must be at least 1");
+    }
+    if *threads == Some(0) {
+        bail!("--threads must be at least 1");
+    }
+    let mut state_dir = StateDir::open(&state.dir)?;
+    let mut quarantine_file = quarantine
+        .as_ref()
+        .map(|p| create(p).map(BufWriter::new))
+        .transpose()?;
+    eprintln!("tripflow: replaying with {}", core.describe());
+    let progress = output::ProgressBar::for_inputs(&inputs);
+    let opts = ReplayOptions {
+        batch_lines: *batch_lines,
+        max_skew_ns: *max_clock_skew,
+        threads: threads.unwrap_or(ReplayOptions::default().threads),
+        ..ReplayOptions::default()
+    };
+    let summary = tripflow_store::replay(
+        core,
+        &mut state_dir,
+        &inputs,
+        &opts,
+        quarantine_file.as_mut().map(|f| f as &mut dyn Write),
+        &progress,
+    )?;
+    progress.finish();
+    let report = tripflow_store::kpi(
+        core,
+        &state_dir,
+        &KpiOptions {
+            zone: timezone.clone(),
+            ..KpiOptions::default()
+        },
+    )?;
+    if let Some(path) = kpi_out {
+        write_kpi_csv(path, &report, core)?;
+    }
+    if let Some(path) = report_out {
+        let opts = KpiOptions {
+            zone: timezone.clone(),
+            ..KpiOptions::default()
+        };
+        write_report(path, core, &state_dir, opts)?;
+    }
+    let mut stdout = io::stdout().lock();
+    if *json {
+        serde_json::to_writer_pretty(&mut stdout, &summary)?;
+        writeln!(stdout)?;
+    } else {
+        output::print_summary(&mut stdout, &summary, files, quarantine.as_deref())?;
+        writeln!(stdout)?;
+        output::print_kpi_table(&mut stdout, &report.rows, timezone)?;
+    }
+    Ok(())
+}
+
+/// `tripflow component`: the contract and the component's sha256; writes the component out, or
+/// precompiled for this host.
+fn component<P: CoreProvider>(
+    cli: &Cli,
+    core: &P,
+    precompile: Option<&Path>,
+    export_wasm: Option<&Path>,
+) -> Result<()> {
+    let mut stdout = io::stdout().lock();
+    writeln!(stdout, "package  {}", tripflow_runtime::WIT_PACKAGE)?;
+    writeln!(stdout, "runs     {}", core.describe())?;
+    let wasm = match &cli.component {
+        Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+        None => tripflow_runtime::EMBEDDED_COMPONENT.to_vec(),
+    };
+    if let Some(path) = export_wasm {
+        write_file(path, &wasm)?;
+        writeln!(stdout, "wrote    {}", path.display())?;
+    }
+    if let Some(path) = precompile {
+        write_file(path, &tripflow_runtime::precompile(&wasm)?)?;
+        writeln!(
+            stdout,
+            "wrote    {} (precompiled for this host)",
+            path.display()
+        )?;
+    }
+    Ok(())
 }
 
 /// Writes the KPI CSV and logs which core produced it.
