@@ -71,50 +71,7 @@ enum Command {
     /// backfill longer than one invocation's 366 days runs, e.g.
     /// `tripflow-local run --bootstrap target/release/tripflow-lambda --via-step-functions
     /// --chunk-days 31 --max-concurrency 4 --from 2017-01-01 --to 2019-12-31 events.ndjson`.
-    Run {
-        /// KPI time zone (IANA).
-        #[arg(long, default_value = "UTC")]
-        timezone: String,
-        /// First KPI day (YYYY-MM-DD) of a manual KPI run instead of the scheduled one.
-        #[arg(long, requires = "to")]
-        from: Option<String>,
-        /// Last KPI day (YYYY-MM-DD).
-        #[arg(long, requires = "from")]
-        to: Option<String>,
-        /// Shuffle the records with this seed.
-        #[arg(long)]
-        shuffle_seed: Option<u64>,
-        /// Send every N-th record twice.
-        #[arg(long, default_value_t = 0)]
-        duplicate_every: usize,
-        /// Run the functions as this bootstrap binary behind a local Runtime API instead of
-        /// in this process.
-        #[arg(long, value_name = "PATH")]
-        bootstrap: Option<PathBuf>,
-        /// Inject faults into the functions' AWS requests, e.g.
-        /// `throttle=5%,5xx=1%,reset=0.5%,slow=2%,latency=100ms,seed=7` (rates of requests;
-        /// 500s and resets strike before or after the request takes effect).
-        #[arg(long, value_name = "SPEC", value_parser = parse_faults)]
-        faults: Option<FaultSpec>,
-        /// Kill one stream invocation in N at a random point (with --bootstrap: SIGKILL the
-        /// process, which cold-starts again); the mapping redelivers the same records.
-        #[arg(long, value_name = "N")]
-        kill_every: Option<u32>,
-        /// Run the KPI job as an execution of the KPI state machine (deploy/template.yaml's
-        /// KpiStateMachine, on moto's ASL interpreter) instead of one KPI invocation.
-        #[arg(long)]
-        via_step_functions: bool,
-        /// Days per chunk invocation (the execution's chunk_days; default: the template's
-        /// KpiChunkDays).
-        #[arg(long, value_name = "N", requires = "via_step_functions")]
-        chunk_days: Option<u32>,
-        /// Chunk invocations at once (the execution's max_concurrency; default: the
-        /// template's KpiMaxConcurrency). With --bootstrap, as many KPI processes run.
-        #[arg(long, value_name = "N", requires = "via_step_functions")]
-        max_concurrency: Option<u32>,
-        /// NDJSON events.
-        file: PathBuf,
-    },
+    Run(RunArgs),
     /// Bring back the Kinesis batches the ingest mapping gave up on: read each range described
     /// on the on-failure queue back from the stream and put its records on again (the
     /// pipeline decides them as any record: stored, duplicate or rejected). Ranges past the
@@ -163,6 +120,53 @@ enum Command {
     },
 }
 
+// What `tripflow-local run` takes (the subcommand's help is the variant's doc comment).
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// KPI time zone (IANA).
+    #[arg(long, default_value = "UTC")]
+    timezone: String,
+    /// First KPI day (YYYY-MM-DD) of a manual KPI run instead of the scheduled one.
+    #[arg(long, requires = "to")]
+    from: Option<String>,
+    /// Last KPI day (YYYY-MM-DD).
+    #[arg(long, requires = "from")]
+    to: Option<String>,
+    /// Shuffle the records with this seed.
+    #[arg(long)]
+    shuffle_seed: Option<u64>,
+    /// Send every N-th record twice.
+    #[arg(long, default_value_t = 0)]
+    duplicate_every: usize,
+    /// Run the functions as this bootstrap binary behind a local Runtime API instead of
+    /// in this process.
+    #[arg(long, value_name = "PATH")]
+    bootstrap: Option<PathBuf>,
+    /// Inject faults into the functions' AWS requests, e.g.
+    /// `throttle=5%,5xx=1%,reset=0.5%,slow=2%,latency=100ms,seed=7` (rates of requests;
+    /// 500s and resets strike before or after the request takes effect).
+    #[arg(long, value_name = "SPEC", value_parser = parse_faults)]
+    faults: Option<FaultSpec>,
+    /// Kill one stream invocation in N at a random point (with --bootstrap: SIGKILL the
+    /// process, which cold-starts again); the mapping redelivers the same records.
+    #[arg(long, value_name = "N")]
+    kill_every: Option<u32>,
+    /// Run the KPI job as an execution of the KPI state machine (deploy/template.yaml's
+    /// KpiStateMachine, on moto's ASL interpreter) instead of one KPI invocation.
+    #[arg(long)]
+    via_step_functions: bool,
+    /// Days per chunk invocation (the execution's chunk_days; default: the template's
+    /// KpiChunkDays).
+    #[arg(long, value_name = "N", requires = "via_step_functions")]
+    chunk_days: Option<u32>,
+    /// Chunk invocations at once (the execution's max_concurrency; default: the
+    /// template's KpiMaxConcurrency). With --bootstrap, as many KPI processes run.
+    #[arg(long, value_name = "N", requires = "via_step_functions")]
+    max_concurrency: Option<u32>,
+    /// NDJSON events.
+    file: PathBuf,
+}
+
 #[tokio::main]
 async fn main() {
     if let Err(e) = run(Cli::parse()).await {
@@ -174,277 +178,26 @@ async fn main() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let tools = cli.tools.unwrap_or_else(stack::tools_dir);
     match cli.command {
-        Command::Up { timezone, from, to } => {
-            // The functions' JSON logs (one line per batch) on stderr.
-            tripflow_lambda::init_tracing();
-            let stack = LocalStack::start(&tools).await?;
-            let sdk = stack.sdk_config().await;
-            let r = resources::create(&sdk, &stack, 2).await?;
-            let core = Arc::new(Runtime::load(
-                &ComponentSource::Embedded,
-                Limits::default(),
-                None,
-            )?);
-            let env = tripflow_local::function_env(&r, &timezone, "24h");
-            let mut pipeline =
-                Pipeline::new(&stack, &r, InProcess::new(&stack, core, &env).await?).await;
-            println!("# local AWS stack is up; in another shell:");
-            for (k, v) in stack.env() {
-                println!("export {k}={v}");
-            }
-            println!(
-                "# stream {} table {} bucket {} dlq {}",
-                r.stream, r.table, r.bucket, r.dlq_url
-            );
-            println!("# then: tripflow-local send FILE.ndjson   (Ctrl-C here stops everything)");
-            let ctrl_c = tokio::signal::ctrl_c();
-            tokio::pin!(ctrl_c);
-            let mut busy = false;
-            loop {
-                tokio::select! {
-                    _ = &mut ctrl_c => break,
-                    polled = pipeline.poll() => {
-                        if polled? > 0 {
-                            busy = true;
-                            continue;
-                        }
-                        if busy {
-                            let out = pipeline.invoke(Function::Kpi, kpi_payload(from.as_deref(), to.as_deref())).await?;
-                            eprintln!("KPIs written: s3://{}/{} ({} days)", r.bucket, out["combined_key"].as_str().unwrap_or("?"), out["days"]);
-                        }
-                        busy = false;
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                }
-            }
-            Ok(())
-        }
+        Command::Up { timezone, from, to } => up(&tools, &timezone, from, to).await,
         Command::Send {
             stream,
             shuffle_seed,
             duplicate_every,
             files,
-        } => {
-            let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .load()
-                .await;
-            let client = aws_sdk_kinesis::Client::new(&sdk);
-            let mut records = Vec::new();
-            for f in &files {
-                let text = read(f)?;
-                records.extend(tripflow_local::records_of(&text));
-            }
-            let records =
-                tripflow_local::shuffle_with_duplicates(&records, shuffle_seed, duplicate_every);
-            tripflow_local::send(&client, &stream, &records).await?;
-            eprintln!("sent {} records to {stream}", records.len());
-            Ok(())
-        }
-        Command::Redrive { queue_url, stream } => {
-            let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .load()
-                .await;
-            let report = tripflow_local::redrive::redrive(
-                &aws_sdk_sqs::Client::new(&sdk),
-                &queue_url,
-                &aws_sdk_kinesis::Client::new(&sdk),
-                &stream,
-            )
-            .await?;
-            println!(
-                "{} on-failure messages: {} batches redriven, {} records put back on {stream}; {} messages left on the queue (not batches of this stream)",
-                report.messages, report.batches, report.records, report.left
-            );
-            for (shard, first, last, n) in &report.gone {
-                println!(
-                    "GONE: {n} records of {shard} {first}..{last} are past the stream's retention and cannot be redriven"
-                );
-            }
-            if report.gone.is_empty() {
-                Ok(())
-            } else {
-                anyhow::bail!("some records are past the stream's retention (listed above)")
-            }
-        }
-        Command::Run {
-            timezone,
-            from,
-            to,
-            shuffle_seed,
-            duplicate_every,
-            bootstrap,
-            faults,
-            kill_every,
-            via_step_functions,
-            chunk_days,
-            max_concurrency,
-            file,
-        } => {
-            let kpi = if via_step_functions {
-                let mut input = kpi_payload(from.as_deref(), to.as_deref());
-                if let Some(n) = chunk_days {
-                    input["chunk_days"] = json!(n);
-                }
-                if let Some(n) = max_concurrency {
-                    input["max_concurrency"] = json!(n);
-                }
-                Kpi::StateMachine(input)
-            } else {
-                Kpi::Invoke(kpi_payload(from.as_deref(), to.as_deref()))
-            };
-            let text = read(&file)?;
-            let records = tripflow_local::shuffle_with_duplicates(
-                &tripflow_local::records_of(&text),
-                shuffle_seed,
-                duplicate_every,
-            );
-            let mut stack = LocalStack::start(&tools).await?;
-            let injected = match &faults {
-                Some(spec) => Some(stack.inject_faults(spec).await?),
-                None => None,
-            };
-            let sdk = stack.sdk_config().await;
-            let r = resources::create(&sdk, &stack, 2).await?;
-            let env = tripflow_local::function_env(&r, &timezone, "24h");
-            tripflow_local::send(&stack.kinesis_client(&sdk), &r.stream, &records).await?;
-            let csv = match bootstrap {
-                Some(b) => {
-                    let mut env = env;
-                    env.extend(stack.function_env());
-                    let mut inv = BootstrapInvoker::start(&b, &Function::ALL, &env).await?;
-                    if let Some(every) = kill_every {
-                        inv = inv.with_kills(Kills::new(every, 1));
-                    }
-                    if via_step_functions {
-                        // Lambda runs concurrent invocations in as many instances.
-                        let instances = match max_concurrency {
-                            Some(n) => n as usize,
-                            None => step_functions::parameter_default(
-                                tripflow_local::esm::TEMPLATE,
-                                "KpiMaxConcurrency",
-                            )
-                            .and_then(|n| n.parse().ok())
-                            .unwrap_or(1),
-                        };
-                        inv.scale(Function::Kpi, instances).await?;
-                    }
-                    run_pipeline(&stack, &r, inv, &kpi).await?
-                }
-                None => {
-                    let core = Arc::new(Runtime::load(
-                        &ComponentSource::Embedded,
-                        Limits::default(),
-                        None,
-                    )?);
-                    let mut inv = InProcess::new(&stack, core, &env).await?;
-                    if let Some(every) = kill_every {
-                        inv = inv.with_kills(Kills::new(every, 1));
-                    }
-                    run_pipeline(&stack, &r, inv, &kpi).await?
-                }
-            };
-            if let Some(counts) = injected {
-                eprintln!("faults injected: {counts}");
-            }
-            let rejected = tripflow_local::drain_queue(&stack.sqs_client(&sdk), &r.dlq_url).await?;
-            print!("{csv}");
-            eprintln!(
-                "{} records sent, {} rejected records on the DLQ",
-                records.len(),
-                rejected.len()
-            );
-            Ok(())
-        }
+        } => send(&stream, shuffle_seed, duplicate_every, &files).await,
+        Command::Redrive { queue_url, stream } => redrive(&queue_url, &stream).await,
+        Command::Run(args) => run_file(&tools, args).await,
         Command::ColdStart {
             bootstrap,
             component,
             runs,
-        } => {
-            let stack = LocalStack::start(&tools).await?;
-            let sdk = stack.sdk_config().await;
-            let r = resources::create(&sdk, &stack, 1).await?;
-            let mut env = tripflow_local::function_env(&r, "UTC", "24h");
-            env.extend(stack.env());
-            if let Some(c) = &component {
-                env.push((
-                    "COMPONENT_PATH".into(),
-                    c.canonicalize()?.display().to_string(),
-                ));
-            }
-            let event = json!({"Records": [{
-                "kinesis": {"kinesisSchemaVersion": "1.0", "partitionKey": "t1", "sequenceNumber": "1",
-                    "data": "eyJ0cmlwX2lkIjoidDEiLCJldmVudF90eXBlIjoidHJpcF9zdGFydCIsInRpbWVzdGFtcCI6IjIwMTktMDMtMDFUMDA6MDA6MDBaIn0=",
-                    "approximateArrivalTimestamp": 1551398400.0},
-                "eventSource": "aws:kinesis", "eventVersion": "1.0", "eventID": "shardId-000000000000:1",
-                "eventName": "aws:kinesis:record", "awsRegion": "us-east-1",
-                "eventSourceARN": r.stream_arn}]});
-            let mut times = Vec::new();
-            for _ in 0..runs {
-                let started = Instant::now();
-                let inv = BootstrapInvoker::start(&bootstrap, &[Function::Ingest], &env).await?;
-                inv.invoke(Function::Ingest, event.clone())
-                    .await
-                    .map_err(anyhow::Error::msg)?;
-                times.push(started.elapsed().as_secs_f64() * 1e3);
-                inv.stop().await;
-            }
-            times.sort_by(f64::total_cmp);
-            let mean = times.iter().sum::<f64>() / times.len() as f64;
-            println!(
-                "cold start to first batch answered: median {:.1} ms, mean {mean:.1} ms, min {:.1} ms, max {:.1} ms over {runs} runs ({})",
-                times[times.len() / 2],
-                times[0],
-                times[times.len() - 1],
-                component.map_or("embedded component".into(), |c| c.display().to_string())
-            );
-            Ok(())
-        }
+        } => cold_start(&tools, &bootstrap, component, runs).await,
         Command::Cpu {
             bootstrap,
             seed_script,
             python,
             file,
-        } => {
-            let text = read(&file)?;
-            let records = tripflow_local::records_of(&text);
-            let stack = LocalStack::start(&tools).await?;
-            let r = tripflow_local::cpu::measure(&stack, &bootstrap, &records).await?;
-            println!(
-                "tripflow ingest:  {:>7.1} us CPU per record ({} records, {:.2} s CPU)",
-                r.ingest_us(),
-                r.ingest_records,
-                r.ingest_cpu_s
-            );
-            println!(
-                "tripflow matcher: {:>7.1} us CPU per record ({} records, {:.2} s CPU)",
-                r.matcher_us(),
-                r.matcher_records,
-                r.matcher_cpu_s
-            );
-            println!(
-                "tripflow: {} events through ingest and matcher in {:.1} s wall",
-                r.events, r.wall_s
-            );
-            if let (Some(script), Some(python)) = (seed_script, python) {
-                let seed = tripflow_local::cpu::seed(&stack, &python, &script, &file)?;
-                let seed_us = seed["lambda1_cpu_us_per_event"]
-                    .as_f64()
-                    .context("the seed reported no lambda1_cpu_us_per_event")?;
-                println!("seed ingest:      {seed_us:>7.1} us CPU per event ({seed})");
-                let ratio = r.ingest_us() / seed_us;
-                if ratio >= 1.0 {
-                    println!(
-                        "ratio tripflow/seed: {ratio:.2} (tripflow's ingest uses {ratio:.2}x the seed's CPU per event)"
-                    );
-                } else {
-                    println!(
-                        "ratio tripflow/seed: {ratio:.2} (tripflow's ingest uses {:.1}x less CPU per event than the seed's)",
-                        1.0 / ratio
-                    );
-                }
-            }
-            Ok(())
-        }
+        } => cpu(&tools, &bootstrap, seed_script, python, &file).await,
         Command::Capacity { trips } => {
             let stack = LocalStack::start(&tools).await?;
             let report = tripflow_local::capacity::measure(&stack, trips).await?;
@@ -452,6 +205,295 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `up`: the stack and the pipeline, polling until Ctrl-C; a KPI run after each busy spell.
+async fn up(
+    tools: &std::path::Path,
+    timezone: &str,
+    from: Option<String>,
+    to: Option<String>,
+) -> anyhow::Result<()> {
+    // The functions' JSON logs (one line per batch) on stderr.
+    tripflow_lambda::init_tracing();
+    let stack = LocalStack::start(tools).await?;
+    let sdk = stack.sdk_config().await;
+    let r = resources::create(&sdk, &stack, 2).await?;
+    let core = Arc::new(Runtime::load(
+        &ComponentSource::Embedded,
+        Limits::default(),
+        None,
+    )?);
+    let env = tripflow_local::function_env(&r, timezone, "24h");
+    let mut pipeline = Pipeline::new(&stack, &r, InProcess::new(&stack, core, &env).await?).await;
+    println!("# local AWS stack is up; in another shell:");
+    for (k, v) in stack.env() {
+        println!("export {k}={v}");
+    }
+    println!(
+        "# stream {} table {} bucket {} dlq {}",
+        r.stream, r.table, r.bucket, r.dlq_url
+    );
+    println!("# then: tripflow-local send FILE.ndjson   (Ctrl-C here stops everything)");
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut busy = false;
+    loop {
+        tokio::select! {
+            _ = &mut ctrl_c => break,
+            polled = pipeline.poll() => {
+                if polled? > 0 {
+                    busy = true;
+                    continue;
+                }
+                if busy {
+                    let out = pipeline.invoke(Function::Kpi, kpi_payload(from.as_deref(), to.as_deref())).await?;
+                    eprintln!("KPIs written: s3://{}/{} ({} days)", r.bucket, out["combined_key"].as_str().unwrap_or("?"), out["days"]);
+                }
+                busy = false;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `send`: NDJSON files onto a stream, partitioned by trip id.
+async fn send(
+    stream: &str,
+    shuffle_seed: Option<u64>,
+    duplicate_every: usize,
+    files: &[PathBuf],
+) -> anyhow::Result<()> {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    let client = aws_sdk_kinesis::Client::new(&sdk);
+    let mut records = Vec::new();
+    for f in files {
+        let text = read(f)?;
+        records.extend(tripflow_local::records_of(&text));
+    }
+    let records = tripflow_local::shuffle_with_duplicates(&records, shuffle_seed, duplicate_every);
+    tripflow_local::send(&client, stream, &records).await?;
+    eprintln!("sent {} records to {stream}", records.len());
+    Ok(())
+}
+
+/// `redrive`: the batches the ingest mapping gave up on, back onto the stream.
+async fn redrive(queue_url: &str, stream: &str) -> anyhow::Result<()> {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    let report = tripflow_local::redrive::redrive(
+        &aws_sdk_sqs::Client::new(&sdk),
+        queue_url,
+        &aws_sdk_kinesis::Client::new(&sdk),
+        stream,
+    )
+    .await?;
+    println!(
+        "{} on-failure messages: {} batches redriven, {} records put back on {stream}; {} messages left on the queue (not batches of this stream)",
+        report.messages, report.batches, report.records, report.left
+    );
+    for (shard, first, last, n) in &report.gone {
+        println!(
+            "GONE: {n} records of {shard} {first}..{last} are past the stream's retention and cannot be redriven"
+        );
+    }
+    if report.gone.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("some records are past the stream's retention (listed above)")
+    }
+}
+
+/// `run`: a file through the whole pipeline on the local stack; prints the combined CSV.
+async fn run_file(tools: &std::path::Path, args: RunArgs) -> anyhow::Result<()> {
+    let RunArgs {
+        timezone,
+        from,
+        to,
+        shuffle_seed,
+        duplicate_every,
+        bootstrap,
+        faults,
+        kill_every,
+        via_step_functions,
+        chunk_days,
+        max_concurrency,
+        file,
+    } = args;
+    let kpi = if via_step_functions {
+        let mut input = kpi_payload(from.as_deref(), to.as_deref());
+        if let Some(n) = chunk_days {
+            input["chunk_days"] = json!(n);
+        }
+        if let Some(n) = max_concurrency {
+            input["max_concurrency"] = json!(n);
+        }
+        Kpi::StateMachine(input)
+    } else {
+        Kpi::Invoke(kpi_payload(from.as_deref(), to.as_deref()))
+    };
+    let text = read(&file)?;
+    let records = tripflow_local::shuffle_with_duplicates(
+        &tripflow_local::records_of(&text),
+        shuffle_seed,
+        duplicate_every,
+    );
+    let mut stack = LocalStack::start(tools).await?;
+    let injected = match &faults {
+        Some(spec) => Some(stack.inject_faults(spec).await?),
+        None => None,
+    };
+    let sdk = stack.sdk_config().await;
+    let r = resources::create(&sdk, &stack, 2).await?;
+    let env = tripflow_local::function_env(&r, &timezone, "24h");
+    tripflow_local::send(&stack.kinesis_client(&sdk), &r.stream, &records).await?;
+    let csv = match bootstrap {
+        Some(b) => {
+            let mut env = env;
+            env.extend(stack.function_env());
+            let mut inv = BootstrapInvoker::start(&b, &Function::ALL, &env).await?;
+            if let Some(every) = kill_every {
+                inv = inv.with_kills(Kills::new(every, 1));
+            }
+            if via_step_functions {
+                // Lambda runs concurrent invocations in as many instances.
+                let instances = match max_concurrency {
+                    Some(n) => n as usize,
+                    None => step_functions::parameter_default(
+                        tripflow_local::esm::TEMPLATE,
+                        "KpiMaxConcurrency",
+                    )
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(1),
+                };
+                inv.scale(Function::Kpi, instances).await?;
+            }
+            run_pipeline(&stack, &r, inv, &kpi).await?
+        }
+        None => {
+            let core = Arc::new(Runtime::load(
+                &ComponentSource::Embedded,
+                Limits::default(),
+                None,
+            )?);
+            let mut inv = InProcess::new(&stack, core, &env).await?;
+            if let Some(every) = kill_every {
+                inv = inv.with_kills(Kills::new(every, 1));
+            }
+            run_pipeline(&stack, &r, inv, &kpi).await?
+        }
+    };
+    if let Some(counts) = injected {
+        eprintln!("faults injected: {counts}");
+    }
+    let rejected = tripflow_local::drain_queue(&stack.sqs_client(&sdk), &r.dlq_url).await?;
+    print!("{csv}");
+    eprintln!(
+        "{} records sent, {} rejected records on the DLQ",
+        records.len(),
+        rejected.len()
+    );
+    Ok(())
+}
+
+/// `cold-start`: process start to first batch answered, over `runs` fresh processes.
+async fn cold_start(
+    tools: &std::path::Path,
+    bootstrap: &std::path::Path,
+    component: Option<PathBuf>,
+    runs: usize,
+) -> anyhow::Result<()> {
+    let stack = LocalStack::start(tools).await?;
+    let sdk = stack.sdk_config().await;
+    let r = resources::create(&sdk, &stack, 1).await?;
+    let mut env = tripflow_local::function_env(&r, "UTC", "24h");
+    env.extend(stack.env());
+    if let Some(c) = &component {
+        env.push((
+            "COMPONENT_PATH".into(),
+            c.canonicalize()?.display().to_string(),
+        ));
+    }
+    let event = json!({"Records": [{
+        "kinesis": {"kinesisSchemaVersion": "1.0", "partitionKey": "t1", "sequenceNumber": "1",
+            "data": "eyJ0cmlwX2lkIjoidDEiLCJldmVudF90eXBlIjoidHJpcF9zdGFydCIsInRpbWVzdGFtcCI6IjIwMTktMDMtMDFUMDA6MDA6MDBaIn0=",
+            "approximateArrivalTimestamp": 1551398400.0},
+        "eventSource": "aws:kinesis", "eventVersion": "1.0", "eventID": "shardId-000000000000:1",
+        "eventName": "aws:kinesis:record", "awsRegion": "us-east-1",
+        "eventSourceARN": r.stream_arn}]});
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let started = Instant::now();
+        let inv = BootstrapInvoker::start(bootstrap, &[Function::Ingest], &env).await?;
+        inv.invoke(Function::Ingest, event.clone())
+            .await
+            .map_err(anyhow::Error::msg)?;
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+        inv.stop().await;
+    }
+    times.sort_by(f64::total_cmp);
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    println!(
+        "cold start to first batch answered: median {:.1} ms, mean {mean:.1} ms, min {:.1} ms, max {:.1} ms over {runs} runs ({})",
+        times[times.len() / 2],
+        times[0],
+        times[times.len() - 1],
+        component.map_or("embedded component".into(), |c| c.display().to_string())
+    );
+    Ok(())
+}
+
+/// `cpu`: the ingest and matcher bootstraps' CPU per record (and the seed's, side by side).
+async fn cpu(
+    tools: &std::path::Path,
+    bootstrap: &std::path::Path,
+    seed_script: Option<PathBuf>,
+    python: Option<PathBuf>,
+    file: &std::path::Path,
+) -> anyhow::Result<()> {
+    let text = read(file)?;
+    let records = tripflow_local::records_of(&text);
+    let stack = LocalStack::start(tools).await?;
+    let r = tripflow_local::cpu::measure(&stack, bootstrap, &records).await?;
+    println!(
+        "tripflow ingest:  {:>7.1} us CPU per record ({} records, {:.2} s CPU)",
+        r.ingest_us(),
+        r.ingest_records,
+        r.ingest_cpu_s
+    );
+    println!(
+        "tripflow matcher: {:>7.1} us CPU per record ({} records, {:.2} s CPU)",
+        r.matcher_us(),
+        r.matcher_records,
+        r.matcher_cpu_s
+    );
+    println!(
+        "tripflow: {} events through ingest and matcher in {:.1} s wall",
+        r.events, r.wall_s
+    );
+    if let (Some(script), Some(python)) = (seed_script, python) {
+        let seed = tripflow_local::cpu::seed(&stack, &python, &script, file)?;
+        let seed_us = seed["lambda1_cpu_us_per_event"]
+            .as_f64()
+            .context("the seed reported no lambda1_cpu_us_per_event")?;
+        println!("seed ingest:      {seed_us:>7.1} us CPU per event ({seed})");
+        let ratio = r.ingest_us() / seed_us;
+        if ratio >= 1.0 {
+            println!(
+                "ratio tripflow/seed: {ratio:.2} (tripflow's ingest uses {ratio:.2}x the seed's CPU per event)"
+            );
+        } else {
+            println!(
+                "ratio tripflow/seed: {ratio:.2} (tripflow's ingest uses {:.1}x less CPU per event than the seed's)",
+                1.0 / ratio
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A file's bytes, or an error that names it.
