@@ -26,20 +26,16 @@
 
 use aws_lambda_events::event::kinesis::{KinesisEvent, KinesisEventRecord};
 use aws_lambda_events::event::streams::{KinesisBatchItemFailure, KinesisEventResponse};
-use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, ReturnConsumedCapacity, ReturnValuesOnConditionCheckFailure,
-};
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use base64::Engine as _;
+use futures_util::StreamExt as _;
 use serde::Serialize;
 use tripflow_runtime::core::{Clock, Decision, Reason, Span, TripEvent};
 use tripflow_runtime::fate::{self, FirstCopy, Lines};
 use tripflow_runtime::{CoreError, CoreProvider, TripCore, parse_isolating};
 
-use crate::metrics::{Counters, units};
-use crate::retry::{Budget, describe, is_transient, retry};
+use crate::metrics::Counters;
+use crate::retry::{Budget, describe, retry};
 use crate::{App, Error, table};
 
 /// Concurrent conditional writes per invocation.
@@ -96,25 +92,7 @@ pub enum Fate {
     Failed(String),
 }
 
-/// How the conditional write of one first copy ended.
-#[derive(Clone, Debug)]
-pub enum PutOutcome {
-    /// Written: this is the stored copy now.
-    Stored,
-    /// The key holds this very record (same shard and sequence number), written by an earlier
-    /// delivery of the batch that was not checkpointed (a killed or timed-out invocation):
-    /// counted as stored, as the replay counts the record once.
-    StoredBefore,
-    /// The key was taken; the stored copy came back with the failed condition.
-    Taken(TripEvent),
-    /// DynamoDB refused the item itself (a 4xx other than the condition); a per-record
-    /// outcome, kept on the DLQ with the service's message. With the contract's record limit
-    /// every valid event fits an item, so this is a last line of defence that should never be
-    /// taken.
-    Refused(String),
-    /// Not written within the retry budget (throttling, 5xx, time-outs).
-    Failed(String),
-}
+pub use crate::table::PutOutcome;
 
 /// The ingest protocol's decisions, with the I/O left to the caller: parse, pick first copies,
 /// and after the writes, one resolution of the whole batch against the stored copies the
@@ -291,79 +269,7 @@ pub async fn handle(
         .collect();
     let mut plan = Plan::new(&core, &bytes, app.record_limit()?, clock)?;
 
-    // Conditional puts of the first copies; a failed condition hands back what is stored.
-    let expires_at = app.expires_at();
-    let mut puts: Vec<Option<PutOutcome>> = vec![None; plan.first_copies.len()];
-    let writes: Vec<(usize, usize, TripEvent)> = plan
-        .first_copies
-        .iter()
-        .enumerate()
-        .map(|(k, &a)| (k, plan.accepted[a].0, plan.accepted[a].1.clone()))
-        .collect();
-    for chunk in writes.chunks(PUT_CONCURRENCY) {
-        let mut tasks = tokio::task::JoinSet::new();
-        for (k, i, e) in chunk.iter().cloned() {
-            let src = source(&records[i]);
-            let store = table::store_half(&e, &src, expires_at);
-            let (ddb, tbl, budget) = (app.ddb.clone(), app.config.table.clone(), *budget);
-            tasks.spawn(async move {
-                let r = retry(&budget, "UpdateItem(half)", || {
-                    ddb.update_item()
-                        .table_name(&tbl)
-                        .set_key(Some(table::trip_key(&e.trip_id)))
-                        .update_expression(&store.update)
-                        .set_expression_attribute_values(Some(store.values.clone()))
-                        .condition_expression(&store.condition)
-                        .return_values_on_condition_check_failure(
-                            ReturnValuesOnConditionCheckFailure::AllOld,
-                        )
-                        .return_consumed_capacity(ReturnConsumedCapacity::Total)
-                        .send()
-                })
-                .await;
-                (k, e.kind, src, r)
-            });
-        }
-        while let Some(joined) = tasks.join_next().await {
-            let (k, kind, src, r) = joined?;
-            puts[k] = Some(match r {
-                Ok(out) => {
-                    app.capacity
-                        .write("ingest.store", units(out.consumed_capacity()));
-                    PutOutcome::Stored
-                }
-                Err(SdkError::ServiceError(s))
-                    if matches!(s.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
-                {
-                    app.capacity.failed_condition("ingest.store");
-                    let UpdateItemError::ConditionalCheckFailedException(c) = s.err() else {
-                        unreachable!()
-                    };
-                    match c.item().map(|item| table::stored_half(item, kind)) {
-                        Some(Ok(Some((_, stored_src)))) if stored_src == src => {
-                            PutOutcome::StoredBefore
-                        }
-                        Some(Ok(Some((stored, _)))) => PutOutcome::Taken(stored),
-                        Some(Ok(None)) => {
-                            PutOutcome::Failed("condition failed but the half is not stored".into())
-                        }
-                        Some(Err(bad)) => PutOutcome::Failed(bad.to_string()),
-                        None => {
-                            PutOutcome::Failed("condition failed without the stored item".into())
-                        }
-                    }
-                }
-                Err(err) if !is_transient(&err) && matches!(err, SdkError::ServiceError(_)) => {
-                    PutOutcome::Refused(format!("DynamoDB refused the item: {}", describe(&err)))
-                }
-                Err(err) => PutOutcome::Failed(format!("UpdateItem: {}", describe(&err))),
-            });
-        }
-    }
-    let puts: Vec<PutOutcome> = puts
-        .into_iter()
-        .map(|p| p.expect("every write reports"))
-        .collect();
+    let puts = write_first_copies(app, records, &plan, budget).await;
     let settled = plan.settle(&core, &puts, clock)?;
     let fates = plan.fates;
 
@@ -378,8 +284,11 @@ pub async fn handle(
     }
 
     // The watermark: the newest event time the core lets move it, for the sweeper.
-    if let Some(newest) = settled.newest_ns {
-        advance_watermark(app, newest, budget).await;
+    if let Some(newest) = settled.newest_ns
+        && let Err(e) = table::raise_watermark(app, newest, budget).await
+    {
+        // Only the sweeper's timing depends on it; the next batch moves it again.
+        tracing::warn!(error = %e, "watermark not advanced");
     }
     if settled.skewed > 0 {
         counters.add("ClockAhead", settled.skewed as f64);
@@ -602,35 +511,30 @@ async fn send_to_dlq(
     None
 }
 
-async fn advance_watermark(app: &App, newest: i64, budget: &Budget) {
-    let r = retry(budget, "UpdateItem(watermark)", || {
-        app.ddb
-            .update_item()
-            .table_name(&app.config.table)
-            .set_key(Some(table::watermark_key()))
-            .update_expression(format!("SET {} = :n", table::NEWEST_NS))
-            .condition_expression(format!(
-                "attribute_not_exists({0}) OR {0} < :n",
-                table::NEWEST_NS
-            ))
-            .expression_attribute_values(":n", AttributeValue::N(newest.to_string()))
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-    })
-    .await;
-    match r {
-        Ok(out) => app
-            .capacity
-            .write("ingest.watermark", units(out.consumed_capacity())),
-        Err(e) if is_condition_failed(&e) => app.capacity.failed_condition("ingest.watermark"),
-        // Only the sweeper's timing depends on it; the next batch moves it again.
-        Err(e) => tracing::warn!(error = %describe(&e), "watermark not advanced"),
-    }
-}
-
-/// Whether an error is a failed condition.
-pub fn is_condition_failed<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(
-    e: &SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
-) -> bool {
-    matches!(e, SdkError::ServiceError(s) if s.err().code() == Some("ConditionalCheckFailedException"))
+/// Writes the plan's first copies, `PUT_CONCURRENCY` at a time: one outcome per first copy,
+/// in order.
+async fn write_first_copies(
+    app: &App,
+    records: &[KinesisEventRecord],
+    plan: &Plan,
+    budget: &Budget,
+) -> Vec<PutOutcome> {
+    let expires_at = app.expires_at();
+    let writes: Vec<(&TripEvent, String)> = plan
+        .first_copies
+        .iter()
+        .map(|&a| {
+            let (i, e) = &plan.accepted[a];
+            (e, source(&records[*i]))
+        })
+        .collect();
+    let writes = &writes;
+    // By index: a future per write that borrows only what outlives the stream.
+    futures_util::stream::iter((0..writes.len()).map(|k| {
+        let (e, src) = &writes[k];
+        table::write_half(app, e, src, expires_at, budget)
+    }))
+    .buffered(PUT_CONCURRENCY)
+    .collect()
+    .await
 }

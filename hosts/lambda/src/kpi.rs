@@ -30,7 +30,7 @@ use tripflow_runtime::{CoreProvider, TripCore};
 use crate::dirty::Marker;
 use crate::manifest::{self, DoneEntry, Kind};
 use crate::metrics::Counters;
-use crate::retry::{Budget, describe, retry};
+use crate::retry::{Budget, retry};
 use crate::{App, Error, dirty};
 
 /// The longest range one invocation computes: a whole run without the state machine, or one
@@ -70,7 +70,7 @@ fn range(
                 .day_of(&app.config.timezone, now_ns)?;
             let yesterday = parse_date(&today)?
                 .pred_opt()
-                .ok_or("no day before today")?
+                .ok_or_else(|| Error::Request("no day before today".into()))?
                 .to_string();
             (yesterday, today)
         }
@@ -81,22 +81,33 @@ fn range(
         .finish(&[], Some(&from), Some(&to))?;
     let days = (parse_date(&to)? - parse_date(&from)?).num_days() + 1;
     if days > max_days {
-        return Err(format!(
+        return Err(Error::Request(format!(
             "{from}..{to} is {days} days; one {} covers at most {max_days}: split the range",
             if max_days == MAX_DAYS {
                 "invocation"
             } else {
                 "execution"
             }
-        )
-        .into());
+        )));
     }
     Ok((from, to))
 }
 
 fn parse_date(s: &str) -> Result<NaiveDate, Error> {
     NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .map_err(|_| format!("bad date {s:?}: use YYYY-MM-DD").into())
+        .map_err(|_| Error::Request(format!("bad date {s:?}: use YYYY-MM-DD")))
+}
+
+/// The day after `d`.
+fn next_day(d: NaiveDate) -> Result<NaiveDate, Error> {
+    d.succ_opt()
+        .ok_or_else(|| Error::Request(format!("{d} is the last day this calendar has")))
+}
+
+/// The day before `d`.
+fn previous_day(d: NaiveDate) -> Result<NaiveDate, Error> {
+    d.pred_opt()
+        .ok_or_else(|| Error::Request(format!("{d} is the first day this calendar has")))
 }
 
 /// Dirty days handled by one run at most; the rest wait for the next run (oldest first), so a
@@ -131,7 +142,7 @@ async fn select(
     let mut d = parse_date(&from)?;
     while d <= parse_date(&to)? {
         days.insert(d);
-        d = d.succ_opt().ok_or("date out of range")?;
+        d = next_day(d)?;
     }
     let mut markers = if scheduled {
         dirty::pending(app, budget).await?
@@ -173,11 +184,10 @@ pub async fn handle(app: &App, payload: Value, budget: &Budget) -> Result<Value,
         Some("plan") => plan(app, &payload, budget).await,
         Some("chunk") => chunk(app, &payload, budget).await,
         Some("publish") => publish(app, &payload, budget).await,
-        Some(other) => Err(format!(
+        Some(other) => Err(Error::Request(format!(
             "unknown step {other:?}: the KPI state machine's steps are plan, chunk and publish; \
              leave step out for one whole run"
-        )
-        .into()),
+        ))),
     }
 }
 
@@ -227,11 +237,10 @@ fn setting(payload: &Value, name: &str, max: u64) -> Result<u64, Error> {
     };
     match value {
         Some(n) if (1..=max).contains(&n) => Ok(n),
-        _ => Err(format!(
+        _ => Err(Error::Request(format!(
             "{name} must be a whole number from 1 to {max}, not {}",
             given.unwrap_or(&payload["defaults"][name])
-        )
-        .into()),
+        ))),
     }
 }
 
@@ -258,18 +267,17 @@ async fn plan(app: &App, payload: &Value, budget: &Budget) -> Result<Value, Erro
         while start <= last {
             let end = (start + chrono::Days::new(chunk_days - 1)).min(last);
             chunks.push(json!({"from": start.to_string(), "to": end.to_string()}));
-            start = end.succ_opt().ok_or("date out of range")?;
+            start = next_day(end)?;
         }
     }
     if chunks.len() > MAX_CHUNKS {
-        return Err(format!(
+        return Err(Error::Request(format!(
             "{}..{} makes {} chunks of {chunk_days} days; one execution runs at most {MAX_CHUNKS}: \
              raise chunk_days",
             selection.from,
             selection.to,
             chunks.len()
-        )
-        .into());
+        )));
     }
     let mut counters = Counters::default();
     counters.add("DirtyDaysDeferred", selection.deferred as f64);
@@ -337,7 +345,7 @@ pub struct ChunksFailed {
 async fn publish(app: &App, payload: &Value, budget: &Budget) -> Result<Value, Error> {
     let results = payload["chunks"]
         .as_array()
-        .ok_or("publish needs chunks: the Map's results")?;
+        .ok_or_else(|| Error::Request("publish needs chunks: the Map's results".into()))?;
     let failed: Vec<String> = results
         .iter()
         .filter(|c| c.get("error").is_some())
@@ -359,7 +367,7 @@ async fn publish(app: &App, payload: &Value, budget: &Budget) -> Result<Value, E
         .into());
     }
     let markers: Vec<Marker> = serde_json::from_value(payload["markers"].clone())
-        .map_err(|e| format!("publish: markers are not the plan's: {e}"))?;
+        .map_err(|e| Error::Request(format!("publish: markers are not the plan's: {e}")))?;
     let bucket = bucket(app)?;
     let mut recomputed = BTreeSet::new();
     let mut keys = Vec::new();
@@ -368,13 +376,15 @@ async fn publish(app: &App, payload: &Value, budget: &Budget) -> Result<Value, E
         let mut d = parse_date(&from)?;
         while d <= parse_date(&to)? {
             recomputed.insert(d.to_string());
-            d = d.succ_opt().ok_or("date out of range")?;
+            d = next_day(d)?;
         }
         for day in c["days"]
             .as_array()
-            .ok_or("publish: a chunk without days")?
+            .ok_or_else(|| Error::Request("publish: a chunk without days".into()))?
         {
-            let day = day.as_str().ok_or("publish: a day is not a date")?;
+            let day = day
+                .as_str()
+                .ok_or_else(|| Error::Request("publish: a day is not a date".into()))?;
             keys.push(daily_key(app, &parse_date(day)?.to_string()));
         }
     }
@@ -392,7 +402,9 @@ async fn publish(app: &App, payload: &Value, budget: &Budget) -> Result<Value, E
     let mut rows = Vec::with_capacity(keys.len());
     for (key, text) in keys.iter().zip(texts) {
         let (text, _) = text?.ok_or_else(|| {
-            format!("s3://{bucket}/{key} is gone: its chunk wrote it; run the execution again")
+            Error::Unreadable(format!(
+                "s3://{bucket}/{key} is gone: its chunk wrote it; run the execution again"
+            ))
         })?;
         rows.extend(core.read_csv(&text)?);
     }
@@ -409,7 +421,12 @@ async fn publish(app: &App, payload: &Value, budget: &Budget) -> Result<Value, E
 }
 
 fn bucket(app: &App) -> Result<String, Error> {
-    Ok(app.config.bucket.clone().ok_or("BUCKET is not set")?)
+    app.config.bucket.clone().ok_or_else(|| {
+        Error::Config(crate::ConfigError {
+            var: "BUCKET",
+            message: "is not set: the KPI function writes its CSV and page there".into(),
+        })
+    })
 }
 
 /// A day's object: `<KPI_DAILY_PREFIX>date=YYYY-MM-DD/daily_trip_kpis.csv`.
@@ -566,7 +583,9 @@ async fn publish_report(
             _ => return Ok(key),
         }
     }
-    Err("the combined CSV kept changing while this run published its report page".into())
+    Err(Error::Contended(
+        "the combined CSV kept changing while this run published its report page".into(),
+    ))
 }
 
 /// The page request for the combined CSV's rows: every day it holds. Only the provenance's
@@ -617,8 +636,8 @@ async fn compute(
 ) -> Result<(Vec<DayKpi>, u64), Error> {
     // Every closed trip whose start's UTC date can be a local day in the range; the core's
     // `accumulate` decides which of them count.
-    let first = from.pred_opt().ok_or("date out of range")?;
-    let last = to.succ_opt().ok_or("date out of range")?;
+    let first = previous_day(from)?;
+    let last = next_day(to)?;
     let mut totals: Vec<DayTotals> = Vec::new();
     let mut chunk: Vec<TripFare> = Vec::with_capacity(CHUNK);
     let mut trips_read = 0u64;
@@ -647,7 +666,7 @@ async fn compute(
                 chunk.clear();
             }
         }
-        day = day.succ_opt().ok_or("date out of range")?;
+        day = next_day(day)?;
     }
     if !chunk.is_empty() {
         totals = app
@@ -675,9 +694,9 @@ pub fn merge<C: TripCore>(
         Some(csv) => core
             .read_csv(csv)
             .map_err(|e| {
-                format!(
+                Error::Unreadable(format!(
                     "the existing combined CSV cannot be read ({e}): move it away or set KPI_KEY"
-                )
+                ))
             })?
             .into_iter()
             .filter(|row| !recomputed.contains(&row.date))
@@ -694,15 +713,17 @@ pub fn merge<C: TripCore>(
 enum Put {
     /// The object is no longer the version the write was conditional on.
     Conflict,
-    /// Anything else, described.
-    Failed(String),
+    /// Anything else.
+    Failed(Error),
 }
 
 impl From<Put> for Error {
     fn from(p: Put) -> Error {
         match p {
-            Put::Conflict => "the combined CSV kept changing while this run merged it".into(),
-            Put::Failed(why) => why.into(),
+            Put::Conflict => {
+                Error::Contended("the combined CSV kept changing while this run merged it".into())
+            }
+            Put::Failed(e) => e,
         }
     }
 }
@@ -741,9 +762,9 @@ async fn put(
         {
             Err(Put::Conflict)
         }
-        Err(e) => Err(Put::Failed(format!(
-            "PutObject s3://{bucket}/{key}: {}",
-            describe(&e)
+        Err(e) => Err(Put::Failed(Error::aws(
+            format!("PutObject s3://{bucket}/{key}"),
+            &e,
         ))),
     }
 }
@@ -762,14 +783,24 @@ async fn get(
     match r {
         Ok(out) => {
             let etag = out.e_tag().unwrap_or_default().to_owned();
-            let bytes = out.body.collect().await?.into_bytes();
+            let bytes = out
+                .body
+                .collect()
+                .await
+                .map_err(|e| Error::Aws {
+                    call: format!("GetObject s3://{bucket}/{key}"),
+                    error: e.to_string(),
+                })?
+                .into_bytes();
             let text = String::from_utf8(bytes.to_vec()).map_err(|_| {
-                format!("s3://{bucket}/{key} is not UTF-8 text: move it away or set KPI_KEY")
+                Error::Unreadable(format!(
+                    "s3://{bucket}/{key} is not UTF-8 text: move it away or set KPI_KEY"
+                ))
             })?;
             Ok(Some((text, etag)))
         }
         Err(aws_sdk_s3::error::SdkError::ServiceError(s)) if s.err().is_no_such_key() => Ok(None),
-        Err(e) => Err(format!("GetObject s3://{bucket}/{key}: {}", describe(&e)).into()),
+        Err(e) => Err(Error::aws(format!("GetObject s3://{bucket}/{key}"), &e)),
     }
 }
 

@@ -22,17 +22,13 @@
 //! The entries are JSON in one string attribute, at most [`MAX_ITEM_BYTES`] per item; a larger
 //! batch is filed in chunks.
 
-use std::collections::HashMap;
-
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
+use aws_sdk_dynamodb::types::AttributeValue;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tripflow_runtime::core::{ClosedTrip, TripStatus};
 
-use crate::App;
-use crate::metrics::units;
-use crate::retry::{Budget, describe, retry};
-use crate::table::{self, Item};
+use crate::retry::Budget;
+use crate::{App, Error, table};
 
 /// Keys per hour or day of each kind.
 pub const SHARDS: u32 = 4;
@@ -171,33 +167,18 @@ pub async fn file<T: Serialize>(
     batch: &str,
     entries: &[T],
     budget: &Budget,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let shard = table::spread(batch) % SHARDS;
     let expires_at = app.expires_at();
     for (sk, json) in chunks(batch, entries) {
-        let mut item: Item = HashMap::from([
-            (
-                table::PK.to_owned(),
-                AttributeValue::S(pk(kind, &bucket, shard)),
-            ),
-            (table::SK.to_owned(), AttributeValue::S(sk)),
-            (ENTRIES.to_owned(), AttributeValue::S(json)),
-        ]);
-        if let Some(t) = expires_at {
-            item.insert(table::EXPIRES_AT.into(), AttributeValue::N(t.to_string()));
-        }
-        let out = retry(budget, "PutItem(manifest)", || {
-            app.ddb
-                .put_item()
-                .table_name(&app.config.table)
-                .set_item(Some(item.clone()))
-                .return_consumed_capacity(ReturnConsumedCapacity::Total)
-                .send()
-        })
-        .await
-        .map_err(|e| format!("PutItem(manifest {}): {}", kind.prefix(), describe(&e)))?;
-        app.capacity
-            .write("manifest.file", units(out.consumed_capacity()));
+        table::put_manifest(
+            app,
+            (pk(kind, &bucket, shard), sk),
+            (ENTRIES, json),
+            expires_at,
+            budget,
+        )
+        .await?;
     }
     Ok(())
 }
@@ -210,29 +191,25 @@ pub async fn read<T: DeserializeOwned>(
     kind: Kind,
     bucket: &str,
     budget: &Budget,
-) -> Result<Vec<T>, String> {
-    let pages = futures_util::future::try_join_all((0..SHARDS).map(|shard| {
-        let query = app
-            .ddb
-            .query()
-            .table_name(&app.config.table)
-            .key_condition_expression("pk = :p")
-            .expression_attribute_values(":p", AttributeValue::S(pk(kind, bucket, shard)))
-            // A mark is written after what it points at; a strongly consistent read sees it.
-            .consistent_read(true);
-        app.query_all(op, query, budget)
-    }))
+) -> Result<Vec<T>, Error> {
+    let pages = futures_util::future::try_join_all(
+        (0..SHARDS).map(|shard| table::items_under(app, op, pk(kind, bucket, shard), budget)),
+    )
     .await?;
     let mut out = Vec::new();
     for item in pages.iter().flatten() {
         let Some(AttributeValue::S(json)) = item.get(ENTRIES) else {
-            return Err(format!(
+            return Err(Error::Unreadable(format!(
                 "{op}: a {} manifest without entries",
                 kind.prefix()
-            ));
+            )));
         };
-        let entries: Vec<T> = serde_json::from_str(json)
-            .map_err(|e| format!("{op}: a {} manifest is not readable: {e}", kind.prefix()))?;
+        let entries: Vec<T> = serde_json::from_str(json).map_err(|e| {
+            Error::Unreadable(format!(
+                "{op}: a {} manifest is not readable: {e}",
+                kind.prefix()
+            ))
+        })?;
         out.extend(entries);
     }
     Ok(out)

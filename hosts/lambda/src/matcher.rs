@@ -24,9 +24,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use aws_lambda_events::event::dynamodb::{Event, EventRecord};
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
-use aws_sdk_dynamodb::types::AttributeValue;
 use tripflow_runtime::core::{ClosedTrip, TripEvent, TripFare, TripStatus};
-use tripflow_runtime::{CoreProvider, TripCore};
+use tripflow_runtime::{CoreError, CoreProvider, TripCore};
 
 use crate::manifest::{self, DoneEntry, Kind, OpenEntry};
 use crate::metrics::Counters;
@@ -79,12 +78,14 @@ pub fn filing<C: TripCore>(core: &mut C, trips: &[TripItem]) -> Result<Filing, E
     }
     let paired = core.pair_all(&halves)?;
     if paired.len() != both.len() {
-        return Err(format!(
-            "the core paired {} of the batch's {} trips",
-            paired.len(),
-            both.len()
-        )
-        .into());
+        return Err(Error::Core(CoreError::Trapped {
+            message: format!(
+                "the core paired {} of the batch's {} trips",
+                paired.len(),
+                both.len()
+            ),
+            stderr: String::new(),
+        }));
     }
     for (t, p) in both.into_iter().zip(paired) {
         f.settled
@@ -215,17 +216,16 @@ async fn file_all(app: &App, batch: &str, f: &Filing, budget: &Budget) -> Result
     futures_util::future::try_join_all(writes).await?;
     let hours: Vec<String> = f.open.keys().map(|h| manifest::hour_sk(*h)).collect();
     // The dirty days are the UTC dates the core says the batch's trips change.
-    let days: Vec<String> = f.dirty.iter().map(|d| table::day_pk(d)).collect();
     futures_util::future::try_join(
-        dirty::add_marks(app, manifest::SWEEP_PK, &hours, budget),
-        dirty::add_marks(app, dirty::DIRTY_PK, &days, budget),
+        table::add_marks(app, manifest::SWEEP_PK, &hours, budget),
+        dirty::mark(app, &f.dirty, budget),
     )
     .await?;
     Ok(())
 }
 
 type Filed<'a> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + Send + 'a>>;
 
 /// One [`manifest::file`] call, boxed so calls for different entry types run side by side.
 fn filed<'a, T: serde::Serialize + Sync>(
@@ -248,85 +248,16 @@ fn status_metric(s: TripStatus) -> &'static str {
 }
 
 /// The trip item an `INSERT`/`MODIFY` record carries, or `None` for anything else.
-fn trip_write(r: &EventRecord) -> Option<Result<TripItem, String>> {
+fn trip_write(r: &EventRecord) -> Option<Result<TripItem, table::ItemError>> {
     if r.event_name != "INSERT" && r.event_name != "MODIFY" {
         return None;
     }
-    let image: Item = match item_from_stream(&r.change.new_image) {
-        Ok(i) => i,
-        Err(e) => return Some(Err(e)),
-    };
+    // The stream's image as the SDK's item (serde_dynamo, which also reads the image).
+    let image = Item::from(r.change.new_image.clone());
     if !table::is_trip(&image) {
         return None;
     }
-    Some(table::trip_from_item(&image).map_err(|e| e.to_string()))
-}
-
-/// A stream image (DynamoDB JSON) as an SDK item.
-pub fn item_from_stream<T: serde::Serialize>(image: &T) -> Result<Item, String> {
-    let v = serde_json::to_value(image).map_err(|e| e.to_string())?;
-    let obj = v.as_object().ok_or("the image is not an object")?;
-    obj.iter()
-        .map(|(k, v)| Ok((k.clone(), attribute_from_json(v)?)))
-        .collect()
-}
-
-/// One DynamoDB-JSON attribute value (`{"S": "x"}`, `{"N": "1"}`, …) as an SDK value.
-pub fn attribute_from_json(v: &serde_json::Value) -> Result<AttributeValue, String> {
-    let obj = v
-        .as_object()
-        .filter(|o| o.len() == 1)
-        .ok_or_else(|| format!("{v} is not a DynamoDB JSON value"))?;
-    let (tag, inner) = obj.iter().next().expect("one entry");
-    let text = |x: &serde_json::Value| {
-        x.as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| format!("{tag} value {x} is not a string"))
-    };
-    let list = |x: &serde_json::Value| {
-        x.as_array()
-            .ok_or_else(|| format!("{tag} value {x} is not a list"))
-            .and_then(|a| a.iter().map(text).collect::<Result<Vec<_>, _>>())
-    };
-    use base64::Engine as _;
-    let b64 = |s: String| {
-        base64::engine::general_purpose::STANDARD
-            .decode(s)
-            .map(aws_sdk_dynamodb::primitives::Blob::new)
-            .map_err(|e| e.to_string())
-    };
-    Ok(match tag.as_str() {
-        "S" => AttributeValue::S(text(inner)?),
-        "N" => AttributeValue::N(text(inner)?),
-        "B" => AttributeValue::B(b64(text(inner)?)?),
-        "BOOL" => AttributeValue::Bool(inner.as_bool().ok_or("BOOL is not a boolean")?),
-        "NULL" => AttributeValue::Null(true),
-        "SS" => AttributeValue::Ss(list(inner)?),
-        "NS" => AttributeValue::Ns(list(inner)?),
-        "BS" => AttributeValue::Bs(
-            list(inner)?
-                .into_iter()
-                .map(b64)
-                .collect::<Result<_, _>>()?,
-        ),
-        "L" => AttributeValue::L(
-            inner
-                .as_array()
-                .ok_or("L is not a list")?
-                .iter()
-                .map(attribute_from_json)
-                .collect::<Result<_, _>>()?,
-        ),
-        "M" => AttributeValue::M(
-            inner
-                .as_object()
-                .ok_or("M is not an object")?
-                .iter()
-                .map(|(k, v)| Ok((k.clone(), attribute_from_json(v)?)))
-                .collect::<Result<_, String>>()?,
-        ),
-        other => return Err(format!("unknown DynamoDB type {other}")),
-    })
+    Some(table::trip_from_item(&image))
 }
 
 #[cfg(test)]

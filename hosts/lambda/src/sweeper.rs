@@ -20,20 +20,16 @@
 
 use std::collections::HashSet;
 
-use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, ReturnConsumedCapacity, ReturnValuesOnConditionCheckFailure,
-};
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 use tripflow_runtime::core::EventKind;
 use tripflow_runtime::{CoreProvider, TripCore};
 
 use crate::manifest::{self, Kind, OpenEntry};
-use crate::metrics::{Counters, units};
-use crate::retry::{Budget, describe, retry};
-use crate::{App, Error, dirty, table};
+use crate::metrics::Counters;
+use crate::retry::Budget;
+use crate::table::Orphaning;
+use crate::{App, Error, table};
 
 /// Orphaning writes in flight at once.
 const ORPHAN_CONCURRENCY: usize = 16;
@@ -43,14 +39,14 @@ pub const MAX_HOURS_PER_RUN: usize = 24 * 31;
 
 /// Handles one scheduled run.
 pub async fn handle(app: &App, budget: &Budget) -> Result<Value, Error> {
-    let Some(newest) = watermark(app, budget).await? else {
+    let Some(newest) = table::watermark(app, budget).await? else {
         tracing::info!("no events stored yet; nothing to sweep");
         return Ok(json!({"newest_ns": null, "orphaned": 0}));
     };
     let older_than = app.config.orphan_after_ns;
     let cut = newest.saturating_sub(older_than);
     let upto = manifest::hour_sk(table::hour_of(cut));
-    let mut marks = dirty::marks_under(app, manifest::SWEEP_PK, Some(&upto), budget).await?;
+    let mut marks = table::marks_under(app, manifest::SWEEP_PK, Some(&upto), budget).await?;
     let deferred = marks.len().saturating_sub(MAX_HOURS_PER_RUN);
     marks.truncate(MAX_HOURS_PER_RUN);
     // Unique per run: names this run's settled filings and its orphan marks.
@@ -71,7 +67,7 @@ pub async fn handle(app: &App, budget: &Budget) -> Result<Value, Error> {
             Ok((n, all_decided)) => {
                 candidates += n;
                 if all_decided {
-                    dirty::clear_mark(app, manifest::SWEEP_PK, sk, marked, budget).await?;
+                    table::clear_mark(app, manifest::SWEEP_PK, sk, marked, budget).await?;
                 }
             }
             Err(why) => {
@@ -135,7 +131,11 @@ async fn sweep_hour(
         let kind = match half.as_str() {
             "trip_start" => EventKind::Start,
             "trip_end" => EventKind::End,
-            other => return Err(format!("open entry {trip_id}: half {other:?}").into()),
+            other => {
+                return Err(Error::Unreadable(format!(
+                    "open entry {trip_id}: half {other:?}"
+                )));
+            }
         };
         decided.push((trip_id, half, *ts, kind));
     }
@@ -143,7 +143,7 @@ async fn sweep_hour(
     let decided_ref = &decided;
     let mut outcomes = futures_util::stream::iter((0..decided.len()).map(|k| {
         let (trip_id, _, _, kind) = decided_ref[k];
-        orphan(app, trip_id, kind, run_ns, budget)
+        table::orphan(app, trip_id, kind, run_ns, budget)
     }))
     .buffered(ORPHAN_CONCURRENCY);
     let mut k = 0;
@@ -151,16 +151,16 @@ async fn sweep_hour(
         let (trip_id, half, ts, _) = decided[k];
         k += 1;
         match outcome {
-            Ok(Orphan::Orphaned) => {
+            Ok(Orphaning::Orphaned) => {
                 counters.add("Orphaned", 1.0);
                 tracing::info!(trip_id = %trip_id, half, timestamp_ns = ts, "trip orphaned");
                 filed.push(trip_id.clone());
             }
-            Ok(Orphan::Before) => {
+            Ok(Orphaning::Before) => {
                 counters.add("AlreadyOrphaned", 1.0);
                 filed.push(trip_id.clone());
             }
-            Ok(Orphan::Completed) => counters.add("CompletedMeanwhile", 1.0),
+            Ok(Orphaning::Completed) => counters.add("CompletedMeanwhile", 1.0),
             Err(why) => {
                 undecided += 1;
                 counters.add("Unsettled", 1.0);
@@ -178,89 +178,4 @@ async fn sweep_hour(
     )
     .await?;
     Ok((candidates.len(), undecided == 0))
-}
-
-enum Orphan {
-    /// This run orphaned it.
-    Orphaned,
-    /// An earlier run did.
-    Before,
-    /// Its other half is stored: the matcher files it.
-    Completed,
-}
-
-async fn orphan(
-    app: &App,
-    trip_id: &str,
-    kind: EventKind,
-    run_ns: i64,
-    budget: &Budget,
-) -> Result<Orphan, String> {
-    let other = table::half(kind.other()).ts;
-    let r = retry(budget, "UpdateItem(orphan)", || {
-        app.ddb
-            .update_item()
-            .table_name(&app.config.table)
-            .set_key(Some(table::trip_key(trip_id)))
-            .update_expression(format!("SET {} = :run", table::ORPHANED_AT))
-            .condition_expression(format!(
-                "attribute_exists(pk) AND attribute_not_exists({other}) AND attribute_not_exists({})",
-                table::ORPHANED_AT
-            ))
-            .expression_attribute_values(":run", AttributeValue::N(run_ns.to_string()))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-    })
-    .await;
-    match r {
-        Ok(out) => {
-            app.capacity
-                .write("sweeper.orphan", units(out.consumed_capacity()));
-            Ok(Orphan::Orphaned)
-        }
-        Err(SdkError::ServiceError(s))
-            if matches!(s.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
-        {
-            app.capacity.failed_condition("sweeper.orphan");
-            let UpdateItemError::ConditionalCheckFailedException(c) = s.err() else {
-                unreachable!()
-            };
-            let Some(item) = c.item() else {
-                return Err(format!(
-                    "{trip_id}: filed as open but not stored (expired?)"
-                ));
-            };
-            if item.contains_key(other) {
-                Ok(Orphan::Completed)
-            } else if item.get(table::ORPHANED_AT) == Some(&AttributeValue::N(run_ns.to_string())) {
-                // This run's own write, whose response was lost.
-                Ok(Orphan::Orphaned)
-            } else {
-                Ok(Orphan::Before)
-            }
-        }
-        Err(e) => Err(format!("UpdateItem(orphan): {}", describe(&e))),
-    }
-}
-
-/// The newest event time ingest has stored.
-async fn watermark(app: &App, budget: &Budget) -> Result<Option<i64>, Error> {
-    let out = retry(budget, "GetItem(watermark)", || {
-        app.ddb
-            .get_item()
-            .table_name(&app.config.table)
-            .set_key(Some(table::watermark_key()))
-            .consistent_read(true)
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-    })
-    .await
-    .map_err(|e| format!("GetItem(watermark): {}", describe(&e)))?;
-    app.capacity
-        .read("sweeper.watermark", units(out.consumed_capacity()));
-    Ok(match out.item().and_then(|i| i.get(table::NEWEST_NS)) {
-        Some(AttributeValue::N(n)) => Some(n.parse()?),
-        _ => None,
-    })
 }

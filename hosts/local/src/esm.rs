@@ -734,36 +734,47 @@ fn stream_record_json(r: &aws_sdk_dynamodbstreams::types::Record, arn: &str) -> 
     event
 }
 
+/// A stream image as DynamoDB JSON (`{"attr": {"S": "…"}}`), as Lambda delivers it.
 fn image_json(item: &HashMap<String, StreamValue>) -> Value {
-    Value::Object(
-        item.iter()
-            .map(|(k, v)| (k.clone(), value_json(v)))
-            .collect(),
-    )
-}
-
-fn value_json(v: &StreamValue) -> Value {
-    let b64 = |b: &aws_sdk_dynamodbstreams::primitives::Blob| {
-        base64::engine::general_purpose::STANDARD.encode(b.as_ref())
-    };
-    match v {
-        StreamValue::S(s) => json!({"S": s}),
-        StreamValue::N(n) => json!({"N": n}),
-        StreamValue::B(b) => json!({"B": b64(b)}),
-        StreamValue::Bool(b) => json!({"BOOL": b}),
-        StreamValue::Null(_) => json!({"NULL": true}),
-        StreamValue::Ss(l) => json!({"SS": l}),
-        StreamValue::Ns(l) => json!({"NS": l}),
-        StreamValue::Bs(l) => json!({"BS": l.iter().map(b64).collect::<Vec<_>>()}),
-        StreamValue::L(l) => json!({"L": l.iter().map(value_json).collect::<Vec<_>>()}),
-        StreamValue::M(m) => json!({"M": image_json(m)}),
-        _ => json!({"NULL": true}),
-    }
+    serde_json::to_value(serde_dynamo::Item::from(item.clone()))
+        .expect("an item serialises as DynamoDB JSON")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_images_are_dynamodb_json() {
+        let item = HashMap::from([
+            ("s".to_owned(), StreamValue::S("x".into())),
+            ("n".to_owned(), StreamValue::N("1".into())),
+            (
+                "b".to_owned(),
+                StreamValue::B(aws_sdk_dynamodbstreams::primitives::Blob::new(
+                    b"hi".to_vec(),
+                )),
+            ),
+            ("t".to_owned(), StreamValue::Bool(true)),
+            ("z".to_owned(), StreamValue::Null(true)),
+            (
+                "l".to_owned(),
+                StreamValue::L(vec![StreamValue::S("a".into())]),
+            ),
+            (
+                "m".to_owned(),
+                StreamValue::M(HashMap::from([(
+                    "k".to_owned(),
+                    StreamValue::N("2".into()),
+                )])),
+            ),
+        ]);
+        assert_eq!(
+            image_json(&item),
+            json!({"s": {"S": "x"}, "n": {"N": "1"}, "b": {"B": "aGk="}, "t": {"BOOL": true},
+                   "z": {"NULL": true}, "l": {"L": [{"S": "a"}]}, "m": {"M": {"k": {"N": "2"}}}})
+        );
+    }
 
     #[test]
     fn settings_come_from_the_deployed_template() {

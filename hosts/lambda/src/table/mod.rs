@@ -17,12 +17,17 @@
 //! open trips into batched manifests from the table's stream, one item per batch instead of
 //! one index entry per trip.
 //!
-//! See the README's "Table design" for the access patterns and their costs.
+//! See the README's "Table design" for the access patterns and their costs. Every call to the
+//! table is in [`calls`] (re-exported here).
+
+mod calls;
 
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use tripflow_runtime::core::{EventKind, TripEvent};
+
+pub use calls::*;
 
 /// An item as the SDK carries it.
 pub type Item = HashMap<String, AttributeValue>;
