@@ -25,8 +25,8 @@ pub struct App {
     pub s3: aws_sdk_s3::Client,
     /// SQS (ingest's dead-letter queue).
     pub sqs: aws_sdk_sqs::Client,
-    /// DynamoDB capacity consumed by this process.
-    pub capacity: Capacity,
+    /// DynamoDB capacity consumed by this process (shared with the tasks that write for it).
+    pub capacity: Arc<Capacity>,
     /// Whether metrics go to stdout as EMF lines (Lambda's log pipeline); off when several
     /// functions share a process and its stdout, as locally.
     pub emit_metrics: bool,
@@ -210,7 +210,7 @@ impl App {
             ddb,
             s3,
             sqs,
-            capacity: Capacity::default(),
+            capacity: Arc::default(),
             emit_metrics: true,
             record_limit: std::sync::OnceLock::new(),
         }

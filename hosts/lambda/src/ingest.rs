@@ -28,11 +28,10 @@ use aws_lambda_events::event::kinesis::{KinesisEvent, KinesisEventRecord};
 use aws_lambda_events::event::streams::{KinesisBatchItemFailure, KinesisEventResponse};
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use base64::Engine as _;
-use futures_util::StreamExt as _;
 use serde::Serialize;
-use tripflow_runtime::core::{Clock, Decision, Reason, Span, TripEvent};
+use tripflow_runtime::core::{Clock, Decision, Reason, TripEvent};
 use tripflow_runtime::fate::{self, FirstCopy, Lines};
-use tripflow_runtime::{CoreError, CoreProvider, TripCore, parse_isolating};
+use tripflow_runtime::{CoreError, CoreProvider, TripCore, concat_records, parse_isolating};
 
 use crate::metrics::Counters;
 use crate::retry::{Budget, describe, retry};
@@ -118,20 +117,10 @@ impl Plan {
         max_record_bytes: u32,
         clock: Clock,
     ) -> Result<Plan, CoreError> {
-        // As the replay does, pass at most one byte past the contract's limit of each record:
-        // enough for the core to call it too large, and a record of any size costs the guest
-        // the same (its original bytes still go to the DLQ whole).
-        let limit = max_record_bytes as usize + 1;
-        let mut buffer = Vec::with_capacity(records.iter().map(|r| r.len().min(limit)).sum());
-        let mut spans = Vec::with_capacity(records.len());
-        for r in records {
-            let r = &r[..r.len().min(limit)];
-            spans.push(Span {
-                offset: buffer.len() as u32,
-                len: r.len() as u32,
-            });
-            buffer.extend_from_slice(r);
-        }
+        // As the replay does, pass at most one byte past the contract's limit of each record
+        // (its original bytes still go to the DLQ whole).
+        let (buffer, spans) =
+            concat_records(records.iter().copied(), max_record_bytes as usize + 1);
         let (lines, events) = Lines::from_parsed(parse_isolating(core, &buffer, &spans)?);
         let first = core.session()?.resolve(&events, &[], clock)?;
         let first_copies = first
@@ -269,7 +258,7 @@ pub async fn handle(
         .collect();
     let mut plan = Plan::new(&core, &bytes, app.record_limit()?, clock)?;
 
-    let puts = write_first_copies(app, records, &plan, budget).await;
+    let puts = write_first_copies(app, records, &plan, budget).await?;
     let settled = plan.settle(&core, &puts, clock)?;
     let fates = plan.fates;
 
@@ -511,30 +500,38 @@ async fn send_to_dlq(
     None
 }
 
-/// Writes the plan's first copies, `PUT_CONCURRENCY` at a time: one outcome per first copy,
-/// in order.
+/// Writes the plan's first copies, `PUT_CONCURRENCY` tasks at a time: one outcome per first
+/// copy, in order.
 async fn write_first_copies(
     app: &App,
     records: &[KinesisEventRecord],
     plan: &Plan,
     budget: &Budget,
-) -> Vec<PutOutcome> {
-    let expires_at = app.expires_at();
-    let writes: Vec<(&TripEvent, String)> = plan
+) -> Result<Vec<PutOutcome>, Error> {
+    let writer = table::HalfWriter::of(app);
+    let mut puts: Vec<Option<PutOutcome>> = vec![None; plan.first_copies.len()];
+    let writes: Vec<(usize, TripEvent, String)> = plan
         .first_copies
         .iter()
-        .map(|&a| {
+        .enumerate()
+        .map(|(k, &a)| {
             let (i, e) = &plan.accepted[a];
-            (e, source(&records[*i]))
+            (k, e.clone(), source(&records[*i]))
         })
         .collect();
-    let writes = &writes;
-    // By index: a future per write that borrows only what outlives the stream.
-    futures_util::stream::iter((0..writes.len()).map(|k| {
-        let (e, src) = &writes[k];
-        table::write_half(app, e, src, expires_at, budget)
-    }))
-    .buffered(PUT_CONCURRENCY)
-    .collect()
-    .await
+    for chunk in writes.chunks(PUT_CONCURRENCY) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (k, e, src) in chunk.iter().cloned() {
+            let (writer, budget) = (writer.clone(), *budget);
+            tasks.spawn(async move { (k, writer.write(&e, &src, &budget).await) });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let (k, put) = joined?;
+            puts[k] = Some(put);
+        }
+    }
+    Ok(puts
+        .into_iter()
+        .map(|p| p.expect("every write reports"))
+        .collect())
 }

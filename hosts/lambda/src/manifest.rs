@@ -7,7 +7,7 @@
 //! |----------|------------------------------|-------------------------------------------|-------------|
 //! | open     | `OPEN#<hour>#<0..3>`         | `[trip id, event type, ts]`: a first half | sweeper |
 //! | settled  | `SETTLED#<hour>#<0..3>`      | `trip id`: completed or orphaned           | sweeper     |
-//! | done     | `DONE#<UTC date>#<0..3>`     | `[trip id, start ns, fare cents, status]`: a closed trip ([`DoneEntry`]) | KPI job |
+//! | done     | `DONE#<UTC date>#<0..3>`     | a closed trip ([`DoneEntry`]): `[trip id, start ns, fare cents(, status)]` | KPI job |
 //! | sweep mark | `SWEEP` / `HOUR#<hour>`     | `marks`: the hour has open entries to sweep | sweeper    |
 //!
 //! `<hour>` is the trip item's `opened_hour` (the first stored half's hour), so the open entry
@@ -40,11 +40,11 @@ pub const MAX_ITEM_BYTES: usize = 64 * 1024;
 /// A first half waiting for its other half: trip id, which half, its instant (ns).
 pub type OpenEntry = (String, String, i64);
 /// A closed trip, filed for the KPI job as the core closed it; the KPI job hands it to the core
-/// as it is, and the core decides whether it counts. On the wire: `[trip id, start ns, fare
-/// cents or null, status]`.
-///
-/// Before contract 0.6.0 the matcher filed only the trips that count, as `[trip id, start ns,
-/// fare cents]`; such an entry reads as a completed trip, which is what it was filed as.
+/// as it is, and the core decides whether it counts. On the wire, a completed trip with a fare
+/// (nearly every trip) is `[trip id, start ns, fare cents]`, and any other is `[trip id, start
+/// ns, fare cents or null, status]`: the short form keeps a manifest's bytes, and so its write
+/// and read units, what they were before the status was filed. Entries filed before contract
+/// 0.6.0 were all of the short form.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DoneEntry {
     /// The trip's id.
@@ -70,13 +70,12 @@ impl From<&ClosedTrip> for DoneEntry {
 
 impl Serialize for DoneEntry {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        (
-            &self.trip_id,
-            self.start_ns,
-            self.fare_cents,
-            self.status.as_str(),
-        )
-            .serialize(s)
+        match (self.status, self.fare_cents) {
+            (TripStatus::Completed, Some(fare)) => {
+                (&self.trip_id, self.start_ns, fare).serialize(s)
+            }
+            (status, fare) => (&self.trip_id, self.start_ns, fare, status.as_str()).serialize(s),
+        }
     }
 }
 
@@ -86,7 +85,7 @@ impl<'de> serde::Deserialize<'de> for DoneEntry {
         #[serde(untagged)]
         enum Wire {
             Closed(String, i64, Option<i64>, String),
-            Counted(String, i64, i64),
+            Completed(String, i64, i64),
         }
         Ok(match Wire::deserialize(d)? {
             Wire::Closed(trip_id, start_ns, fare_cents, status) => DoneEntry {
@@ -97,7 +96,7 @@ impl<'de> serde::Deserialize<'de> for DoneEntry {
                     serde::de::Error::custom(format!("unknown trip status {status:?}"))
                 })?,
             },
-            Wire::Counted(trip_id, start_ns, fare) => DoneEntry {
+            Wire::Completed(trip_id, start_ns, fare) => DoneEntry {
                 trip_id,
                 start_ns,
                 fare_cents: Some(fare),

@@ -350,10 +350,12 @@ mod tests {
     }
 
     #[test]
-    fn done_entries_filed_before_0_6_read_as_completed_trips() {
+    fn done_entries_read_back_as_filed_and_completed_ones_stay_short() {
+        // The short form: what every entry filed before 0.6.0 is, and a completed trip now.
         let old: Vec<DoneEntry> = serde_json::from_str(r#"[["a",5,1250]]"#).unwrap();
         assert_eq!(old[0].status, TripStatus::Completed);
         assert_eq!(old[0].fare_cents, Some(1250));
+        assert_eq!(serde_json::to_string(&old).unwrap(), r#"[["a",5,1250]]"#);
         let new = DoneEntry {
             trip_id: "b".into(),
             start_ns: 7,

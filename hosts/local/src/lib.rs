@@ -26,8 +26,8 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use serde_json::Value;
 use tripflow_lambda::{App, Config, Function};
-use tripflow_runtime::core::{ParseOutcome, Span};
-use tripflow_runtime::{NativeCore, Runtime, TripCore};
+use tripflow_runtime::core::ParseOutcome;
+use tripflow_runtime::{NativeCore, Runtime, TripCore, concat_records};
 
 use crate::esm::{DynamoDbMapping, Invoker, KinesisMapping, OnFailure, Settings};
 pub use crate::resources::Resources;
@@ -337,15 +337,7 @@ pub async fn send(
 /// Each record's partition key: its trip id as the core reads it (`events.parse`), so both
 /// halves of a trip share a shard; a record the core rejects, by a hash of its bytes.
 pub fn partition_keys(records: &[Vec<u8>]) -> Vec<String> {
-    let mut buffer = Vec::with_capacity(records.iter().map(Vec::len).sum());
-    let mut spans = Vec::with_capacity(records.len());
-    for r in records {
-        spans.push(Span {
-            offset: buffer.len() as u32,
-            len: r.len() as u32,
-        });
-        buffer.extend_from_slice(r);
-    }
+    let (buffer, spans) = concat_records(records.iter().map(Vec::as_slice), usize::MAX);
     let outcomes = NativeCore.parse(&buffer, &spans).unwrap_or_default();
     records
         .iter()

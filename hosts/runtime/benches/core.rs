@@ -9,7 +9,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tripflow_core::generate::{GenerateOptions, generate};
-use tripflow_core::{Clock, ParseOutcome, Span, TripFare};
+use tripflow_core::{Clock, EventKind, ParseOutcome, Span, TripEvent, TripFare};
 use tripflow_runtime::{ComponentSource, CoreProvider, Limits, NativeCore, Runtime, TripCore};
 
 /// Every generated event is far in the past of this arrival time: none is skewed.
@@ -225,6 +225,46 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    group.finish();
+
+    // The matcher's core calls for one stream batch (100 records: about 100 closed trips),
+    // in a fresh session as the matcher opens one per batch: before contract 0.6.0 a `pair`
+    // and a `day-of` per trip, now one `pair-all` and one `utc-days-touched`.
+    let trips: Vec<(TripEvent, TripEvent)> = (0..100)
+        .map(|i| {
+            let half = |kind, ts: i64, fare| TripEvent {
+                trip_id: format!("trip-{i:06}"),
+                kind,
+                timestamp_ns: ts,
+                fare_cents: fare,
+                extras: String::new(),
+            };
+            let start = 1_551_398_400_000_000_000 + i * 60_000_000_000;
+            (
+                half(EventKind::Start, start, None),
+                half(EventKind::End, start + 900_000_000_000, Some(1_250 + i)),
+            )
+        })
+        .collect();
+    let mut group = c.benchmark_group("matcher-batch");
+    group.throughput(Throughput::Elements(trips.len() as u64));
+    group.bench_function("component/pair + day-of per trip", |b| {
+        b.iter(|| {
+            let mut s = runtime.session().unwrap();
+            for (start, end) in &trips {
+                let t = s.pair(start, end).unwrap();
+                black_box(s.day_of("UTC", t.start_ns).unwrap());
+            }
+        })
+    });
+    group.bench_function("component/pair-all + utc-days-touched per batch", |b| {
+        b.iter(|| {
+            let mut s = runtime.session().unwrap();
+            let paired = s.pair_all(&trips).unwrap();
+            let fares: Vec<TripFare> = paired.iter().map(|p| TripFare::from(&p.trip)).collect();
+            black_box(s.utc_days_touched(&fares).unwrap())
+        })
+    });
     group.finish();
 
     c.bench_function("session (fresh store + instance)", |b| {

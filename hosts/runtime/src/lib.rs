@@ -426,6 +426,27 @@ impl CoreProvider for Bounded<'_> {
     }
 }
 
+/// `records` one after another in one buffer, with each record's span in it: the form
+/// `events.parse` takes a batch in. A record longer than `limit` bytes is cut to its first
+/// `limit`: with `limit` one past the contract's `max-record-bytes`, the core still calls it
+/// too large, and a record of any size costs the guest the same.
+pub fn concat_records<'a>(
+    records: impl IntoIterator<Item = &'a [u8]>,
+    limit: usize,
+) -> (Vec<u8>, Vec<Span>) {
+    let mut buffer = Vec::new();
+    let mut spans = Vec::new();
+    for r in records {
+        let r = &r[..r.len().min(limit)];
+        spans.push(Span {
+            offset: buffer.len() as u32,
+            len: r.len() as u32,
+        });
+        buffer.extend_from_slice(r);
+    }
+    (buffer, spans)
+}
+
 /// What became of one record when a batch was parsed with [`parse_isolating`].
 pub type Parsed = Result<ParseOutcome, CoreError>;
 

@@ -13,7 +13,9 @@ use super::{
     EXPIRES_AT, Item, NEWEST_NS, ORPHANED_AT, PK, SK, half, store_half, stored_half, trip_key,
     watermark_key,
 };
-use crate::metrics::units;
+use std::sync::Arc;
+
+use crate::metrics::{Capacity, units};
 use crate::retry::{Budget, describe, is_transient, retry};
 use crate::{App, Error};
 
@@ -40,57 +42,77 @@ pub enum PutOutcome {
     Failed(String),
 }
 
-/// Stores `e` (the record `source`, `<shard>/<sequence number>`) as its half of its trip's item,
-/// if that half is not stored yet ([`store_half`]); a failed condition hands back the stored
-/// item, so no read is needed to learn what is stored.
-pub async fn write_half(
-    app: &App,
-    e: &TripEvent,
-    source: &str,
+/// What a write of a trip's half needs: cheap to clone and `'static`, so that the ingest's
+/// writes run as tasks of their own, side by side on the runtime's threads.
+#[derive(Clone, Debug)]
+pub struct HalfWriter {
+    ddb: aws_sdk_dynamodb::Client,
+    table: String,
+    capacity: Arc<Capacity>,
     expires_at: Option<i64>,
-    budget: &Budget,
-) -> PutOutcome {
-    let store = store_half(e, source, expires_at);
-    let r = retry(budget, "UpdateItem(half)", || {
-        app.ddb
-            .update_item()
-            .table_name(&app.config.table)
-            .set_key(Some(trip_key(&e.trip_id)))
-            .update_expression(&store.update)
-            .set_expression_attribute_values(Some(store.values.clone()))
-            .condition_expression(&store.condition)
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-    })
-    .await;
-    match r {
-        Ok(out) => {
-            app.capacity
-                .write("ingest.store", units(out.consumed_capacity()));
-            PutOutcome::Stored
+}
+
+impl HalfWriter {
+    /// The writer of `app`'s table; items it writes expire at `app.expires_at()`.
+    pub fn of(app: &App) -> HalfWriter {
+        HalfWriter {
+            ddb: app.ddb.clone(),
+            table: app.config.table.clone(),
+            capacity: Arc::clone(&app.capacity),
+            expires_at: app.expires_at(),
         }
-        Err(SdkError::ServiceError(s))
-            if matches!(s.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
-        {
-            app.capacity.failed_condition("ingest.store");
-            let UpdateItemError::ConditionalCheckFailedException(c) = s.err() else {
-                unreachable!()
-            };
-            match c.item().map(|item| stored_half(item, e.kind)) {
-                Some(Ok(Some((_, stored_src)))) if stored_src == source => PutOutcome::StoredBefore,
-                Some(Ok(Some((stored, _)))) => PutOutcome::Taken(stored),
-                Some(Ok(None)) => {
-                    PutOutcome::Failed("condition failed but the half is not stored".into())
-                }
-                Some(Err(bad)) => PutOutcome::Failed(bad.to_string()),
-                None => PutOutcome::Failed("condition failed without the stored item".into()),
+    }
+
+    /// Stores `e` (the record `source`, `<shard>/<sequence number>`) as its half of its trip's
+    /// item, if that half is not stored yet ([`store_half`]); a failed condition hands back the
+    /// stored item, so no read is needed to learn what is stored.
+    pub async fn write(&self, e: &TripEvent, source: &str, budget: &Budget) -> PutOutcome {
+        let store = store_half(e, source, self.expires_at);
+        let r = retry(budget, "UpdateItem(half)", || {
+            self.ddb
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(trip_key(&e.trip_id)))
+                .update_expression(&store.update)
+                .set_expression_attribute_values(Some(store.values.clone()))
+                .condition_expression(&store.condition)
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                )
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                .send()
+        })
+        .await;
+        match r {
+            Ok(out) => {
+                self.capacity
+                    .write("ingest.store", units(out.consumed_capacity()));
+                PutOutcome::Stored
             }
+            Err(SdkError::ServiceError(s))
+                if matches!(s.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
+            {
+                self.capacity.failed_condition("ingest.store");
+                let UpdateItemError::ConditionalCheckFailedException(c) = s.err() else {
+                    unreachable!()
+                };
+                match c.item().map(|item| stored_half(item, e.kind)) {
+                    Some(Ok(Some((_, stored_src)))) if stored_src == source => {
+                        PutOutcome::StoredBefore
+                    }
+                    Some(Ok(Some((stored, _)))) => PutOutcome::Taken(stored),
+                    Some(Ok(None)) => {
+                        PutOutcome::Failed("condition failed but the half is not stored".into())
+                    }
+                    Some(Err(bad)) => PutOutcome::Failed(bad.to_string()),
+                    None => PutOutcome::Failed("condition failed without the stored item".into()),
+                }
+            }
+            Err(err) if !is_transient(&err) && matches!(err, SdkError::ServiceError(_)) => {
+                PutOutcome::Refused(format!("DynamoDB refused the item: {}", describe(&err)))
+            }
+            Err(err) => PutOutcome::Failed(format!("UpdateItem: {}", describe(&err))),
         }
-        Err(err) if !is_transient(&err) && matches!(err, SdkError::ServiceError(_)) => {
-            PutOutcome::Refused(format!("DynamoDB refused the item: {}", describe(&err)))
-        }
-        Err(err) => PutOutcome::Failed(format!("UpdateItem: {}", describe(&err))),
     }
 }
 
