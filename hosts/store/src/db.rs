@@ -9,9 +9,9 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
-use tripflow_runtime::core::{EventKind, TripEvent};
+use tripflow_runtime::core::{DayTotals, EventKind, TripEvent};
 
 use crate::error::{DbContext, Error, IoContext};
 use crate::index::{Fingerprinter, Fp, Index, SNAPSHOT};
@@ -27,6 +27,7 @@ use crate::quarantine::QuarantineRecord;
 /// | `trips.log` | every closed trip, 64 bytes each | per batch, appended |
 /// | `tripflow.sqlite` | the logs' committed ends and counts, inputs, quarantine, orphans | per batch, a few rows |
 /// | `open.snap` | the open trips at the end of the last replay | per replay |
+/// | `closed.snap` | the closed trips' sorted index, mapped when a writer opens the store | when it has grown by an eighth |
 /// | `lock` | held by the process writing the store | — |
 pub struct StateDir {
     path: PathBuf,
@@ -196,9 +197,10 @@ impl StateDir {
     /// Saves the index's open trips, so the next writer loads them instead of reading the logs.
     pub(crate) fn save_snapshot(&mut self) -> Result<(), Error> {
         let (events, trips) = (self.committed.events_len, self.trips.count());
-        let Some(index) = &self.index else {
+        let Some(index) = &mut self.index else {
             return Ok(());
         };
+        index.save_closed(&self.path, &self.trips)?;
         if meta(&self.conn, "snap_events")? == Some(events as i64)
             && meta(&self.conn, "snap_trips")? == Some(trips as i64)
             && self.path.join(SNAPSHOT).is_file()
@@ -365,12 +367,79 @@ impl StateDir {
         Ok(all)
     }
 
-    /// Calls `f` with every closed trip, in the order they closed.
+    /// Calls `f` with the closed trips numbered `trips`, in the order they closed.
     pub(crate) fn scan_trips(
         &self,
+        trips: std::ops::Range<u64>,
         f: impl FnMut(u64, TripRecord) -> Result<(), Error>,
     ) -> Result<(), Error> {
-        self.trips.scan(0, f)
+        self.trips.scan(trips, f)
+    }
+
+    /// Closed trips this process sees committed.
+    pub(crate) fn trip_count(&self) -> u64 {
+        self.trips.count()
+    }
+
+    /// The per-day totals saved for time zone `zone` and core `core`, and the number of closed
+    /// trips they add up (trips `0..n` of `trips.log`); `None` if none are saved.
+    pub(crate) fn kpi_totals(
+        &self,
+        zone: &str,
+        core: &str,
+    ) -> Result<Option<(u64, Vec<DayTotals>)>, Error> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT trips, totals FROM kpi_totals WHERE zone = ?1 AND core = ?2",
+                params![zone, core],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
+            )
+            .optional();
+        let (trips, text) = match row {
+            Ok(Some(row)) => row,
+            Ok(None) => return Ok(None),
+            // A store no KPIs were saved in yet.
+            Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("no such table") => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e).db("reading saved KPI totals"),
+        };
+        let totals = text
+            .lines()
+            .map(day_totals_from_line)
+            .collect::<Option<Vec<_>>>();
+        Ok(totals
+            .filter(|_| trips <= self.trips.count())
+            .map(|t| (trips, t)))
+    }
+
+    /// Saves `totals`, the per-day totals of closed trips `0..trips` for `zone` and `core`,
+    /// unless totals of more trips are saved already.
+    pub(crate) fn save_kpi_totals(
+        &self,
+        zone: &str,
+        core: &str,
+        trips: u64,
+        totals: &[DayTotals],
+    ) -> Result<(), Error> {
+        let text: String = totals.iter().map(day_totals_line).collect();
+        self.conn
+            .execute_batch(
+                "CREATE TABLE IF NOT EXISTS kpi_totals (
+                   zone TEXT NOT NULL, core TEXT NOT NULL, trips INTEGER NOT NULL,
+                   totals TEXT NOT NULL, PRIMARY KEY (zone, core))",
+            )
+            .db("creating the saved KPI totals")?;
+        self.conn
+            .execute(
+                "INSERT INTO kpi_totals (zone, core, trips, totals) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (zone, core) DO UPDATE SET trips = excluded.trips,
+                   totals = excluded.totals WHERE excluded.trips > kpi_totals.trips",
+                params![zone, core, trips as i64, text],
+            )
+            .db("saving KPI totals")?;
+        Ok(())
     }
 
     /// Appends event records encoded by the worker; returns the position of the first.
@@ -519,6 +588,26 @@ pub(crate) fn unmark_orphans(conn: &Connection, fps: &[Fp]) -> Result<(), Error>
             .db("clearing an orphan mark")?;
     }
     Ok(())
+}
+
+/// One day's totals as `kpi_totals` keeps them: `date count total min max`, cents.
+fn day_totals_line(t: &DayTotals) -> String {
+    format!(
+        "{} {} {} {} {}\n",
+        t.date, t.trip_count, t.total_cents, t.min_cents, t.max_cents
+    )
+}
+
+fn day_totals_from_line(line: &str) -> Option<DayTotals> {
+    let mut f = line.split(' ');
+    let t = DayTotals {
+        date: f.next()?.to_owned(),
+        trip_count: f.next()?.parse().ok()?,
+        total_cents: f.next()?.parse().ok()?,
+        min_cents: f.next()?.parse().ok()?,
+        max_cents: f.next()?.parse().ok()?,
+    };
+    f.next().is_none().then_some(t)
 }
 
 #[cfg(test)]

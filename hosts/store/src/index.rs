@@ -6,9 +6,10 @@
 //!   Only an event of a trip that is already closed (a late duplicate or conflict) reads the
 //!   disk, and that read checks the trip id itself.
 //!
-//! A trip id never seen costs two hash probes. The index is saved to `open.snap` at the end of
-//! every replay; opening a store loads the snapshot and applies the logs' tails written after it
-//! (everything, if a replay was killed before saving one).
+//! A trip id never seen costs two hash probes. The open trips are saved to `open.snap` at the end
+//! of every replay, the closed ones to `closed.snap` (see [`crate::closed`]) when they have grown;
+//! opening a store loads the one, maps the other and applies the logs' tails written after them
+//! (everything, if a replay was killed before saving them).
 //!
 //! Fingerprints are 104 bits of SipHash-1-3's 128-bit output, keyed by a random key chosen when
 //! the store is created (so no input can be crafted to collide). Two of n open trips share a
@@ -16,7 +17,7 @@
 //! trip is found by its first word and then checked against its stored trip id.
 
 use std::alloc::Layout;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 use std::ptr::NonNull;
@@ -28,6 +29,7 @@ use hashbrown::hash_table::Entry;
 use siphasher::sip128::{Hasher128, SipHasher13};
 use tripflow_runtime::core::EventKind;
 
+use crate::closed::ClosedSet;
 use crate::error::{Error, IoContext};
 use crate::log::{EventLog, TripLog};
 
@@ -200,7 +202,7 @@ impl Default for OpenSet {
 /// each time a mapped block is freed), so a replay's resident set would stay at its peak of
 /// open trips. Measured on 10M shuffled events: 338 MiB peak from the heap, see BENCHMARKS.md.
 #[derive(Clone, Copy)]
-struct Mapped;
+pub(crate) struct Mapped;
 
 const MAPPED_FROM: usize = 64 << 10;
 
@@ -352,116 +354,6 @@ impl OpenSet {
     }
 }
 
-/// A vector in [`Mapped`] memory.
-type MappedVec<T> = allocator_api2::vec::Vec<T, Mapped>;
-
-/// Closed trips: first fingerprint word → trip number. Most are in one sorted array with a
-/// directory on the top bits of the key (a lookup reads one or two cache lines of it); the
-/// newest in a small map, merged into the array when it reaches an eighth of it. 16 bytes a
-/// trip, and growing never copies the array.
-pub(crate) struct ClosedSet {
-    /// Sorted by key; keys may repeat.
-    sorted: MappedVec<(u64, u64)>,
-    /// `sorted[dir[b]..dir[b + 1]]` holds the keys whose top `bits` bits are `b`.
-    dir: MappedVec<u32>,
-    bits: u32,
-    recent: hashbrown::HashMap<u64, u64, BuildHasherDefault<Identity>, Mapped>,
-    /// Recent trips whose key another recent trip has.
-    recent_shared: Vec<(u64, u64)>,
-}
-
-impl Default for ClosedSet {
-    fn default() -> Self {
-        ClosedSet {
-            sorted: MappedVec::new_in(Mapped),
-            dir: MappedVec::new_in(Mapped),
-            bits: 0,
-            recent: hashbrown::HashMap::with_hasher_in(Default::default(), Mapped),
-            recent_shared: Vec::new(),
-        }
-    }
-}
-
-impl ClosedSet {
-    /// Trip numbers that may be the closed trip of key `lo`.
-    pub fn candidates(&self, lo: u64) -> impl Iterator<Item = u64> + '_ {
-        let range = if self.sorted.is_empty() {
-            0..0
-        } else {
-            let b = (lo >> (64 - self.bits)) as usize;
-            self.dir[b] as usize..self.dir[b + 1] as usize
-        };
-        let sorted = self.sorted[range]
-            .iter()
-            .filter(move |(k, _)| *k == lo)
-            .map(|(_, n)| *n);
-        self.recent
-            .get(&lo)
-            .copied()
-            .into_iter()
-            .chain(sorted)
-            .chain(
-                self.recent_shared
-                    .iter()
-                    .filter(move |(k, _)| *k == lo)
-                    .map(|(_, n)| *n),
-            )
-    }
-
-    pub fn insert(&mut self, lo: u64, trip: u64) {
-        match self.recent.get(&lo) {
-            Some(&other) if other != trip => self.recent_shared.push((lo, trip)),
-            Some(_) => {}
-            None => {
-                self.recent.insert(lo, trip);
-            }
-        }
-        if self.recent.len() + self.recent_shared.len() > (self.sorted.len() / 8).max(1 << 16) {
-            self.merge();
-        }
-    }
-
-    /// Moves the recent trips into the sorted array: sorted among themselves, then merged in
-    /// place from the back (the array grows by their number, nothing more).
-    fn merge(&mut self) {
-        let mut add =
-            MappedVec::with_capacity_in(self.recent.len() + self.recent_shared.len(), Mapped);
-        add.extend(self.recent.drain());
-        add.extend(self.recent_shared.drain(..));
-        add.sort_unstable();
-        self.recent.shrink_to(1 << 16);
-        let old = self.sorted.len();
-        self.sorted.reserve_exact(add.len());
-        self.sorted.resize(old + add.len(), (0, 0));
-        let (mut i, mut j, mut k) = (old, add.len(), old + add.len());
-        while j > 0 {
-            k -= 1;
-            if i > 0 && self.sorted[i - 1] > add[j - 1] {
-                i -= 1;
-                self.sorted[k] = self.sorted[i];
-            } else {
-                j -= 1;
-                self.sorted[k] = add[j];
-            }
-        }
-        // About four keys a directory entry.
-        self.bits = (usize::BITS - self.sorted.len().leading_zeros())
-            .saturating_sub(2)
-            .clamp(1, 24);
-        let buckets = 1usize << self.bits;
-        self.dir.clear();
-        self.dir.reserve_exact(buckets + 1);
-        let mut at = 0usize;
-        for b in 0..buckets {
-            while at < self.sorted.len() && ((self.sorted[at].0 >> (64 - self.bits)) as usize) < b {
-                at += 1;
-            }
-            self.dir.push(at as u32);
-        }
-        self.dir.push(self.sorted.len() as u32);
-    }
-}
-
 /// The in-memory index of a store.
 #[derive(Default)]
 pub(crate) struct Index {
@@ -500,10 +392,13 @@ impl Index {
             index.open = open;
             (events_from, trips_from) = (e, t);
         }
-        trips.scan(0, |n, t| {
-            if n < trips_from {
-                index.add_closed(Fp(t.fp), n);
-            }
+        // The closed trips: those `closed.snap` holds, mapped, then the rest up to the
+        // snapshot's end from `trips.log`.
+        if let Some(closed) = ClosedSet::open(dir, trips, trips_from)? {
+            index.closed = closed;
+        }
+        trips.scan(index.closed.merged()..trips_from, |n, t| {
+            index.add_closed(Fp(t.fp), n);
             Ok(())
         })?;
         // The logs after the snapshot, merged in the order they were written: trips.log is in
@@ -538,6 +433,11 @@ impl Index {
             )));
         }
         Ok(index)
+    }
+
+    /// Saves the closed trips to `closed.snap` in `dir`, unless it holds them already.
+    pub fn save_closed(&mut self, dir: &Path, trips: &TripLog) -> Result<(), Error> {
+        self.closed.save(dir, trips)
     }
 
     /// Saves the open trips (without orphan marks, which the store keeps) as the snapshot of
@@ -641,28 +541,6 @@ mod tests {
             (h.kind(), h.fare_cents(), h.pos()),
             (EventKind::Start, None, 17)
         );
-    }
-
-    #[test]
-    fn the_closed_set_finds_every_trip_across_merges() {
-        let mut set = ClosedSet::default();
-        let key = |n: u64| n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let n = 300_000u64;
-        for t in 0..n {
-            set.insert(key(t), t);
-        }
-        // Several merges happened, and some trips are still recent.
-        assert!(set.sorted.len() > 200_000 && !set.recent.is_empty());
-        assert!(set.sorted.windows(2).all(|w| w[0] <= w[1]));
-        for t in (0..n).step_by(7) {
-            assert_eq!(set.candidates(key(t)).collect::<Vec<_>>(), [t]);
-        }
-        assert_eq!(set.candidates(key(n)).count(), 0);
-        // A key shared by two trips (the same low word) gives both.
-        set.insert(key(3), n);
-        let mut both: Vec<u64> = set.candidates(key(3)).collect();
-        both.sort();
-        assert_eq!(both, [3, n]);
     }
 
     #[test]

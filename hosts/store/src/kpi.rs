@@ -1,7 +1,7 @@
 //! `kpi`: daily fare KPIs over every closed trip in the store, aggregated and rendered by
 //! the core.
 
-use tripflow_runtime::core::{DayKpi, DayTotals, TripFare};
+use tripflow_runtime::core::{DayKpi, TripFare};
 use tripflow_runtime::{CoreProvider, TripCore};
 
 use crate::db::StateDir;
@@ -41,6 +41,13 @@ pub struct KpiReport {
 }
 
 /// Computes the KPIs of every closed trip in `state`.
+///
+/// The per-day totals are saved in the store with the number of closed trips they add up, under
+/// the time zone and the component's sha256, so the next run only adds the trips closed since.
+/// That is exact: `trips.log` is append-only and a closed trip never changes, the totals are
+/// integer counts and sums of cents with a minimum and a maximum (their order does not matter),
+/// and a different zone or component finds no saved totals and adds up every trip. A core that
+/// is not a component (`--native`) has no sha256 and saves nothing.
 pub fn kpi<P: CoreProvider>(
     provider: &P,
     state: &StateDir,
@@ -51,14 +58,19 @@ pub fn kpi<P: CoreProvider>(
     // Check the range before the scan, so a typo costs nothing.
     core.finish(&[], opts.from.as_deref(), opts.to.as_deref())?;
 
-    let mut totals: Vec<DayTotals> = Vec::new();
+    let component = Some(provider.fingerprint()).filter(|f| is_sha256(f));
+    let end = state.trip_count();
+    let (from, mut totals) = match &component {
+        Some(sha) => state.kpi_totals(&opts.zone, sha)?.unwrap_or_default(),
+        None => (0, Vec::new()),
+    };
     let mut chunk: Vec<TripFare> = Vec::with_capacity(CHUNK);
     let mut flush = |chunk: &mut Vec<TripFare>| -> Result<(), Error> {
         totals = provider.session()?.accumulate(&opts.zone, &totals, chunk)?;
         chunk.clear();
         Ok(())
     };
-    state.scan_trips(|_, t| {
+    state.scan_trips(from..end, |_, t| {
         chunk.push(TripFare {
             status: t.status,
             start_ns: t.start_ns,
@@ -72,8 +84,20 @@ pub fn kpi<P: CoreProvider>(
     if !chunk.is_empty() {
         flush(&mut chunk)?;
     }
+    if let Some(sha) = &component
+        && end > from
+    {
+        // Saving is an optimisation: a store that cannot take it (read-only, busy) costs the
+        // next run a longer scan, and the answer is the same.
+        let _ = state.save_kpi_totals(&opts.zone, sha, end, &totals);
+    }
     let mut core = provider.session()?;
     let rows = core.finish(&totals, opts.from.as_deref(), opts.to.as_deref())?;
     let csv = core.render_csv(&rows)?;
     Ok(KpiReport { rows, csv })
+}
+
+/// Whether `s` is a sha256 in lowercase hex (what a component's fingerprint is).
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }

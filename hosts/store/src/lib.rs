@@ -7,6 +7,7 @@
 //! what to do, and perform only the I/O. The CLI and the conformance runner both use them, so
 //! a conformance pass is a statement about the CLI too.
 
+mod closed;
 mod db;
 mod error;
 mod index;

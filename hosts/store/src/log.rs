@@ -376,14 +376,14 @@ impl TripLog {
         TripRecord::decode(&r).ok_or_else(|| damaged(self.0.name, pos))
     }
 
-    /// Calls `f(number, trip)` for every committed trip from number `from`, in log order.
+    /// Calls `f(number, trip)` for the committed trips numbered `range`, in log order.
     pub fn scan(
         &self,
-        from: u64,
+        range: std::ops::Range<u64>,
         mut f: impl FnMut(u64, TripRecord) -> Result<(), Error>,
     ) -> Result<(), Error> {
-        let mut trips = self.reader(from)?;
-        while let Some((n, trip)) = trips.next()? {
+        let mut trips = self.reader(range.start)?;
+        while let Some((n, trip)) = trips.next()?.filter(|(n, _)| *n < range.end) {
             f(n, trip)?;
         }
         Ok(())
@@ -554,7 +554,7 @@ mod tests {
         assert_eq!(log.count(), 2);
         assert_eq!(log.read(0).unwrap(), t);
         let mut all = Vec::new();
-        log.scan(1, |n, t| {
+        log.scan(1..2, |n, t| {
             all.push((n, t.fare_cents));
             Ok(())
         })
