@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Reproduces BENCHMARKS.md.
-#   scripts/bench.sh replay   replay of the 2M shuffled events next to DuckDB, and of 1M
-#                             generated events with the component vs the same core linked
-#                             natively (hyperfine, same session), peak memory, criterion
+#   scripts/bench.sh replay   the replay next to DuckDB on three shapes (2M and 20M shuffled
+#                             events into an empty store; one new day onto 30 days of history),
+#                             wall time and peak memory; 1M generated events with the component
+#                             vs the same core linked natively; criterion
 #   scripts/bench.sh aws      the AWS functions on the local engines next to the seed's design,
 #                             same run, same events: DynamoDB units per trip, CPU per record,
 #                             cold start
@@ -44,24 +45,60 @@ replay() {
     /usr/bin/time -f "peak RSS $input: %M KiB, %e s" $bin replay --state "$work/state-mem" "$work/$input.ndjson" >/dev/null
   done
 
-  # DuckDB, what an analyst would pick instead, on the file: 1M trips, 2M shuffled
-  # events (gen_events.py), same run; then peak memory of a 10M-event replay.
-  local venv=target/peers-venv
-  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  # DuckDB, what an analyst would pick instead (scripts/peers/README.md), side by side with
+  # tripflow in one run on three shapes of work.
+  local venv=target/peers-venv py=target/peers-venv/bin/python
+  [ -x "$py" ] || python3 -m venv "$venv"
   "$venv/bin/pip" install -q -r scripts/peers/requirements.txt
   [ -f "$work/ev2m.ndjson" ] || python3 scripts/peers/gen_events.py 1000000 "$work/ev2m.ndjson"
-  hyperfine --runs 5 --export-markdown "$work/replay-vs-duckdb.md" \
-    --prepare "rm -rf $work/state-2m" \
-    -n "tripflow replay, 2M events, fresh state" "$bin replay --state $work/state-2m $work/ev2m.ndjson" \
+  [ -f "$work/ev20m.ndjson" ] || python3 scripts/peers/gen_events.py 10000000 "$work/ev20m.ndjson"
+
+  echo "== full, 2M events (1M trips, 30 days, shuffled): fresh state, KPIs at the end"
+  hyperfine --runs 5 --export-markdown "$work/full-2m.md" \
+    --prepare "rm -rf $work/state-2m && sync" \
+    -n "tripflow replay" "$bin replay --state $work/state-2m $work/ev2m.ndjson" \
     -n "tripflow --native replay" "$bin --native replay --state $work/state-2m $work/ev2m.ndjson" \
     -n "tripflow replay --threads 1" "$bin replay --threads 1 --state $work/state-2m $work/ev2m.ndjson" \
-    -n "duckdb, 2 threads" "$venv/bin/python scripts/peers/duckdb_kpis.py $work/ev2m.ndjson 2"
-  [ -f "$work/ev10m.ndjson" ] || python3 scripts/peers/gen_events.py 5000000 "$work/ev10m.ndjson"
-  rm -rf "$work/state-10m"
-  /usr/bin/time -f "peak RSS 10M events: %M KiB, %e s" $bin replay --state "$work/state-10m" "$work/ev10m.ndjson" >/dev/null
-  # The same store reopened: the index comes from the snapshot (KPIs, then a replay of nothing).
-  /usr/bin/time -f "reopen 10M store for writing: %M KiB, %e s" $bin replay --state "$work/state-10m" /dev/null >/dev/null
-  rm -rf "$work/state-10m"
+    -n "duckdb, 2 threads" "$py scripts/peers/duckdb_kpis.py $work/ev2m.ndjson 2"
+  echo "== full, 20M events (10M trips, 30 days, shuffled)"
+  hyperfine --runs 2 --export-markdown "$work/full-20m.md" \
+    --prepare "rm -rf $work/state-20m && sync" \
+    -n "tripflow replay" "$bin replay --state $work/state-20m $work/ev20m.ndjson" \
+    -n "tripflow --native replay" "$bin --native replay --state $work/state-20m $work/ev20m.ndjson" \
+    -n "duckdb, 2 threads" "$py scripts/peers/duckdb_kpis.py $work/ev20m.ndjson 2"
+  echo "== peak memory, full (GNU time)"
+  for n in 2m 20m; do
+    rm -rf "$work/state-$n"
+    /usr/bin/time -f "tripflow replay, $n: peak RSS %M KiB, %e s" $bin replay --state "$work/state-$n" "$work/ev$n.ndjson" >/dev/null
+    /usr/bin/time -f "duckdb, $n: peak RSS %M KiB, %e s" "$py" scripts/peers/duckdb_kpis.py "$work/ev$n.ndjson" 2 >/dev/null
+  done
+  # The same 20M store reopened by a writer: the closed trips are mapped from closed.snap.
+  /usr/bin/time -f "reopen the 20M store for writing, replay nothing: %M KiB, %e s" \
+    $bin replay --state "$work/state-20m" /dev/null >/dev/null
+  rm -rf "$work/state-20m"
+
+  echo "== incremental: 30 days loaded, one more day arrives (scripts/peers/gen_next_day.py)"
+  mkdir -p "$work/inc"
+  [ -f "$work/inc/day31.ndjson" ] ||
+    python3 scripts/peers/gen_next_day.py "$work/ev2m.ndjson" "$work/inc/history.ndjson" "$work/inc/day31.ndjson"
+  rm -rf "$work/state-hist" "$work/hist.duckdb"
+  $bin replay --state "$work/state-hist" "$work/inc/history.ndjson" >/dev/null
+  "$py" scripts/peers/duckdb_incremental.py "$work/hist.duckdb" load "$work/inc/history.ndjson" >/dev/null
+  # Each run starts from the loaded history, copied and synced (so no run flushes the copy).
+  hyperfine --runs 10 --export-markdown "$work/incremental.md" \
+    --prepare "rm -rf $work/state-inc $work/inc.duckdb && cp -r $work/state-hist $work/state-inc && cp $work/hist.duckdb $work/inc.duckdb && sync" \
+    -n "tripflow replay of the day onto the store, KPIs of all days" \
+    "$bin replay --state $work/state-inc --kpi-out $work/inc-tripflow.csv $work/inc/day31.ndjson" \
+    -n "duckdb, persistent database: insert the day, recompute the touched days" \
+    "$py scripts/peers/duckdb_incremental.py $work/inc.duckdb add $work/inc/day31.ndjson --csv $work/inc-duckdb.csv" \
+    -n "duckdb, recompute from all files" \
+    "$py scripts/peers/duckdb_kpis.py '$work/inc/*.ndjson' 2"
+  cmp "$work/inc-tripflow.csv" "$work/inc-duckdb.csv" && echo "incremental: tripflow's KPI CSV == DuckDB's"
+  # Where the new day's time goes: the replay alone, then kpi with the saved totals.
+  rm -rf "$work/state-inc" && cp -r "$work/state-hist" "$work/state-inc" && sync
+  /usr/bin/time -f "the day's replay: %e s, %U s user, %S s system, peak RSS %M KiB" \
+    $bin replay --state "$work/state-inc" "$work/inc/day31.ndjson" >/dev/null
+  /usr/bin/time -f "kpi after it: %e s, peak RSS %M KiB" $bin kpi --state "$work/state-inc" >/dev/null
 
   cargo bench --locked -p tripflow-runtime --bench core
 }
