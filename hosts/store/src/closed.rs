@@ -4,8 +4,8 @@
 //! again (a late duplicate or a conflict). So a writer that reopens a large store must not pay
 //! for reading them all: `closed.snap` holds the sorted array and its directory exactly as they
 //! are in memory, and opening maps it read-only. A lookup then reads the pages it touches and no
-//! others, and the trips closed after the file was written (at most an eighth of them, see
-//! [`ClosedSet::insert`]) are read from `trips.log`'s tail.
+//! others, and the trips closed after the file was written (at most a sixteenth of them, see
+//! [`ClosedSet::save`]) are read from `trips.log`'s tail.
 
 use std::hash::BuildHasherDefault;
 use std::io::{BufWriter, Write};
@@ -172,7 +172,14 @@ impl ClosedSet {
 
     /// Writes the sorted array to `closed.snap` in `dir` (beside, synced, then renamed over),
     /// unless the file already holds it. `trips` is the log the array's trips are in.
+    ///
+    /// The recent trips are merged first when they are more than a sixteenth of the array, so
+    /// the next writer reads at most that much of `trips.log`'s tail (4 MB for a million trips),
+    /// and a store that grows by a few percent a day rewrites the file every few days.
     pub fn save(&mut self, dir: &Path, trips: &TripLog) -> Result<(), Error> {
+        if self.recent.len() + self.recent_shared.len() > (self.sorted().len() / 16).max(1 << 12) {
+            self.merge();
+        }
         let n = self.sorted().len() as u64;
         if self.saved || n == 0 {
             return Ok(());
