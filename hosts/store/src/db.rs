@@ -27,7 +27,7 @@ use crate::quarantine::QuarantineRecord;
 /// | `trips.log` | every closed trip, 64 bytes each | per batch, appended |
 /// | `tripflow.sqlite` | the logs' committed ends and counts, inputs, quarantine, orphans | per batch, a few rows |
 /// | `open.snap` | the open trips at the end of the last replay | per replay |
-/// | `closed.snap` | the closed trips' sorted index, mapped when a writer opens the store | when it has grown by an eighth |
+/// | `closed.snap` | the closed trips' sorted index, mapped when a writer opens the store | when the trips closed since are more than a quarter of it |
 /// | `lock` | held by the process writing the store | — |
 pub struct StateDir {
     path: PathBuf,

@@ -175,7 +175,7 @@ fn a_new_day_onto_a_large_store_maps_its_closed_trips_and_adds_to_its_saved_kpis
         summary.duplicates >= 500,
         "history's events come back as duplicates"
     );
-    // The file was mapped and still holds the array (the day added less than a sixteenth to
+    // The file was mapped and still holds the array (the day added less than a quarter to
     // it): not rewritten. A set rebuilt from trips.log would have been saved anew.
     assert_eq!(inode(), saved);
     // The saved UTC totals plus the day's trips, and a zone never asked for, from scratch.
