@@ -45,10 +45,23 @@ def main(src: str, history_out: str, day_out: str) -> None:
     for i in range(NEW_TRIPS):
         start = DAY + datetime.timedelta(seconds=rng.randrange(86_400))
         end = start + datetime.timedelta(seconds=rng.randint(60, 3600))
-        day.append(json.dumps({"trip_id": f"d31-{i}", "event_type": "trip_start", "timestamp": stamp(start)}))
+        day.append(
+            json.dumps(
+                {"trip_id": f"d31-{i}", "event_type": "trip_start", "timestamp": stamp(start)}
+            )
+        )
         if end < NEXT:
             fare = round(rng.uniform(3, 80), 2)
-            day.append(json.dumps({"trip_id": f"d31-{i}", "event_type": "trip_end", "timestamp": stamp(end), "fare": fare}))
+            day.append(
+                json.dumps(
+                    {
+                        "trip_id": f"d31-{i}",
+                        "event_type": "trip_end",
+                        "timestamp": stamp(end),
+                        "fare": fare,
+                    }
+                )
+            )
     day += rng.sample(day, len(day) // 500)
     # A producer's retries around the cut: redelivered events of the last hours.
     day += rng.sample([e for e in history if json.loads(e)["timestamp"] >= LATE], 100)
