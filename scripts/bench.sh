@@ -3,7 +3,8 @@
 #   scripts/bench.sh replay   the replay next to DuckDB on three shapes (2M and 20M shuffled
 #                             events into an empty store; one new day onto 30 days of history),
 #                             wall time and peak memory; 1M generated events with the component
-#                             vs the same core linked natively; criterion
+#                             vs the same core linked natively; criterion. Needs ~7 GB free
+#                             under target/bench (the 20M file is 1.9 GB, its store 3.5 GB)
 #   scripts/bench.sh aws      the AWS functions on the local engines next to the seed's design,
 #                             same run, same events: DynamoDB units per trip, CPU per record,
 #                             cold start
