@@ -26,6 +26,13 @@ fn replay(state: &mut StateDir, files: &[&Path], threads: usize) -> tripflow_sto
     tripflow_store::replay(&NativeCore, state, &inputs, &opts, None, &()).unwrap()
 }
 
+/// The events `opts` generates, as NDJSON text.
+fn generated(opts: GenerateOptions) -> String {
+    let mut events = Vec::new();
+    generate(&opts, &mut events).unwrap();
+    String::from_utf8(events).unwrap()
+}
+
 /// What must match: the counts, every stored event, and the KPI bytes.
 fn fingerprint(state: &StateDir) -> (StoreTotals, Vec<tripflow_runtime::core::TripEvent>, String) {
     let csv = tripflow_store::kpi(&NativeCore, state, &KpiOptions::default())
@@ -38,16 +45,13 @@ fn fingerprint(state: &StateDir) -> (StoreTotals, Vec<tripflow_runtime::core::Tr
 fn a_store_resumes_alike_from_its_snapshot_from_its_logs_and_in_one_go() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mut events = Vec::new();
-    let opts = GenerateOptions {
+    let text = generated(GenerateOptions {
         trips: 3_000,
         seed: 11,
         duplicates: 0.05,
         shuffle: true,
         poison: 0.01,
-    };
-    generate(&opts, &mut events).unwrap();
-    let text = String::from_utf8(events).unwrap();
+    });
     let lines: Vec<&str> = text.lines().collect();
     let (first, second) = (d.join("first.ndjson"), d.join("second.ndjson"));
     let half = lines.len() / 2;
@@ -117,16 +121,13 @@ impl tripflow_runtime::CoreProvider for Named {
 fn a_new_day_onto_a_large_store_maps_its_closed_trips_and_adds_to_its_saved_kpis() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mut events = Vec::new();
-    let opts = GenerateOptions {
+    let text = generated(GenerateOptions {
         trips: 80_000,
         seed: 5,
         duplicates: 0.01,
         shuffle: false,
         poison: 0.001,
-    };
-    generate(&opts, &mut events).unwrap();
-    let text = String::from_utf8(events).unwrap();
+    });
     let lines: Vec<&str> = text.lines().collect();
     let (history, day) = (d.join("history.ndjson"), d.join("day.ndjson"));
     let cut = lines.len() * 97 / 100;
