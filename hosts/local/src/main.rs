@@ -35,15 +35,8 @@ enum Command {
     /// runs as its schedule runs it in AWS (yesterday, today and every day changed since the
     /// last run), or over --from..--to when given.
     Up {
-        /// KPI time zone (IANA).
-        #[arg(long, default_value = "UTC")]
-        timezone: String,
-        /// First KPI day (YYYY-MM-DD) for the runs after each burst of events.
-        #[arg(long, requires = "to")]
-        from: Option<String>,
-        /// Last KPI day (YYYY-MM-DD).
-        #[arg(long, requires = "from")]
-        to: Option<String>,
+        #[command(flatten)]
+        days: KpiDays,
     },
     /// Put NDJSON events on a Kinesis stream (endpoint and credentials from the standard AWS
     /// environment, e.g. what `up` prints).
@@ -120,18 +113,36 @@ enum Command {
     },
 }
 
-// What `tripflow-local run` takes (the subcommand's help is the variant's doc comment).
+/// The KPI days `up` and `run` compute: the zone, and a manual range or the schedule's window.
 #[derive(clap::Args, Debug)]
-struct RunArgs {
+struct KpiDays {
     /// KPI time zone (IANA).
     #[arg(long, default_value = "UTC")]
     timezone: String,
-    /// First KPI day (YYYY-MM-DD) of a manual KPI run instead of the scheduled one.
+    /// First KPI day (YYYY-MM-DD) of the KPI runs, instead of the days the schedule picks.
     #[arg(long, requires = "to")]
     from: Option<String>,
     /// Last KPI day (YYYY-MM-DD).
     #[arg(long, requires = "from")]
     to: Option<String>,
+}
+
+impl KpiDays {
+    /// The KPI job's input: the manual range, or what its schedule sends (an EventBridge
+    /// Scheduler event has no dates: yesterday, today and every dirty day).
+    fn payload(&self) -> serde_json::Value {
+        match (&self.from, &self.to) {
+            (Some(from), Some(to)) => json!({"from": from, "to": to}),
+            _ => json!({}),
+        }
+    }
+}
+
+// What `tripflow-local run` takes (the subcommand's help is the variant's doc comment).
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    days: KpiDays,
     /// Shuffle the records with this seed.
     #[arg(long)]
     shuffle_seed: Option<u64>,
@@ -178,7 +189,7 @@ async fn main() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let tools = cli.tools.unwrap_or_else(stack::tools_dir);
     match cli.command {
-        Command::Up { timezone, from, to } => up(&tools, &timezone, from, to).await,
+        Command::Up { days } => up(&tools, &days).await,
         Command::Send {
             stream,
             shuffle_seed,
@@ -208,12 +219,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// `up`: the stack and the pipeline, polling until Ctrl-C; a KPI run after each busy spell.
-async fn up(
-    tools: &std::path::Path,
-    timezone: &str,
-    from: Option<String>,
-    to: Option<String>,
-) -> anyhow::Result<()> {
+async fn up(tools: &std::path::Path, days: &KpiDays) -> anyhow::Result<()> {
     // The functions' JSON logs (one line per batch) on stderr.
     tripflow_lambda::init_tracing();
     let stack = LocalStack::start(tools).await?;
@@ -224,7 +230,7 @@ async fn up(
         Limits::default(),
         None,
     )?);
-    let env = tripflow_local::function_env(&r, timezone, "24h");
+    let env = tripflow_local::function_env(&r, &days.timezone, "24h");
     let mut pipeline = Pipeline::new(&stack, &r, InProcess::new(&stack, core, &env).await?).await;
     println!("# local AWS stack is up; in another shell:");
     for (k, v) in stack.env() {
@@ -247,7 +253,7 @@ async fn up(
                     continue;
                 }
                 if busy {
-                    let out = pipeline.invoke(Function::Kpi, kpi_payload(from.as_deref(), to.as_deref())).await?;
+                    let out = pipeline.invoke(Function::Kpi, days.payload()).await?;
                     eprintln!("KPIs written: s3://{}/{} ({} days)", r.bucket, out["combined_key"].as_str().unwrap_or("?"), out["days"]);
                 }
                 busy = false;
@@ -311,9 +317,7 @@ async fn redrive(queue_url: &str, stream: &str) -> anyhow::Result<()> {
 /// `run`: a file through the whole pipeline on the local stack; prints the combined CSV.
 async fn run_file(tools: &std::path::Path, args: RunArgs) -> anyhow::Result<()> {
     let RunArgs {
-        timezone,
-        from,
-        to,
+        days,
         shuffle_seed,
         duplicate_every,
         bootstrap,
@@ -325,7 +329,7 @@ async fn run_file(tools: &std::path::Path, args: RunArgs) -> anyhow::Result<()> 
         file,
     } = args;
     let kpi = if via_step_functions {
-        let mut input = kpi_payload(from.as_deref(), to.as_deref());
+        let mut input = days.payload();
         if let Some(n) = chunk_days {
             input["chunk_days"] = json!(n);
         }
@@ -334,7 +338,7 @@ async fn run_file(tools: &std::path::Path, args: RunArgs) -> anyhow::Result<()> 
         }
         Kpi::StateMachine(input)
     } else {
-        Kpi::Invoke(kpi_payload(from.as_deref(), to.as_deref()))
+        Kpi::Invoke(days.payload())
     };
     let text = read(&file)?;
     let records = tripflow_local::shuffle_with_duplicates(
@@ -349,7 +353,7 @@ async fn run_file(tools: &std::path::Path, args: RunArgs) -> anyhow::Result<()> 
     };
     let sdk = stack.sdk_config().await;
     let r = resources::create(&sdk, &stack, 2).await?;
-    let env = tripflow_local::function_env(&r, &timezone, "24h");
+    let env = tripflow_local::function_env(&r, &days.timezone, "24h");
     tripflow_local::send(&stack.kinesis_client(&sdk), &r.stream, &records).await?;
     let csv = match bootstrap {
         Some(b) => {
@@ -559,15 +563,6 @@ async fn run_pipeline<I: Invoker + 'static>(
     )
     .await?;
     Ok(String::from_utf8(body)?)
-}
-
-/// The KPI job's input: a manual range, or what its schedule sends (an EventBridge Scheduler
-/// event has no dates: yesterday, today and every dirty day).
-fn kpi_payload(from: Option<&str>, to: Option<&str>) -> serde_json::Value {
-    match (from, to) {
-        (Some(from), Some(to)) => json!({"from": from, "to": to}),
-        _ => json!({}),
-    }
 }
 
 fn parse_faults(s: &str) -> Result<FaultSpec, String> {
