@@ -1,4 +1,4 @@
-//! The tripflow core as a WASI component: only the `tripflow:core@0.6.0` export glue.
+//! The tripflow core as a WASI component: only the `tripflow:core@0.7.0` export glue.
 //!
 //! Every function converts the WIT types to `tripflow_core`'s, calls the library and converts
 //! the answer back; there is no logic here to test on its own.
@@ -50,6 +50,11 @@ impl events::Guest for Component {
                 core::ParseOutcome::Blank => ParseOutcome::Blank,
             })
             .collect()
+    }
+
+    fn render(events: Vec<TripEvent>) -> String {
+        let events: Vec<core::TripEvent> = events.into_iter().map(event_in).collect();
+        core::render_records(&events)
     }
 }
 

@@ -10,8 +10,8 @@ use std::fmt;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::money::{parse_fare, shorten, shorten_raw};
-use crate::time::{parse_rfc3339, secs_to_nanos};
+use crate::money::{parse_fare, push_cents, shorten, shorten_raw};
+use crate::time::{format_rfc3339_utc, parse_rfc3339, secs_to_nanos};
 use crate::types::{EventKind, MAX_RECORD_BYTES, ParseOutcome, Reject, Span, TripEvent};
 
 /// The longest accepted trip id, in characters.
@@ -52,6 +52,47 @@ pub(crate) fn read_batch<'a>(
 /// Parses and validates one record.
 pub fn parse_record(record: &[u8]) -> ParseOutcome {
     read_record(record).into_outcome()
+}
+
+/// Appends `event` as the record the core reads back as exactly `event`, and a line feed: the
+/// one spelling of a stored event (since 0.7.0), used to turn stored events back into input
+/// (a DynamoDB export of the pipeline's table, for one). Fields in the order `trip_id`,
+/// `event_type`, `timestamp` (RFC 3339 in UTC, with a fraction only when there is one),
+/// `fare` (a JSON number with two decimals, when there is one), then the extras as they are
+/// stored (canonical, keys sorted).
+pub fn render_record(out: &mut String, event: &TripEvent) {
+    out.push_str("{\"trip_id\":");
+    push_json_string(out, &event.trip_id);
+    out.push_str(",\"event_type\":\"");
+    out.push_str(event.kind.as_str());
+    out.push_str("\",\"timestamp\":\"");
+    out.push_str(&format_rfc3339_utc(event.timestamp_ns));
+    out.push('"');
+    if let Some(cents) = event.fare_cents {
+        out.push_str(",\"fare\":");
+        push_cents(out, cents);
+    }
+    // Stored extras are a canonical object: `{}` around `"key":value` pairs.
+    let inner = event
+        .extras
+        .strip_prefix('{')
+        .and_then(|e| e.strip_suffix('}'))
+        .unwrap_or("");
+    if !inner.is_empty() {
+        out.push(',');
+        out.push_str(inner);
+    }
+    out.push_str("}\n");
+}
+
+/// [`render_record`] of every event, in order: NDJSON that [`parse_batch`] reads back as the
+/// same events.
+pub fn render_records(events: &[TripEvent]) -> String {
+    let mut out = String::with_capacity(events.len() * 160);
+    for e in events {
+        render_record(&mut out, e);
+    }
+    out
 }
 
 /// What one record is, as [`ParseOutcome`], with the event's trip id borrowed from the record
@@ -660,6 +701,40 @@ mod canonical_form {
             let mut out = String::new();
             push_minified(&mut out, &json);
             prop_assert_eq!(out, minified_by_chars(&json));
+        }
+
+        /// Any record the core accepts, rendered back, parses as the same event: what a
+        /// stored event turned back into input must be.
+        #[test]
+        fn rendered_records_parse_as_themselves(
+            id in "[a-zA-Z0-9#\"\\\\ é-]{1,12}",
+            start in any::<bool>(),
+            ts in -9_000_000_000_000_000_000i64..9_000_000_000_000_000_000,
+            whole_seconds in any::<bool>(),
+            fare in proptest::option::of(0i64..100_000_000),
+            extras in proptest::collection::vec(("x_[a-z]{1,4}", value()), 0..4),
+        ) {
+            let ts = if whole_seconds { ts - ts.rem_euclid(1_000_000_000) } else { ts };
+            let mut record = format!(
+                r#"{{"event_type":"{}","timestamp":"{}","trip_id":{}"#,
+                if start { "trip_start" } else { "trip_end" },
+                format_rfc3339_utc(ts),
+                serde_json::to_string(&id).unwrap(),
+            );
+            if let Some(f) = fare {
+                record.push_str(&format!(r#","fare":"{}""#, crate::money::format_cents(f)));
+            }
+            for (k, v) in &extras {
+                record.push_str(&format!(r#","{k}":{v}"#));
+            }
+            record.push('}');
+            let ParseOutcome::Accepted(event) = parse_record(record.as_bytes()) else {
+                // Duplicate extra keys are malformed: nothing stored to render.
+                return Ok(());
+            };
+            let rendered = render_records(std::slice::from_ref(&event));
+            prop_assert!(rendered.ends_with('\n') && rendered.matches('\n').count() == 1);
+            prop_assert_eq!(parse_record(rendered.trim_end().as_bytes()), ParseOutcome::Accepted(event));
         }
 
         #[test]

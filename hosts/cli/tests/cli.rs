@@ -292,7 +292,7 @@ fn convert_generate_and_component() {
         ],
     ));
     assert!(
-        info.contains("tripflow:core@0.6.0") && info.contains("sha256:"),
+        info.contains("tripflow:core@0.7.0") && info.contains("sha256:"),
         "{info}"
     );
     // Any build of the component can be run, precompiled or not, with the same results.

@@ -243,7 +243,7 @@ fn report_in_chromium_shows_the_csv_accounting_and_provenance() {
         .collect();
     for want in [
         ["core component sha256", sha.as_str()],
-        ["contract", "tripflow:core@0.6.0"],
+        ["contract", "tripflow:core@0.7.0"],
         ["time zone", zone],
         ["input", input],
     ] {

@@ -1,6 +1,6 @@
 //! The one crate that owns wasmtime.
 //!
-//! It runs `bindgen!` once for `tripflow:core@0.6.0`, defines the single engine configuration
+//! It runs `bindgen!` once for `tripflow:core@0.7.0`, defines the single engine configuration
 //! used by every host and by the precompiler, loads a component (`.wasm`, or a precompiled
 //! `.cwasm`), builds the [`InstancePre`](wasmtime::component::InstancePre) once, and gives every
 //! batch a fresh, bounded [`Store`]: a memory cap and an epoch deadline stop a runaway guest
@@ -12,6 +12,7 @@
 
 mod convert;
 pub mod fate;
+pub mod item;
 mod native;
 
 use std::hash::{Hash, Hasher};
@@ -94,6 +95,8 @@ pub trait TripCore {
     fn max_record_bytes(&mut self) -> Result<u32, CoreError>;
     /// See `events.parse`.
     fn parse(&mut self, buffer: &[u8], spans: &[Span]) -> Result<Vec<ParseOutcome>, CoreError>;
+    /// `events.render`: the events as NDJSON records `parse` reads back as the same events.
+    fn render(&mut self, events: &[TripEvent]) -> Result<String, CoreError>;
     /// See `matching.resolve`.
     fn resolve(
         &mut self,
@@ -548,6 +551,11 @@ impl TripCore for WasmSession {
         let spans: Vec<_> = spans.iter().map(convert::span_out).collect();
         let out = self.call(|c, s| c.tripflow_core_events().call_parse(s, buffer, &spans))?;
         Ok(out.into_iter().map(convert::parse_outcome_in).collect())
+    }
+
+    fn render(&mut self, events: &[TripEvent]) -> Result<String, CoreError> {
+        let events: Vec<_> = events.iter().map(convert::event_out).collect();
+        self.call(|c, s| c.tripflow_core_events().call_render(s, &events))
     }
 
     fn resolve(

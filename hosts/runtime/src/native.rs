@@ -40,6 +40,10 @@ impl TripCore for NativeCore {
         Ok(tripflow_core::parse_batch(buffer, spans))
     }
 
+    fn render(&mut self, events: &[TripEvent]) -> Result<String, CoreError> {
+        Ok(tripflow_core::render_records(events))
+    }
+
     fn resolve(
         &mut self,
         incoming: &[TripEvent],

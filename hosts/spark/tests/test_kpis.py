@@ -253,10 +253,10 @@ def test_bad_inputs_fail_before_any_work(spark, binary, tmp_path):
     )
     other = tmp_path / "other-contract.wasm"
     other.write_bytes(
-        wasm.read_bytes().replace(b"tripflow:core/kpi@0.6.0", b"tripflow:core/kpi@9.9.9")
+        wasm.read_bytes().replace(b"tripflow:core/kpi@0.7.0", b"tripflow:core/kpi@9.9.9")
     )
     said = fails([str(NYC)], component=str(other))
-    assert "component cannot be used" in said and "0.6.0" in said
+    assert "component cannot be used" in said and "0.7.0" in said
 
 
 def test_s3_archive_published_in_the_pipeline_layout(spark, binary, tmp_path, moto_s3):
