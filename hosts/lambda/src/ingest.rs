@@ -28,7 +28,6 @@ use aws_lambda_events::event::kinesis::{KinesisEvent, KinesisEventRecord};
 use aws_lambda_events::event::streams::{KinesisBatchItemFailure, KinesisEventResponse};
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use base64::Engine as _;
-use serde::Serialize;
 use tripflow_runtime::core::{Clock, Decision, Reason, TripEvent};
 use tripflow_runtime::fate::{self, FirstCopy, Lines};
 use tripflow_runtime::{CoreError, CoreProvider, TripCore, concat_records, parse_isolating};
@@ -40,32 +39,7 @@ use crate::{App, Error, table};
 /// Concurrent conditional writes per invocation.
 const PUT_CONCURRENCY: usize = 16;
 
-/// A rejected record as sent to the DLQ.
-#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct DlqMessage {
-    /// Reason code, as in the CLI's quarantine (`bad_fare`, `conflicting_duplicate`, …).
-    pub reason: String,
-    /// What exactly is wrong.
-    pub detail: String,
-    /// The record's original bytes, base64; empty when they were spilled to S3.
-    pub raw_base64: String,
-    /// Where the record's bytes are when its message would have been larger than
-    /// `DLQ_MAX_MESSAGE_BYTES`: `s3://<bucket>/<key>`.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub raw_s3: Option<String>,
-    /// The record's length in bytes.
-    #[serde(default)]
-    pub raw_len: u64,
-    /// The Kinesis shard.
-    pub shard_id: String,
-    /// The record's sequence number in its shard.
-    pub sequence_number: String,
-    /// The record's partition key.
-    pub partition_key: String,
-    /// For a conflicting duplicate inside one batch: the sequence number of the copy kept.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub first_sequence_number: Option<String>,
-}
+pub use tripflow_runtime::fate::DlqMessage;
 
 /// What happened to each record.
 #[derive(Clone, Debug, PartialEq)]

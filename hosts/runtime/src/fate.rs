@@ -8,6 +8,63 @@ use tripflow_core::{Decision, EventRef, ParseOutcome, Reason, TripEvent};
 
 use crate::Parsed;
 
+/// A rejected record as the AWS ingest keeps it: one message on the rejected-records queue
+/// (DLQ), its bytes inline or, when too large for a message, in S3. The audit reads a file of
+/// these (`tripflow-local rejects` writes one, with spilled bytes fetched inline).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct DlqMessage {
+    /// Reason code, as in the CLI's quarantine (`bad_fare`, `conflicting_duplicate`, …).
+    pub reason: String,
+    /// What exactly is wrong.
+    pub detail: String,
+    /// The record's original bytes, base64; empty when they were spilled to S3.
+    pub raw_base64: String,
+    /// Where the record's bytes are when its message would have been larger than
+    /// `DLQ_MAX_MESSAGE_BYTES`: `s3://<bucket>/<key>`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub raw_s3: Option<String>,
+    /// The record's length in bytes.
+    #[serde(default)]
+    pub raw_len: u64,
+    /// The Kinesis shard.
+    pub shard_id: String,
+    /// The record's sequence number in its shard.
+    pub sequence_number: String,
+    /// The record's partition key.
+    pub partition_key: String,
+    /// For a conflicting duplicate inside one batch: the sequence number of the copy kept.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub first_sequence_number: Option<String>,
+}
+
+impl DlqMessage {
+    /// The record's original bytes, when the message carries them (`raw_base64`).
+    pub fn raw(&self) -> Result<Vec<u8>, String> {
+        use base64::Engine as _;
+        if self.raw_base64.is_empty() && self.raw_len > 0 {
+            return Err(match &self.raw_s3 {
+                Some(uri) => format!(
+                    "the bytes of {}/{} were spilled to {uri}; fetch them inline with \
+                     `tripflow-local rejects`",
+                    self.shard_id, self.sequence_number
+                ),
+                None => format!(
+                    "{}/{} carries no bytes",
+                    self.shard_id, self.sequence_number
+                ),
+            });
+        }
+        base64::engine::general_purpose::STANDARD
+            .decode(&self.raw_base64)
+            .map_err(|e| {
+                format!(
+                    "{}/{}: raw_base64 is not base64 ({e})",
+                    self.shard_id, self.sequence_number
+                )
+            })
+    }
+}
+
 /// One record's parse outcome, kept between parsing and resolving.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Line {

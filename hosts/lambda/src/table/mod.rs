@@ -17,6 +17,9 @@
 //! open trips into batched manifests from the table's stream, one item per batch instead of
 //! one index entry per trip.
 //!
+//! The trip item's attributes and how a half reads back are [`tripflow_runtime::item`]'s, shared
+//! with the reader of table exports.
+//!
 //! See the README's "Table design" for the access patterns and their costs. Every call to the
 //! table is in [`calls`] (re-exported here).
 
@@ -26,64 +29,18 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use tripflow_runtime::core::{EventKind, TripEvent};
+use tripflow_runtime::item::{Attr, Attributes};
 
 pub use calls::*;
 
 /// An item as the SDK carries it.
 pub type Item = HashMap<String, AttributeValue>;
 
-/// Partition key attribute.
-pub const PK: &str = "pk";
-/// Sort key attribute.
-pub const SK: &str = "sk";
-/// Sort key of a trip item.
-pub const TRIP_SK: &str = "TRIP";
-/// The hour (UTC, whole hours since the epoch) of the first stored half's instant: where the
-/// matcher files the trip while it is open (`if_not_exists`, so the first half's write sets it).
-pub const OPENED_HOUR: &str = "opened_hour";
-/// When the sweeper orphaned the trip (epoch seconds).
-pub const ORPHANED_AT: &str = "orphaned_at";
-/// TTL attribute (epoch seconds), set when `RETENTION_DAYS` is configured.
-pub const EXPIRES_AT: &str = "expires_at";
+pub use tripflow_runtime::item::{
+    END, EXPIRES_AT, Half, OPENED_HOUR, ORPHANED_AT, PK, SK, START, TRIP_SK, half, trip_pk,
+};
 /// `META` item: newest event time seen by ingest (ns).
 pub const NEWEST_NS: &str = "newest_ns";
-
-/// The attribute names of one half of a trip item.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Half {
-    /// The event's instant, ns since the epoch (number).
-    pub ts: &'static str,
-    /// The event's fare in cents (number; absent when the event has none).
-    pub fare: &'static str,
-    /// The event's other fields as canonical JSON (string; absent when none).
-    pub extras: &'static str,
-    /// Where the event came from (`<shard id>/<sequence number>`), for tracing a record back
-    /// and for recognising a redelivery of the very record that stored it.
-    pub src: &'static str,
-}
-
-/// The start's attributes.
-pub const START: Half = Half {
-    ts: "s_ts",
-    fare: "s_fare",
-    extras: "s_extras",
-    src: "s_src",
-};
-/// The end's attributes.
-pub const END: Half = Half {
-    ts: "e_ts",
-    fare: "e_fare",
-    extras: "e_extras",
-    src: "e_src",
-};
-
-/// The attribute names of `kind`'s half.
-pub fn half(kind: EventKind) -> Half {
-    match kind {
-        EventKind::Start => START,
-        EventKind::End => END,
-    }
-}
 
 /// One hour in ns.
 pub const HOUR_NS: i64 = 3_600_000_000_000;
@@ -91,11 +48,6 @@ pub const HOUR_NS: i64 = 3_600_000_000_000;
 /// The hour (whole hours since the epoch, floored) of an instant.
 pub fn hour_of(ts_ns: i64) -> i64 {
     ts_ns.div_euclid(HOUR_NS)
-}
-
-/// `TRIP#<id>`.
-pub fn trip_pk(trip_id: &str) -> String {
-    format!("TRIP#{trip_id}")
 }
 
 /// The key of a trip's item.
@@ -197,57 +149,43 @@ fn bad(item: &Item, problem: impl Into<String>) -> ItemError {
     }
 }
 
-fn string<'a>(item: &'a Item, name: &str) -> Result<Option<&'a str>, ItemError> {
-    match item.get(name) {
-        None => Ok(None),
-        Some(AttributeValue::S(s)) => Ok(Some(s)),
-        Some(other) => Err(bad(item, format!("{name} is {other:?}, not a string"))),
-    }
-}
+/// An SDK item, read through the layout.
+struct Sdk<'a>(&'a Item);
 
-fn number(item: &Item, name: &str) -> Result<Option<i64>, ItemError> {
-    match item.get(name) {
-        None => Ok(None),
-        Some(AttributeValue::N(n)) => n
-            .parse()
-            .map(Some)
-            .map_err(|_| bad(item, format!("{name} = {n} is not a whole number"))),
-        Some(other) => Err(bad(item, format!("{name} is {other:?}, not a number"))),
+impl Attributes for Sdk<'_> {
+    fn attr(&self, name: &str) -> Option<Attr<'_>> {
+        self.0.get(name).map(|v| match v {
+            AttributeValue::S(s) => Attr::S(s),
+            AttributeValue::N(n) => Attr::N(n),
+            AttributeValue::Bool(_) => Attr::Other("BOOL"),
+            AttributeValue::L(_) => Attr::Other("L"),
+            AttributeValue::M(_) => Attr::Other("M"),
+            AttributeValue::Null(_) => Attr::Other("NULL"),
+            AttributeValue::B(_) => Attr::Other("B"),
+            _ => Attr::Other("a set"),
+        })
     }
 }
 
 /// The trip id a trip item's key names.
 pub fn trip_id(item: &Item) -> Result<String, ItemError> {
-    let pk = string(item, PK)?.ok_or_else(|| bad(item, "no pk"))?;
-    let id = pk
-        .strip_prefix("TRIP#")
-        .ok_or_else(|| bad(item, "pk is not TRIP#<id>"))?;
-    if string(item, SK)? != Some(TRIP_SK) {
-        return Err(bad(item, "sk is not TRIP"));
-    }
-    Ok(id.to_owned())
+    Sdk(item)
+        .trip_id()
+        .map(str::to_owned)
+        .map_err(|p| bad(item, p))
 }
 
 /// Whether an item is a trip item (by its key).
 pub fn is_trip(item: &Item) -> bool {
-    matches!(item.get(SK), Some(AttributeValue::S(sk)) if sk == TRIP_SK)
+    Sdk(item).is_trip()
 }
 
 /// The half of `kind` a trip item holds, with its source.
 pub fn stored_half(item: &Item, kind: EventKind) -> Result<Option<(TripEvent, String)>, ItemError> {
-    let h = half(kind);
-    let Some(ts) = number(item, h.ts)? else {
-        return Ok(None);
-    };
-    let event = TripEvent {
-        trip_id: trip_id(item)?,
-        kind,
-        timestamp_ns: ts,
-        fare_cents: number(item, h.fare)?,
-        extras: string(item, h.extras)?.unwrap_or_default().to_owned(),
-    };
-    let src = string(item, h.src)?.unwrap_or_default().to_owned();
-    Ok(Some((event, src)))
+    Sdk(item)
+        .half(kind)
+        .map(|h| h.map(|(e, src)| (e, src.to_owned())))
+        .map_err(|p| bad(item, p))
 }
 
 /// A trip item, decoded.
@@ -274,7 +212,10 @@ pub fn trip_from_item(item: &Item) -> Result<TripItem, ItemError> {
     }
     Ok(TripItem {
         trip_id: trip_id(item)?,
-        opened_hour: number(item, OPENED_HOUR)?.ok_or_else(|| bad(item, "no opened_hour"))?,
+        opened_hour: Sdk(item)
+            .number(OPENED_HOUR)
+            .map_err(|p| bad(item, p))?
+            .ok_or_else(|| bad(item, "no opened_hour"))?,
         orphaned: item.contains_key(ORPHANED_AT),
         start,
         end,
