@@ -29,6 +29,10 @@ pub enum Error {
     /// A replay's committing thread stopped (its own error is the one to report).
     #[error("the replay stopped")]
     Stopped,
+    /// An input cannot be used as it is (a table export that does not check out); the
+    /// message names the file and says what to do.
+    #[error("{0}")]
+    Input(String),
     /// Reading input or writing output failed.
     #[error("{what}")]
     Io {

@@ -19,6 +19,14 @@ pub enum InputSource {
     Stdin,
     /// A file.
     File(PathBuf),
+    /// A data file of a table export ([`crate::export`]): the replay has the core render its
+    /// trip items as event records when it comes to it, one data file in memory at a time.
+    ExportData {
+        /// The gzip data file.
+        path: PathBuf,
+        /// Its line of the export's `manifest-files.json`, which it is checked against.
+        entry: crate::export::ManifestFile,
+    },
 }
 
 /// One input named on the command line.
@@ -58,7 +66,7 @@ impl Input {
     pub fn open_raw(&self) -> Result<Box<dyn BufRead + Send>, Error> {
         match &self.source {
             InputSource::Stdin => Ok(Box::new(BufReader::with_capacity(1 << 20, io::stdin()))),
-            InputSource::File(path) => {
+            InputSource::File(path) | InputSource::ExportData { path, .. } => {
                 let file = File::open(path).io(|| {
                     format!(
                         "cannot read {}: check the path (use - for stdin)",
@@ -81,6 +89,8 @@ impl Input {
         match &self.source {
             InputSource::Stdin => None,
             InputSource::File(path) => std::fs::metadata(path).ok().map(|m| m.len()),
+            // Progress counts the rendered events, not the compressed items.
+            InputSource::ExportData { .. } => None,
         }
     }
 }

@@ -7,9 +7,12 @@
 //! what to do, and perform only the I/O. The CLI and the conformance runner both use them, so
 //! a conformance pass is a statement about the CLI too.
 
+pub mod audit;
 mod closed;
+pub mod compare;
 mod db;
 mod error;
+pub mod export;
 mod index;
 mod input;
 mod kpi;

@@ -185,12 +185,16 @@ pub fn replay<P: CoreProvider>(
                 commit_all(conn, events_file, trips_file, commits)
             })
             .io(|| "starting the committing thread".to_owned())?;
+        let render = |path: &std::path::Path, entry: &crate::export::ManifestFile| {
+            crate::export::render_data_path(provider, path, entry).map(|(ndjson, _)| ndjson)
+        };
         let mut reader = Reader {
             inputs,
             ids,
             next_input: 0,
             lines: None,
             max_record_bytes,
+            render: &render,
         };
         let run = Pipeline {
             provider,

@@ -1,12 +1,19 @@
 //! Reading the inputs, batch by batch.
 
+use std::io::{BufRead, Cursor};
+use std::path::Path;
+
 use crate::error::{Error, IoContext};
-use crate::input::{Batch, Input, LineReader};
+use crate::export::ManifestFile;
+use crate::input::{Batch, Input, InputSource, LineReader};
 
 use super::ReplayOptions;
 
 /// An open input's lines.
-pub(super) type InputLines = LineReader<Box<dyn std::io::BufRead + Send>>;
+pub(super) type InputLines = LineReader<Box<dyn BufRead + Send>>;
+
+/// Renders a table export's data file (its path, its manifest line) as event records.
+pub(super) type RenderExport<'a> = dyn Fn(&Path, &ManifestFile) -> Result<Vec<u8>, Error> + 'a;
 
 /// The inputs, read batch by batch.
 pub(super) struct Reader<'a> {
@@ -17,6 +24,8 @@ pub(super) struct Reader<'a> {
     /// The input being read: its index, its number in `events.log`, its lines.
     pub(super) lines: Option<(usize, u32, InputLines)>,
     pub(super) max_record_bytes: u32,
+    /// Renders a table export's data file as event records, through the core.
+    pub(super) render: &'a RenderExport<'a>,
 }
 
 impl Reader<'_> {
@@ -42,7 +51,13 @@ impl Reader<'_> {
                 return Ok(None);
             };
             let id = self.ids[self.next_input];
-            let lines = LineReader::new(input.open()?, self.max_record_bytes);
+            let reader: Box<dyn BufRead + Send> = match &input.source {
+                InputSource::ExportData { path, entry } => {
+                    Box::new(Cursor::new((self.render)(path, entry)?))
+                }
+                _ => input.open()?,
+            };
+            let lines = LineReader::new(reader, self.max_record_bytes);
             self.lines = Some((self.next_input, id, lines));
             self.next_input += 1;
         }
