@@ -2,6 +2,7 @@
 //! and compute exact daily fare KPIs — the offline twin of the AWS pipeline, deciding with the
 //! same component bytes.
 
+mod compare;
 mod output;
 mod partition;
 
@@ -26,9 +27,10 @@ use tripflow_store::{Input, KpiOptions, KpiReport, ReplayOptions, ReportOptions,
 #[command(name = "tripflow", version, max_term_width = 100)]
 struct Cli {
     /// Run this core component (.wasm, or .cwasm from `tripflow component --precompile`)
-    /// instead of the one built into this binary.
-    #[arg(long, global = true, value_name = "PATH")]
-    component: Option<PathBuf>,
+    /// instead of the one built into this binary. `tripflow diff` takes it twice: OLD, then
+    /// NEW.
+    #[arg(long, global = true, value_name = "PATH", action = clap::ArgAction::Append)]
+    component: Vec<PathBuf>,
 
     /// Run the core library linked into this binary instead of the component (for
     /// benchmarks and cross-checks; production hosts always run the component).
@@ -75,6 +77,53 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check published KPIs against production's own events: replay a DynamoDB export of the
+    /// pipeline's table (and the records the pipeline kept) through the component in a
+    /// temporary store, and compare the KPIs with the combined CSV the pipeline published.
+    ///
+    /// Prints "identical", or each day that differs with both rows. Exit status: 0 identical,
+    /// 1 different, 2 could not audit (a bad export, file or flag).
+    Audit {
+        /// The export's directory: the one holding manifest-summary.json, or a copy of the
+        /// export prefix with one export under AWSDynamoDB/. `tripflow-local export` writes
+        /// one from a table page by page.
+        #[arg(value_name = "EXPORT_DIR")]
+        export: PathBuf,
+        /// The combined KPI CSV the pipeline published (kpi_results/daily_trip_kpis.csv).
+        #[arg(long, value_name = "FILE.csv")]
+        published: PathBuf,
+        /// The rejected records the pipeline kept, one queue message per line (`tripflow-local
+        /// rejects` writes them, spilled bytes fetched). Each must be rejected again for the
+        /// same reason.
+        #[arg(long, value_name = "FILE")]
+        rejects: Option<PathBuf>,
+        /// Refuse an export of any other table than this one.
+        #[arg(long, value_name = "NAME")]
+        table: Option<String>,
+        #[command(flatten)]
+        days: DaysArg,
+        /// Also write the recomputed KPI CSV to this file.
+        #[arg(long, value_name = "FILE")]
+        kpi_out: Option<PathBuf>,
+    },
+    /// Replay the same events through two components and print each KPI day, trip and record
+    /// whose outcome changes, with the events behind it: what a new component would change
+    /// before it is deployed.
+    ///
+    /// `--component OLD --component NEW`, or one `--component NEW` to compare with the
+    /// component built into this binary. Exit status: 0 no change, 1 changes, 2 could not
+    /// compare.
+    Diff {
+        /// NDJSON event files (plain or gzip) and DynamoDB export directories, replayed in
+        /// order.
+        #[arg(required = true, value_name = "INPUT")]
+        inputs: Vec<String>,
+        #[command(flatten)]
+        days: DaysArg,
+        /// Show at most this many days, trips and records of each kind.
+        #[arg(long, default_value_t = 20, value_name = "N")]
+        limit: usize,
+    },
     /// Convert other formats into tripflow events (NDJSON on stdout or --out).
     #[command(subcommand)]
     Convert(Convert),
@@ -117,7 +166,9 @@ enum Command {
 // What `tripflow replay` takes (the subcommand's help is the variant's doc comment).
 #[derive(clap::Args, Debug)]
 struct ReplayArgs {
-    /// NDJSON event files (plain or gzip), replayed in order; `-` reads standard input.
+    /// NDJSON event files (plain or gzip), replayed in order; `-` reads standard input. A
+    /// directory holding a DynamoDB export of the pipeline's table is read as the events it
+    /// stores.
     #[arg(required = true, value_name = "FILE")]
     files: Vec<String>,
     #[command(flatten)]
@@ -260,9 +311,18 @@ fn probability(s: &str) -> Result<f64, String> {
 fn main() {
     keep_batch_buffers_in_the_heap();
     let cli = Cli::parse();
-    if let Err(e) = run(cli) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+    // `audit` and `diff` say "different" with 1, as diff(1) and cmp(1) do; their errors are 2.
+    let error_status = match cli.command {
+        Command::Audit { .. } | Command::Diff { .. } => 2,
+        _ => 1,
+    };
+    match run(cli) {
+        Ok(0) => {}
+        Ok(status) => std::process::exit(status),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(error_status);
+        }
     }
 }
 
@@ -285,7 +345,13 @@ fn keep_batch_buffers_in_the_heap() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_batch_buffers_in_the_heap() {}
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<i32> {
+    if cli.component.len() > 1 && !matches!(cli.command, Command::Diff { .. }) {
+        bail!(
+            "--component is given {} times; only `tripflow diff` takes two (OLD, then NEW)",
+            cli.component.len()
+        );
+    }
     match &cli.command {
         Command::Convert(Convert::NycTlc { file, prefix, out }) => {
             let input = File::open(file).with_context(|| {
@@ -302,7 +368,7 @@ fn run(cli: Cli) -> Result<()> {
                 "tripflow: converted {} rows into {} events",
                 stats.rows, stats.events
             );
-            Ok(())
+            Ok(0)
         }
         Command::Convert(Convert::Csv {
             file,
@@ -344,7 +410,7 @@ fn run(cli: Cli) -> Result<()> {
                 "tripflow: converted {} rows into {} events",
                 stats.rows, stats.events
             );
-            Ok(())
+            Ok(0)
         }
         Command::Generate {
             trips,
@@ -368,11 +434,37 @@ fn run(cli: Cli) -> Result<()> {
                 "tripflow: generated {} lines ({} duplicates, {} poison)",
                 stats.lines, stats.duplicates, stats.poison
             );
-            Ok(())
+            Ok(0)
+        }
+        Command::Diff {
+            inputs,
+            days,
+            limit,
+        } => {
+            if cli.native {
+                bail!("`tripflow diff` compares components: pass --component, not --native");
+            }
+            let (old, new) = match cli.component.as_slice() {
+                [new] => (
+                    ComponentSource::Embedded,
+                    ComponentSource::File(new.clone()),
+                ),
+                [old, new] => (
+                    ComponentSource::File(old.clone()),
+                    ComponentSource::File(new.clone()),
+                ),
+                _ => bail!(
+                    "`tripflow diff` needs the component to check: --component NEW (compared \
+                     with the built-in one), or --component OLD --component NEW"
+                ),
+            };
+            let old = Runtime::load(&old, Limits::default(), cache_dir().as_deref())?;
+            let new = Runtime::load(&new, Limits::default(), cache_dir().as_deref())?;
+            compare::diff(&old, &new, inputs, days, *limit)
         }
         _ if cli.native => dispatch(&cli, &NativeCore),
         _ => {
-            let source = match &cli.component {
+            let source = match cli.component.first() {
                 Some(path) => ComponentSource::File(path.clone()),
                 None => ComponentSource::Embedded,
             };
@@ -382,9 +474,26 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn dispatch<P: CoreProvider>(cli: &Cli, core: &P) -> Result<()> {
+fn dispatch<P: CoreProvider>(cli: &Cli, core: &P) -> Result<i32> {
     match &cli.command {
-        Command::Replay(args) => replay(core, args),
+        Command::Audit {
+            export,
+            published,
+            rejects,
+            table,
+            days,
+            kpi_out,
+        } => compare::audit(
+            core,
+            export,
+            published,
+            rejects.as_deref(),
+            table.as_deref(),
+            days,
+            kpi_out.as_deref(),
+        ),
+        Command::Diff { .. } => unreachable!("diff loads its own two components"),
+        Command::Replay(args) => replay(core, args).map(|()| 0),
         Command::Kpi { state, days, out } => {
             let state_dir = open_existing(&state.dir)?;
             let report = tripflow_store::kpi(core, &state_dir, &days.options())?;
@@ -399,11 +508,11 @@ fn dispatch<P: CoreProvider>(cli: &Cli, core: &P) -> Result<()> {
                     output::print_kpi_table(&mut io::stdout().lock(), &report.rows, &days.timezone)?
                 }
             }
-            Ok(())
+            Ok(0)
         }
         Command::Report { state, days, out } => {
             let state_dir = open_existing(&state.dir)?;
-            write_report(out, core, &state_dir, days.options())
+            write_report(out, core, &state_dir, days.options()).map(|()| 0)
         }
         Command::Sweep {
             state,
@@ -420,13 +529,13 @@ fn dispatch<P: CoreProvider>(cli: &Cli, core: &P) -> Result<()> {
             } else {
                 output::print_sweep(&mut stdout, &report)?;
             }
-            Ok(())
+            Ok(0)
         }
         Command::Component {
             precompile,
             export_wasm,
-        } => component(cli, core, precompile.as_deref(), export_wasm.as_deref()),
-        Command::Partition(stage) => partition::run(stage, core),
+        } => component(cli, core, precompile.as_deref(), export_wasm.as_deref()).map(|()| 0),
+        Command::Partition(stage) => partition::run(stage, core).map(|()| 0),
         Command::Convert(_) | Command::Generate { .. } => {
             unreachable!("handled before loading the core")
         }
@@ -448,10 +557,7 @@ fn replay<P: CoreProvider>(core: &P, args: &ReplayArgs) -> Result<()> {
         max_clock_skew,
     } = args;
     core.session()?.check_time_zone(timezone)?;
-    let inputs: Vec<Input> = files.iter().map(|f| Input::from_arg(f)).collect();
-    for input in &inputs {
-        input.open()?;
-    }
+    let inputs: Vec<Input> = compare::inputs_of(files)?;
     if *batch_lines == 0 {
         bail!("--batch-lines must be at least 1");
     }
@@ -521,7 +627,7 @@ fn component<P: CoreProvider>(
     let mut stdout = io::stdout().lock();
     writeln!(stdout, "package  {}", tripflow_runtime::WIT_PACKAGE)?;
     writeln!(stdout, "runs     {}", core.describe())?;
-    let wasm = match &cli.component {
+    let wasm = match cli.component.first() {
         Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
         None => tripflow_runtime::EMBEDDED_COMPONENT.to_vec(),
     };
@@ -595,7 +701,7 @@ fn create(path: &Path) -> Result<File> {
     })
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(path, bytes).with_context(|| {
         format!(
             "cannot write {}: check the directory exists and is writable",

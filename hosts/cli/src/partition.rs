@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use tripflow_runtime::core::Clock;
 use tripflow_runtime::{CoreProvider, TripCore};
+use tripflow_store::export;
 use tripflow_store::partition::{self, FinishOptions, Split};
 
 /// The stages (internal: the Spark host runs them; people run `scripts/tripflow-spark`).
@@ -38,10 +39,26 @@ pub enum Stage {
         /// The bucket that receives this split's rejects and counts.
         #[arg(long, default_value_t = 0, value_name = "B")]
         home: u32,
+        /// The input is a data file of a table export: its line of `manifest-files.json`
+        /// (JSON), which its bytes are checked against before the core renders its trip items
+        /// as events. The whole file is one split.
+        #[arg(long, value_name = "JSON", conflicts_with_all = ["start", "end"])]
+        export_entry: Option<String>,
         /// The input file; `-` reads standard input, which must then begin at byte
         /// max(--start − 1, 0).
         #[arg(value_name = "FILE")]
         file: String,
+    },
+    /// Read and check a table export's manifests in DIR (the data files may be elsewhere);
+    /// print one JSON line per data file: its path under the export and its manifest line.
+    ExportFiles {
+        /// Refuse an export of any other table.
+        #[arg(long, value_name = "NAME")]
+        table: Option<String>,
+        /// The directory holding the manifests (manifest-summary.json, manifest-files.json
+        /// and their .checksum files).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
     },
     /// Resolve one bucket: frames on stdin (names, events, rejects, tallies).
     Resolve {
@@ -120,6 +137,7 @@ pub fn run<P: CoreProvider>(stage: &Stage, core: &P) -> Result<()> {
             newlines_before,
             buckets,
             home,
+            export_entry,
             file,
         } => {
             if *buckets == 0 {
@@ -135,13 +153,25 @@ pub fn run<P: CoreProvider>(stage: &Stage, core: &P) -> Result<()> {
                 home: *home,
             };
             let reader = open_split(file, *start)?;
-            let reader = if *start == 0 && end.is_none() {
+            let reader: Box<dyn BufRead + Send> = if let Some(entry) = export_entry {
+                let entry: export::ManifestFile = serde_json::from_str(entry)
+                    .with_context(|| format!("--export-entry {entry:?} is not a manifest line"))?;
+                let (ndjson, _) = export::render_data_reader(core, name, reader, &entry)?;
+                Box::new(io::Cursor::new(ndjson))
+            } else if *start == 0 && end.is_none() {
                 tripflow_store::gunzip_if_compressed(reader)
                     .with_context(|| format!("reading {name}"))?
             } else {
                 reader
             };
             partition::parse_split(core, &split, reader, &mut out)?;
+        }
+        Stage::ExportFiles { table, dir } => {
+            let export = export::Export::open_manifests(dir, table.as_deref())?;
+            for f in &export.manifest.files {
+                let line = serde_json::json!({ "path": f.relative_path(), "entry": f });
+                writeln!(out, "{line}")?;
+            }
         }
         Stage::Resolve {
             timezone,
