@@ -34,6 +34,9 @@ cargo clippy -p tripflow-component --target wasm32-wasip2 --locked -- -D warning
 "$spark_venv/bin/ruff" format --check hosts/spark
 # Includes the conformance runner binary against an exported component file
 # (hosts/conformance/tests/runner.rs) and over the embedded one (tests/conformance.rs).
+# The test fixture component with a deliberately changed rule, for the tests of `tripflow diff`.
+TRIPFLOW_FIXTURE_COMPONENT="$PWD/$(scripts/build-fixture-component.sh)"
+export TRIPFLOW_FIXTURE_COMPONENT
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"

@@ -227,3 +227,37 @@ pub fn run_case<P: CoreProvider>(core: &P, case: &Path) -> Result<Actual> {
         summary: format!("{}\n", serde_json::to_string_pretty(&summary)?),
     })
 }
+
+/// The test fixture component: the core with one deliberately changed rule (a trip whose fare
+/// is over 100.00 is `invalid`), for the tests of `tripflow diff`. `$TRIPFLOW_FIXTURE_COMPONENT`
+/// when set (the test command builds it once), else built now by
+/// `scripts/build-fixture-component.sh` into its own target directory.
+pub fn changed_rule_component() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("TRIPFLOW_FIXTURE_COMPONENT") {
+        return Ok(PathBuf::from(path));
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg(repo.join("scripts/build-fixture-component.sh"))
+        .current_dir(&repo);
+    // A nested cargo must not inherit the outer build's settings.
+    for var in [
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+    ] {
+        cmd.env_remove(var);
+    }
+    let out = cmd
+        .output()
+        .context("running scripts/build-fixture-component.sh")?;
+    if !out.status.success() {
+        bail!(
+            "building the fixture component failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let path = String::from_utf8(out.stdout)?.trim().to_owned();
+    Ok(repo.join(path))
+}
