@@ -5,11 +5,12 @@
 //! [`Pipeline`] wires them to the four functions — in this process ([`InProcess`]) or as real
 //! bootstrap processes behind a local Runtime API ([`runtime_api::BootstrapInvoker`]);
 //! [`step_functions`] runs the template's KPI state machine on moto's ASL interpreter against
-//! them.
+//! them; [`export`] reads the table and the kept rejects back out for `tripflow audit`.
 
 pub mod capacity;
 pub mod cpu;
 pub mod esm;
+pub mod export;
 pub mod faults;
 pub mod redrive;
 pub mod resources;

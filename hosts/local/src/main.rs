@@ -77,6 +77,34 @@ enum Command {
         #[arg(long, default_value = "tripflow-events")]
         stream: String,
     },
+    /// Read a table page by page into the layout of a DynamoDB export to S3 (manifests and
+    /// data/*.json.gz), for `tripflow audit` and `tripflow diff`. For a real table, AWS's own
+    /// export (`aws dynamodb export-table-to-point-in-time --export-format DYNAMODB_JSON`) is
+    /// the way: a point in time, no read units. This paged read is for a small table or a local
+    /// one; it is not a snapshot, so run it while the pipeline is quiet. Uses the standard AWS
+    /// environment.
+    Export {
+        /// The pipeline's table (the template's TableName).
+        #[arg(long, default_value = "tripflow")]
+        table: String,
+        /// Scan segments read side by side.
+        #[arg(long, default_value_t = 4)]
+        segments: u32,
+        /// A new directory to write the export into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Write every record the pipeline kept instead of storing (the rejected-records queue's
+    /// messages, one per record, bytes spilled to S3 fetched inline) as NDJSON, for `tripflow
+    /// audit --rejects`. The messages stay on the queue. Uses the standard AWS environment.
+    Rejects {
+        /// URL of the rejected-records queue (the template's RejectedQueueUrl).
+        #[arg(long, value_name = "URL")]
+        queue_url: String,
+        /// Where to write them.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// Measure the ingest bootstrap's cold start: process start → first batch answered.
     ColdStart {
         /// The bootstrap binary.
@@ -197,6 +225,50 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             files,
         } => send(&stream, shuffle_seed, duplicate_every, &files).await,
         Command::Redrive { queue_url, stream } => redrive(&queue_url, &stream).await,
+        Command::Export {
+            table,
+            segments,
+            out,
+        } => {
+            let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .load()
+                .await;
+            let summary = tripflow_local::export::export_table(
+                &aws_sdk_dynamodb::Client::new(&sdk),
+                &table,
+                &out,
+                segments,
+                tripflow_local::export::ITEMS_PER_FILE,
+            )
+            .await?;
+            println!(
+                "exported {} items of {} into {}",
+                summary.item_count,
+                summary.table_arn,
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Rejects { queue_url, out } => {
+            let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .load()
+                .await;
+            let kept = tripflow_local::export::kept_rejects(
+                &aws_sdk_sqs::Client::new(&sdk),
+                &aws_sdk_s3::Client::new(&sdk),
+                &queue_url,
+            )
+            .await?;
+            let mut text = String::new();
+            for m in &kept {
+                text.push_str(&serde_json::to_string(m)?);
+                text.push('\n');
+            }
+            std::fs::write(&out, text)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!("{} rejected records into {}", kept.len(), out.display());
+            Ok(())
+        }
         Command::Run(args) => run_file(&tools, args).await,
         Command::ColdStart {
             bootstrap,

@@ -4,11 +4,12 @@
 //!
 //! Needs the engines installed by `scripts/install-local-aws.sh` (the test command runs it).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use base64::Engine as _;
 use serde_json::{Value, json};
 use tripflow_lambda::Function;
@@ -17,7 +18,10 @@ use tripflow_local::esm::{self, Invoker, Settings};
 use tripflow_local::faults::FaultSpec;
 use tripflow_local::runtime_api::BootstrapInvoker;
 use tripflow_local::{InProcess, Kills, LocalStack, Pipeline, resources, stack};
+use tripflow_runtime::core::ParseOutcome;
 use tripflow_runtime::{ComponentSource, Limits, Runtime};
+use tripflow_store::audit::AuditOptions;
+use tripflow_store::export::Export;
 use tripflow_store::{Input, InputSource, KpiOptions, ReplayOptions, ReportOptions, StateDir};
 
 mod common;
@@ -129,17 +133,16 @@ fn write_ndjson(path: &Path, records: &[Vec<u8>]) {
     .unwrap();
 }
 
-/// (reason, bytes) of every DLQ message, sorted; bytes spilled to S3 are fetched.
+/// (reason, bytes) of every DLQ message not in `seen`, sorted; bytes spilled to S3 are fetched.
 async fn dlq_records(
     stack: &LocalStack,
     r: &tripflow_local::Resources,
+    seen: &mut BTreeSet<(String, String)>,
 ) -> (Vec<(String, Vec<u8>)>, Vec<DlqMessage>) {
-    let sdk = stack.sdk_config().await;
-    let s3 = stack.s3_client(&sdk);
-    let messages = dlq(stack, r).await;
+    let messages = dlq(stack, r, seen).await;
     let mut out = Vec::new();
     for m in &messages {
-        let raw = tripflow_local::dlq_raw(&s3, m).await.unwrap();
+        let raw = m.raw().unwrap();
         assert_eq!(raw.len() as u64, m.raw_len, "{}", m.sequence_number);
         out.push((m.reason.clone(), raw));
     }
@@ -171,24 +174,27 @@ fn open_and_closed_start(lines: &[Vec<u8>]) -> (Value, Value) {
     (open, closed)
 }
 
-/// The DLQ's messages, one per rejected record. SQS delivers at least once, and a send whose
-/// answer was lost (or an invocation killed after sending) is sent again, so a consumer keeps
-/// one message per record identity (shard, sequence number); copies must be identical.
-async fn dlq(stack: &LocalStack, r: &tripflow_local::Resources) -> Vec<DlqMessage> {
+/// The DLQ's messages not in `seen` (then added to it), one per rejected record, read as
+/// `tripflow-local rejects` reads them: they stay on the queue, spilled bytes are fetched
+/// inline, and copies of one record (SQS delivers at least once, and a send whose answer was
+/// lost, or an invocation killed after sending, is sent again) are one; copies that differ are
+/// an error.
+async fn dlq(
+    stack: &LocalStack,
+    r: &tripflow_local::Resources,
+    seen: &mut BTreeSet<(String, String)>,
+) -> Vec<DlqMessage> {
     let sdk = stack.sdk_config().await;
-    let mut by_record: BTreeMap<(String, String), DlqMessage> = BTreeMap::new();
-    for body in tripflow_local::drain_queue(&stack.sqs_client(&sdk), &r.dlq_url)
-        .await
-        .unwrap()
-    {
-        let m: DlqMessage = serde_json::from_str(&body).unwrap();
-        let key = (m.shard_id.clone(), m.sequence_number.clone());
-        if let Some(earlier) = by_record.get(&key) {
-            assert_eq!(earlier, &m, "two different messages for one record");
-        }
-        by_record.insert(key, m);
-    }
-    by_record.into_values().collect()
+    tripflow_local::export::kept_rejects(
+        &stack.sqs_client(&sdk),
+        &stack.s3_client(&sdk),
+        &r.dlq_url,
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .filter(|m| seen.insert((m.shard_id.clone(), m.sequence_number.clone())))
+    .collect()
 }
 
 /// The combined KPI CSV the KPI job wrote to S3.
@@ -428,7 +434,8 @@ async fn nyc_sample_through_the_pipeline_equals_the_cli_replay() {
     assert_eq!(quiet["dirty_days"], json!([]), "{quiet}");
 
     // The DLQ holds what the CLI quarantines: same reasons, same bytes.
-    let (rejected, messages) = dlq_records(&stack, &r).await;
+    let mut seen = BTreeSet::new();
+    let (rejected, messages) = dlq_records(&stack, &r, &mut seen).await;
     assert!(!rejected.is_empty(), "the sample has negative fares");
     assert_eq!(rejected, cli1.rejected);
     assert!(
@@ -439,7 +446,7 @@ async fn nyc_sample_through_the_pipeline_equals_the_cli_replay() {
     assert!(
         messages
             .iter()
-            .any(|m| m.reason == "too_large" && m.raw_s3.is_some() && m.raw_base64.is_empty()),
+            .any(|m| m.reason == "too_large" && m.raw_s3.is_some()),
         "the 600 KB record's bytes are spilled to S3"
     );
 
@@ -473,7 +480,7 @@ async fn nyc_sample_through_the_pipeline_equals_the_cli_replay() {
         .iter()
         .filter(|rec| cli1.rejected.iter().any(|(_, raw)| raw == *rec))
         .count();
-    assert_eq!(dlq(&stack, &r).await.len(), bad_again);
+    assert_eq!(dlq(&stack, &r, &mut seen).await.len(), bad_again);
 
     // Round two: decided as the replay decides it, and the late day republished.
     tripflow_local::send(&stack.kinesis_client(&sdk), &r.stream, &round2)
@@ -484,7 +491,7 @@ async fn nyc_sample_through_the_pipeline_equals_the_cli_replay() {
     assert_eq!(combined().await, cli12.csv, "{out}");
     assert_report_is_the_clis(&stack, &r, &cli12).await;
     assert_eq!(out["report_key"], "kpi_results/daily_trip_kpis.html");
-    let (rejected2, _) = dlq_records(&stack, &r).await;
+    let (rejected2, _) = dlq_records(&stack, &r, &mut seen).await;
     assert_eq!(
         rejected2,
         [("conflicting_duplicate".to_owned(), round2[0].clone())],
@@ -504,6 +511,169 @@ async fn nyc_sample_through_the_pipeline_equals_the_cli_replay() {
         .await
         .unwrap();
     assert!(failures.is_empty(), "{failures:?}");
+
+    // Production reproduced: the table read out into an export's layout by a paged scan through
+    // the fault proxies (throttling, 5xx, resets, held requests), the kept rejects read off the
+    // queue (spilled bytes fetched), and the published KPIs audited against both.
+    let export_dir = dir.path().join("export");
+    let exported = tripflow_local::export::export_table(
+        &stack.function_dynamodb_client(&sdk),
+        &r.table,
+        &export_dir,
+        4,
+        1_000,
+    )
+    .await
+    .unwrap();
+    let kept = tripflow_local::export::kept_rejects(
+        &stack.function_sqs_client(&sdk),
+        &stack.function_s3_client(&sdk),
+        &r.dlq_url,
+    )
+    .await
+    .unwrap();
+    assert_eq!(kept.len(), seen.len(), "every kept record, once");
+    let export = Export::open(&export_dir, Some(&r.table)).unwrap();
+    assert_eq!(export.manifest.summary.item_count, exported.item_count);
+    assert!(
+        export.manifest.files.len() > 3,
+        "{:?}",
+        export.manifest.files
+    );
+    let opts = AuditOptions {
+        zone: ZONE.into(),
+        from: None,
+        to: None,
+        table: Some(r.table.clone()),
+    };
+    let published = combined().await;
+    let audit = tripflow_store::audit::audit(&*core, &export, &kept, &published, &opts).unwrap();
+    println!(
+        "audit of the exported table: {} events, {} kept records, {} days, identical: {}",
+        audit.exported_events,
+        kept.len(),
+        audit.recomputed_days,
+        audit.identical()
+    );
+    assert!(audit.identical(), "{audit:?}");
+    assert_eq!(audit.exported_events, cli12.stored);
+    assert_eq!(
+        audit.summary.store.completed + audit.summary.store.invalid + audit.summary.store.no_fare,
+        cli12.closed
+    );
+    assert_eq!(audit.summary.rejected_total(), kept.len() as u64);
+    assert_eq!(audit.recomputed_csv, cli12.csv);
+
+    // One stored fare changed behind the pipeline's back: the audit names that day only.
+    let mut changed_day = String::new();
+    if let ParseOutcome::Accepted(start) =
+        tripflow_runtime::core::parse_record(closed.to_string().as_bytes())
+    {
+        changed_day = tripflow_runtime::core::day_of(ZONE, start.timestamp_ns).unwrap();
+        stack
+            .dynamodb_client(&sdk)
+            .update_item()
+            .table_name(&r.table)
+            .set_key(Some(tripflow_lambda::table::trip_key(&start.trip_id)))
+            .update_expression("SET e_fare = e_fare + :cent")
+            .expression_attribute_values(":cent", AttributeValue::N("1".into()))
+            .send()
+            .await
+            .unwrap();
+    }
+    let tampered = dir.path().join("export-tampered");
+    tripflow_local::export::export_table(
+        &stack.dynamodb_client(&sdk),
+        &r.table,
+        &tampered,
+        2,
+        1_000,
+    )
+    .await
+    .unwrap();
+    let audit = tripflow_store::audit::audit(
+        &*core,
+        &Export::open(&tampered, None).unwrap(),
+        &kept,
+        &published,
+        &opts,
+    )
+    .unwrap();
+    assert!(!audit.identical());
+    let days: Vec<&str> = audit.days.iter().map(|d| d.date.as_str()).collect();
+    assert_eq!(days, [changed_day.as_str()]);
+    let (was, now) = (
+        audit.days[0].old.as_ref().unwrap(),
+        audit.days[0].new.as_ref().unwrap(),
+    );
+    assert_eq!(now.total_cents, was.total_cents + 1);
+
+    // The fixture with a changed rule (fares over 100.00 are invalid), diffed against the
+    // current component on the untouched export: exactly the days of such trips change.
+    let fixture = Runtime::load(
+        &ComponentSource::File(tripflow_conformance::changed_rule_component().unwrap()),
+        Limits::default(),
+        None,
+    )
+    .unwrap();
+    let kpi = KpiOptions {
+        zone: ZONE.into(),
+        ..KpiOptions::default()
+    };
+    let through = |core: &Runtime| {
+        let mut state = StateDir::temporary().unwrap();
+        tripflow_store::replay(
+            core,
+            &mut state,
+            &export.inputs(),
+            &ReplayOptions::default(),
+            None,
+            &(),
+        )
+        .unwrap();
+        let rows = tripflow_store::kpi(core, &state, &kpi).unwrap().rows;
+        (state, rows)
+    };
+    let (old_state, old_rows) = through(&core);
+    let (new_state, new_rows) = through(&fixture);
+    let diff = tripflow_store::compare::diff(
+        (&*core, &old_state, &old_rows),
+        (&fixture, &new_state, &new_rows),
+        ZONE,
+    )
+    .unwrap();
+    let mut first: HashMap<(String, bool), tripflow_runtime::core::TripEvent> = HashMap::new();
+    for rec in records.iter().chain(&round2) {
+        if let ParseOutcome::Accepted(e) = tripflow_runtime::core::parse_record(rec) {
+            first
+                .entry((
+                    e.trip_id.clone(),
+                    e.kind == tripflow_runtime::core::EventKind::End,
+                ))
+                .or_insert(e);
+        }
+    }
+    let mut expected = BTreeSet::new();
+    for ((id, is_end), end) in &first {
+        if !is_end {
+            continue;
+        }
+        if let Some(start) = first.get(&(id.clone(), false)) {
+            let fare = end.fare_cents.or(start.fare_cents);
+            if end.timestamp_ns >= start.timestamp_ns && fare.is_some_and(|f| f > 10_000) {
+                expected.insert(tripflow_runtime::core::day_of(ZONE, start.timestamp_ns).unwrap());
+            }
+        }
+    }
+    let changed: BTreeSet<String> = diff.days.iter().map(|d| d.date.clone()).collect();
+    assert!(!expected.is_empty());
+    assert_eq!(changed, expected);
+    assert!(diff.records.is_empty());
+    assert!(
+        diff.trips
+            .iter()
+            .all(|t| !t.events.is_empty() && !t.days.is_empty())
+    );
 
     // The faults were real, of every kind.
     let kills = pipeline.invoker.kills().unwrap();
@@ -594,7 +764,7 @@ async fn bootstrap_binary_runs_through_the_runtime_api() {
         "date,trip_count,total_fare,average_fare,min_fare,max_fare\n2019-03-01,2,19.75,9.88,7.25,12.50\n"
     );
     let reasons: BTreeMap<String, usize> =
-        dlq(&stack, &r)
+        dlq(&stack, &r, &mut BTreeSet::new())
             .await
             .iter()
             .fold(BTreeMap::new(), |mut m, d| {
@@ -685,7 +855,7 @@ async fn a_batch_given_up_on_is_redriven_from_the_stream() {
         csv,
         "date,trip_count,total_fare,average_fare,min_fare,max_fare\n2019-03-01,2,19.75,9.88,7.25,12.50\n"
     );
-    let (rejected, _) = dlq_records(&stack, &r).await;
+    let (rejected, _) = dlq_records(&stack, &r, &mut BTreeSet::new()).await;
     assert_eq!(rejected, [("bad_fare".to_owned(), records[4].clone())]);
     assert_eq!(event_items(&stack, &r.table).await, 4);
     let left = tripflow_local::drain_queue(&stack.sqs_client(&sdk), &r.on_failure_url)
