@@ -42,7 +42,7 @@ pub enum Stage {
         /// The input is a data file of a table export: its line of `manifest-files.json`
         /// (JSON), which its bytes are checked against before the core renders its trip items
         /// as events. The whole file is one split.
-        #[arg(long, value_name = "JSON", conflicts_with_all = ["start", "end"])]
+        #[arg(long, value_name = "JSON")]
         export_entry: Option<String>,
         /// The input file; `-` reads standard input, which must then begin at byte
         /// max(--start − 1, 0).
@@ -153,6 +153,9 @@ pub fn run<P: CoreProvider>(stage: &Stage, core: &P) -> Result<()> {
                 home: *home,
             };
             let reader = open_split(file, *start)?;
+            if export_entry.is_some() && (*start != 0 || end.is_some()) {
+                bail!("a data file of a table export is one split: no --start or --end");
+            }
             let reader: Box<dyn BufRead + Send> = if let Some(entry) = export_entry {
                 let entry: export::ManifestFile = serde_json::from_str(entry)
                     .with_context(|| format!("--export-entry {entry:?} is not a manifest line"))?;
@@ -168,8 +171,11 @@ pub fn run<P: CoreProvider>(stage: &Stage, core: &P) -> Result<()> {
         }
         Stage::ExportFiles { table, dir } => {
             let export = export::Export::open_manifests(dir, table.as_deref())?;
+            // Paths under DIR, which may hold the export in AWSDynamoDB/<export id>/.
+            let under = export.dir.strip_prefix(dir).unwrap_or(Path::new(""));
             for f in &export.manifest.files {
-                let line = serde_json::json!({ "path": f.relative_path(), "entry": f });
+                let path = under.join(f.relative_path());
+                let line = serde_json::json!({ "path": path, "entry": f });
                 writeln!(out, "{line}")?;
             }
         }

@@ -323,6 +323,40 @@ def test_s3_archive_published_in_the_pipeline_layout(spark, binary, tmp_path, mo
     assert accounting["summary"] == result.summary
 
 
+def test_table_export_local_and_on_s3_equals_the_replay_of_it(spark, binary, tmp_path, moto_s3):
+    """A DynamoDB export of the pipeline's table (the NYC sample's items, fixtures/exports) is
+    read as the events it stores, locally and from S3: the replay's answer, byte for byte, and
+    the sample's KPIs. A data file the manifest lists but S3 lacks stops the job, named."""
+    export = ROOT / "fixtures" / "exports" / "nyc-tlc-2019-03"
+    zone = "America/New_York"
+    expected = replay(binary, tmp_path, [str(export)], zone=zone)
+    assert expected.csv == (CASES / "nyc-tlc-2019-03" / "expected" / "kpi.csv").read_text()
+    result, files = run_job(spark, binary, tmp_path, [str(export)], timezone=zone, partitions=2)
+    assert_same(result, files, expected)
+    assert result.summary["records"] == 12_990
+
+    client = s3.client()
+    client.create_bucket(Bucket="exports")
+    prefix = "tables/AWSDynamoDB/01700000000000-abcd1234"
+    for path in sorted(p for p in export.rglob("*") if p.is_file()):
+        rel = path.relative_to(export).as_posix()
+        client.put_object(Bucket="exports", Key=f"{prefix}/{rel}", Body=path.read_bytes())
+    result, _ = run_job(
+        spark, binary, tmp_path, ["s3://exports/tables/"], timezone=zone, partitions=2
+    )
+    assert result.csv == expected.csv
+
+    client.delete_object(Bucket="exports", Key=f"{prefix}/data/00001.json.gz")
+    with pytest.raises(JobError) as e:
+        job.run(
+            spark,
+            Options(inputs=["s3://exports/tables/"], binary=binary, timezone=zone),
+            log=lambda _m: None,
+        )
+    assert f"s3://exports/{prefix}/data/00001.json.gz" in str(e.value)
+    assert "missing" in str(e.value)
+
+
 def test_command_line(binary, tmp_path):
     """The command a person runs: help, a bad flag, a missing Java."""
     env = {

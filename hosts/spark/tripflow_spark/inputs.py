@@ -6,14 +6,23 @@ every line belongs to exactly one split. A gzip input cannot be cut and is one s
 input and line a record comes from decides which copy of an event is first, so each split is
 told how many line feeds come before it: :func:`scan` counts them (and, for gzip inputs, reads
 every member through to its checksum) in a first pass.
+
+A DynamoDB export of the pipeline's table (a directory or prefix holding
+``manifest-summary.json``) is read as the events it stores: the ``tripflow`` binary reads and
+checks its manifests (``tripflow partition export-files``) and lists its data files; each data
+file is one split, which the parse worker checks against its manifest line and has the core
+render as event records (``tripflow partition parse --export-entry``). Nothing here reads an
+item.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import shutil
+import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -23,6 +32,19 @@ from tripflow_spark import s3
 GZIP_MAGIC = b"\x1f\x8b"
 #: Bytes read per call while scanning.
 CHUNK = 4 << 20
+#: The file that makes a directory or prefix a DynamoDB export.
+EXPORT_SUMMARY = "manifest-summary.json"
+#: The manifests an export's reader needs (the checksums when present).
+EXPORT_MANIFESTS = (
+    "manifest-summary.json",
+    "manifest-summary.checksum",
+    "manifest-files.json",
+    "manifest-files.checksum",
+)
+
+#: Reads the manifests in a local directory; returns each data file's path under it and its
+#: manifest line (JSON), in the manifest's order (``tripflow partition export-files``).
+ExportFiles = Callable[[str], list[tuple[str, str]]]
 
 
 class InputError(Exception):
@@ -40,6 +62,8 @@ class InputFile:
     uri: str
     size: int
     gzip: bool
+    #: For a data file of a table export: its line of ``manifest-files.json``.
+    export_entry: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,11 +77,46 @@ class Split:
     end: int | None
 
 
-def expand(args: list[str]) -> list[InputFile]:
+def local_export(arg: str) -> str | None:
+    """The directory holding the export's summary: ``arg`` itself, or the one export under
+    ``arg/AWSDynamoDB/``; ``None`` when ``arg`` holds no export."""
+    if os.path.isfile(os.path.join(arg, EXPORT_SUMMARY)):
+        return arg
+    under = os.path.join(arg, "AWSDynamoDB")
+    if os.path.isdir(under):
+        found = [
+            os.path.join(under, n)
+            for n in sorted(os.listdir(under))
+            if os.path.isfile(os.path.join(under, n, EXPORT_SUMMARY))
+        ]
+        if len(found) == 1:
+            return found[0]
+    return None
+
+
+def export_inputs(
+    root: str, sizes: dict[str, int], listed: list[tuple[str, str]]
+) -> list[tuple[str, str, int, str]]:
+    """The data files of the export at ``root`` (a directory or ``s3://`` prefix) that the
+    manifest lists, as found entries; a listed file that is not there stops the job."""
+    out = []
+    for path, entry in listed:
+        uri = f"{root.rstrip('/')}/{path}"
+        if uri not in sizes:
+            raise InputError(
+                f"{uri}: listed in manifest-files.json but missing: the export is incomplete; "
+                "copy the export again (every object under its data/ folder)"
+            )
+        out.append((uri, uri, sizes[uri], entry))
+    return out
+
+
+def expand(args: list[str], export_files: ExportFiles | None = None) -> list[InputFile]:
     """Lists the inputs: a file is itself; a directory its files (by name, hidden and ``_``
     files left out, as Spark does); an ``s3://`` URI the object or every object under the prefix
-    (by key). Raises :class:`InputError` on the first one that cannot be read."""
-    found: list[tuple[str, str, int]] = []
+    (by key); a directory or prefix holding a DynamoDB export the data files its manifest lists,
+    read by ``export_files``. Raises :class:`InputError` on the first one that cannot be read."""
+    found: list[tuple[str, str, int, str | None]] = []
     for arg in args:
         if arg.startswith("s3://"):
             objects = s3.list_objects(arg)
@@ -66,7 +125,37 @@ def expand(args: list[str]) -> list[InputFile]:
                     f"{arg}: no objects under this prefix; check the bucket and prefix "
                     "(and AWS_ENDPOINT_URL / credentials for a local S3)"
                 )
-            found.extend((uri, uri, size) for uri, size in objects)
+            summaries = [u for u, _ in objects if u.endswith("/" + EXPORT_SUMMARY)]
+            if summaries and export_files is not None:
+                if len(summaries) > 1:
+                    raise InputError(
+                        f"{arg}: {len(summaries)} exports under this prefix; pass the prefix "
+                        "of the one to read (…/AWSDynamoDB/<export id>/)"
+                    )
+                root = summaries[0].removesuffix("/" + EXPORT_SUMMARY)
+                sizes = dict(objects)
+                with tempfile.TemporaryDirectory(prefix="tripflow-export-") as tmp:
+                    for name in EXPORT_MANIFESTS:
+                        uri = f"{root}/{name}"
+                        if uri in sizes:
+                            with (
+                                open_range(uri, 0, None) as src,
+                                open(os.path.join(tmp, name), "wb") as dst,
+                            ):
+                                shutil.copyfileobj(src, dst)
+                    listed = export_files(tmp)
+                found.extend(export_inputs(root, sizes, listed))
+                continue
+            found.extend((uri, uri, size, None) for uri, size in objects)
+        elif os.path.isdir(arg) and export_files is not None and local_export(arg):
+            root = local_export(arg) or arg
+            listed = export_files(root)
+            sizes = {}
+            for path, _ in listed:
+                uri = os.path.join(root, path)
+                if os.path.isfile(uri):
+                    sizes[uri] = os.path.getsize(uri)
+            found.extend(export_inputs(root, sizes, listed))
         elif os.path.isdir(arg):
             names = sorted(
                 n
@@ -77,7 +166,7 @@ def expand(args: list[str]) -> list[InputFile]:
                 raise InputError(f"{arg}: the directory holds no input files")
             for n in names:
                 path = os.path.join(arg, n)
-                found.append((path, os.path.abspath(path), os.path.getsize(path)))
+                found.append((path, os.path.abspath(path), os.path.getsize(path), None))
         else:
             try:
                 with open(arg, "rb"):
@@ -87,9 +176,9 @@ def expand(args: list[str]) -> list[InputFile]:
                     f"cannot read {arg}: {e.strerror or e}; check the path "
                     "(inputs are NDJSON files, directories of them, or s3:// prefixes)"
                 ) from e
-            found.append((arg, os.path.abspath(arg), os.path.getsize(arg)))
+            found.append((arg, os.path.abspath(arg), os.path.getsize(arg), None))
     files = []
-    for index, (name, uri, size) in enumerate(found):
+    for index, (name, uri, size, entry) in enumerate(found):
         magic = b""
         if size > 0:
             try:
@@ -97,7 +186,7 @@ def expand(args: list[str]) -> list[InputFile]:
                     magic = head.read(2)
             except Exception as e:  # an S3 or file error, said in the user's terms
                 raise InputError(f"cannot read {name}: {e}; check it can be read") from e
-        files.append(InputFile(index, name, uri, size, magic == GZIP_MAGIC))
+        files.append(InputFile(index, name, uri, size, magic == GZIP_MAGIC, entry))
     return files
 
 

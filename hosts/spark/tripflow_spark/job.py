@@ -127,8 +127,18 @@ def check(opts: Options) -> Checked:
     local = Worker(opts.binary, opts.component)
     contract, sha = describe_component(local)
     check_outputs(opts)
+
+    def export_files(directory: str) -> list[tuple[str, str]]:
+        try:
+            text = local.output(["partition", "export-files", directory])
+        except WorkerError as e:
+            raise inputs.InputError(str(e)) from e
+        return [
+            (line["path"], json.dumps(line["entry"])) for line in map(json.loads, text.splitlines())
+        ]
+
     try:
-        files = inputs.expand(opts.inputs)
+        files = inputs.expand(opts.inputs, export_files)
     except inputs.InputError as e:
         raise JobError(str(e)) from e
     try:
@@ -437,6 +447,8 @@ def parse_task(
         ]
         if split.end is not None:
             args += ["--end", str(split.end)]
+        if f.export_entry is not None:
+            args += ["--export-entry", f.export_entry]
         if f.size == 0:
             # Nothing to read (and S3 refuses a range of an empty object).
             for fr in worker.run([*args, "-"], [b""]):
