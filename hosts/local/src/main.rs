@@ -202,6 +202,12 @@ struct RunArgs {
     /// template's KpiMaxConcurrency). With --bootstrap, as many KPI processes run.
     #[arg(long, value_name = "N", requires = "via_step_functions")]
     max_concurrency: Option<u32>,
+    /// Before stopping, keep what production would hold in this new directory, for `tripflow
+    /// audit`: `export/` (the table, read page by page into an export's layout),
+    /// `rejects.ndjson` (the kept rejected records) and `daily_trip_kpis.csv` (the published
+    /// combined CSV).
+    #[arg(long, value_name = "DIR")]
+    keep: Option<PathBuf>,
     /// NDJSON events.
     file: PathBuf,
 }
@@ -398,8 +404,17 @@ async fn run_file(tools: &std::path::Path, args: RunArgs) -> anyhow::Result<()> 
         via_step_functions,
         chunk_days,
         max_concurrency,
+        keep,
         file,
     } = args;
+    if let Some(dir) = &keep
+        && dir.exists()
+    {
+        anyhow::bail!(
+            "--keep {}: pass a directory that does not exist yet",
+            dir.display()
+        );
+    }
     let kpi = if via_step_functions {
         let mut input = days.payload();
         if let Some(n) = chunk_days {
@@ -466,7 +481,36 @@ async fn run_file(tools: &std::path::Path, args: RunArgs) -> anyhow::Result<()> 
     if let Some(counts) = injected {
         eprintln!("faults injected: {counts}");
     }
-    let rejected = tripflow_local::drain_queue(&stack.sqs_client(&sdk), &r.dlq_url).await?;
+    let rejected = tripflow_local::export::kept_rejects(
+        &stack.sqs_client(&sdk),
+        &stack.s3_client(&sdk),
+        &r.dlq_url,
+    )
+    .await?;
+    if let Some(dir) = &keep {
+        let started = Instant::now();
+        let summary = tripflow_local::export::export_table(
+            &stack.dynamodb_client(&sdk),
+            &r.table,
+            &dir.join("export"),
+            4,
+            tripflow_local::export::ITEMS_PER_FILE,
+        )
+        .await?;
+        let mut text = String::new();
+        for m in &rejected {
+            text.push_str(&serde_json::to_string(m)?);
+            text.push('\n');
+        }
+        std::fs::write(dir.join("rejects.ndjson"), text)?;
+        std::fs::write(dir.join("daily_trip_kpis.csv"), &csv)?;
+        eprintln!(
+            "kept in {}: export/ ({} items, read in {:.1} s), rejects.ndjson, daily_trip_kpis.csv",
+            dir.display(),
+            summary.item_count,
+            started.elapsed().as_secs_f64()
+        );
+    }
     print!("{csv}");
     eprintln!(
         "{} records sent, {} rejected records on the DLQ",
