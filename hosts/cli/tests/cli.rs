@@ -18,6 +18,8 @@ fn help_lists_every_command() {
         "convert",
         "generate",
         "component",
+        "audit",
+        "diff",
     ] {
         assert!(help.contains(cmd), "{cmd} missing from --help:\n{help}");
     }
