@@ -13,7 +13,11 @@
 #   scripts/bench.sh stepfunctions   the KPI state machine of deploy/template.yaml on moto's
 #                             interpreter: a three-year backfill at concurrency 1 and 4, real
 #                             bootstrap processes, checked against tripflow kpi
-#   scripts/bench.sh          all four
+#   scripts/bench.sh audit    production reproduced: the NYC sample and 100,000 generated events
+#                             through the pipeline on the local engines, kept (export, kept
+#                             rejects, published CSV) and audited; audit and diff timed next to
+#                             the replay of the same events (diff on the 2M file too)
+#   scripts/bench.sh          all five
 # Needs hyperfine and GNU time for the replay part (Debian: hyperfine, time), and the local
 # engines (scripts/install-local-aws.sh) for the AWS part.
 set -euo pipefail
@@ -203,11 +207,66 @@ stepfunctions() {
     echo "both executions' combined CSV == tripflow kpi"
 }
 
+audit() {
+  command -v hyperfine >/dev/null || { echo "install hyperfine (apt-get install hyperfine)"; exit 1; }
+  cargo build --release --locked -q -p tripflow -p tripflow-local
+  local bin=$PWD/target/release/tripflow
+  export TRIPFLOW_CACHE_DIR="$PWD/$work/cache"
+  local fixture
+  fixture=$PWD/$(scripts/build-fixture-component.sh)
+  $bin component --export-wasm "$work/current.wasm" >/dev/null
+  $bin --component "$fixture" component >/dev/null # the compile cache, for both
+  $bin --component "$work/current.wasm" component >/dev/null
+  [ -f "$work/100k-pipeline.ndjson" ] || $bin generate --trips 50000 --seed 22 --duplicates 0.02 \
+    --shuffle --poison 0.001 --out "$work/100k-pipeline.ndjson"
+  [ -f "$work/ev2m.ndjson" ] || python3 scripts/peers/gen_events.py 1000000 "$work/ev2m.ndjson"
+
+  # Through the pipeline (in-process functions, DynamoDB Local, kinesis-mock, moto), kept as
+  # production would hold it; kinesis-mock takes minutes per 100,000 records.
+  # The NYC sample shuffled, every 7th record twice, KPI days in New York; the generated file
+  # as it is (shuffled, 2% duplicates, 0.1% bad records), KPI days in UTC.
+  local name input zone send
+  for name in nyc 100k; do
+    if [ "$name" = nyc ]; then
+      input=fixtures/cases/nyc-tlc-2019-03/input-1.ndjson zone=America/New_York
+      send="--shuffle-seed 1 --duplicate-every 7"
+    else
+      input=$work/100k-pipeline.ndjson zone=UTC send=""
+    fi
+    if [ ! -d "$work/keep-$name" ]; then
+      # shellcheck disable=SC2086 # $send is two flags or none
+      /usr/bin/time -f "pipeline run $name: %e s" target/release/tripflow-local run \
+        --timezone $zone $send --keep "$work/keep-$name" "$input" >/dev/null
+    fi
+    echo "== audit of the $name pipeline run"
+    (cd "$work/keep-$name" && $bin audit export --published daily_trip_kpis.csv \
+      --rejects rejects.ndjson --table tripflow --timezone $zone)
+    # Baseline: what the audit does, by hand from the same NDJSON the pipeline was sent.
+    hyperfine --runs 5 --export-markdown "$work/audit-$name.md" \
+      --prepare "rm -rf $work/state-audit" \
+      -n "tripflow audit (export + kept rejects)" \
+      "cd $work/keep-$name && $bin audit export --published daily_trip_kpis.csv --rejects rejects.ndjson --timezone $zone" \
+      -n "tripflow replay + kpi of the sent NDJSON" \
+      "$bin replay --state $work/state-audit --timezone $zone $input && $bin kpi --state $work/state-audit --timezone $zone --out /dev/null"
+  done
+  echo "== diff, 2M events: the built-in component against the changed-rule fixture"
+  hyperfine --runs 3 --export-markdown "$work/diff-2m.md" \
+    --prepare "rm -rf $work/state-a $work/state-b" \
+    -n "tripflow diff" \
+    "$bin diff --component $work/current.wasm --component $fixture $work/ev2m.ndjson >/dev/null || test \$? = 1" \
+    -n "two tripflow replays (baseline)" \
+    "$bin --component $work/current.wasm replay --state $work/state-a $work/ev2m.ndjson >/dev/null && $bin --component $fixture replay --state $work/state-b $work/ev2m.ndjson >/dev/null"
+  /usr/bin/time -f "diff 2M: %e s, peak RSS %M KiB" \
+    $bin diff --component "$work/current.wasm" --component "$fixture" "$work/ev2m.ndjson" \
+    --limit 3 | tail -1 || true
+}
+
 case $what in
+  audit) audit ;;
   replay) replay ;;
   stepfunctions) stepfunctions ;;
   aws) aws ;;
   spark) spark ;;
-  all) replay; aws; spark; stepfunctions ;;
-  *) echo "usage: scripts/bench.sh [replay|aws|spark|stepfunctions|all]" >&2; exit 2 ;;
+  all) replay; aws; spark; stepfunctions; audit ;;
+  *) echo "usage: scripts/bench.sh [replay|aws|spark|stepfunctions|audit|all]" >&2; exit 2 ;;
 esac

@@ -441,7 +441,21 @@ async fn run_file(tools: &std::path::Path, args: RunArgs) -> anyhow::Result<()> 
     let sdk = stack.sdk_config().await;
     let r = resources::create(&sdk, &stack, 2).await?;
     let env = tripflow_local::function_env(&r, &days.timezone, "24h");
-    tripflow_local::send(&stack.kinesis_client(&sdk), &r.stream, &records).await?;
+    // kinesis-mock answers a 500-record PutRecords slowly while the pollers read it (one Node
+    // thread): the producer waits for it rather than giving up after the harness's 10 s.
+    let producer = aws_sdk_kinesis::Client::from_conf(
+        stack
+            .kinesis_client(&sdk)
+            .config()
+            .to_builder()
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .operation_attempt_timeout(Duration::from_secs(300))
+                    .build(),
+            )
+            .build(),
+    );
+    tripflow_local::send(&producer, &r.stream, &records).await?;
     let csv = match bootstrap {
         Some(b) => {
             let mut env = env;
