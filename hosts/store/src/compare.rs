@@ -87,23 +87,49 @@ pub struct RecordRef {
     pub raw: Vec<u8>,
 }
 
-struct Record {
-    outcome: RecordOutcome,
-    /// Where a stored record is in `events.log`; the bytes of a rejected one.
-    at: Result<u64, Vec<u8>>,
+/// What a store kept of one record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kept {
+    /// Stored, at this position of `events.log`.
+    Stored(u64),
+    /// Rejected: an index into [`Outcomes::rejects`].
+    Rejected(usize),
 }
 
-struct Trip {
-    outcome: Option<TripOutcome>,
-    /// Positions of its stored events in `events.log`.
-    events: Vec<u64>,
+/// A rejected record as the quarantine keeps it.
+struct Reject {
+    reason: String,
+    detail: String,
+    raw: Vec<u8>,
 }
 
-/// Every record's and every trip's outcome in one store.
+/// Every record's and every trip's outcome in one store, compactly: records by (input, line)
+/// in order, trips by index with one string per trip id.
 struct Outcomes {
+    /// Input names by id.
     inputs: HashMap<u32, String>,
-    records: HashMap<(String, u64), Record>,
-    trips: HashMap<String, Trip>,
+    /// Every stored or rejected record by (input id, line), sorted.
+    records: Vec<((u32, u64), Kept)>,
+    rejects: Vec<Reject>,
+    /// Trip ids and their index in `trips`.
+    ids: HashMap<String, u32>,
+    trips: Vec<TripOutcome>,
+}
+
+impl Outcomes {
+    fn outcome(&self, kept: Kept) -> RecordOutcome {
+        match kept {
+            Kept::Stored(_) => RecordOutcome::Stored,
+            Kept::Rejected(i) => RecordOutcome::Rejected {
+                reason: self.rejects[i].reason.clone(),
+                detail: self.rejects[i].detail.clone(),
+            },
+        }
+    }
+
+    fn trip(&self, id: &str) -> Option<&TripOutcome> {
+        self.ids.get(id).map(|&i| &self.trips[i as usize])
+    }
 }
 
 impl StateDir {
@@ -116,37 +142,38 @@ impl StateDir {
             .db("listing inputs")?
             .collect::<Result<_, _>>()
             .db("reading an input")?;
-        let mut records = HashMap::new();
-        let mut trips: HashMap<String, Trip> = HashMap::new();
-        let mut by_pos: HashMap<u64, String> = HashMap::new();
+        let by_name: HashMap<&str, u32> = inputs.iter().map(|(id, n)| (n.as_str(), *id)).collect();
+        let mut records = Vec::new();
+        let mut ids: HashMap<String, u32> = HashMap::new();
+        let mut trips: Vec<TripOutcome> = Vec::new();
+        // (position in events.log, trip index), in log order: sorted by position.
+        let mut positions: Vec<(u64, u32)> = Vec::new();
         self.events.scan(0, |pos, e| {
-            let source = inputs.get(&e.source).cloned().unwrap_or_default();
-            records.insert(
-                (source, e.line),
-                Record {
-                    outcome: RecordOutcome::Stored,
-                    at: Ok(pos),
-                },
-            );
-            let trip = trips.entry(e.trip_id.clone()).or_insert(Trip {
-                outcome: Some(TripOutcome::Open(e.kind)),
-                events: Vec::new(),
-            });
-            trip.events.push(pos);
-            by_pos.insert(pos, e.trip_id);
+            records.push(((e.source, e.line), Kept::Stored(pos)));
+            let idx = match ids.get(e.trip_id.as_str()) {
+                Some(&i) => i,
+                None => {
+                    let i = trips.len() as u32;
+                    trips.push(TripOutcome::Open(e.kind));
+                    ids.insert(e.trip_id, i);
+                    i
+                }
+            };
+            positions.push((pos, idx));
             Ok(())
         })?;
         self.scan_trips(0..self.trip_count(), |_, t| {
-            if let Some(trip) = by_pos.get(&t.start_pos).and_then(|id| trips.get_mut(id)) {
-                trip.outcome = Some(TripOutcome::Closed {
+            if let Ok(at) = positions.binary_search_by_key(&t.start_pos, |(p, _)| *p) {
+                trips[positions[at].1 as usize] = TripOutcome::Closed {
                     status: t.status,
                     start_ns: t.start_ns,
                     end_ns: t.end_ns,
                     fare_cents: t.fare_cents,
-                });
+                };
             }
             Ok(())
         })?;
+        let mut rejects = Vec::new();
         let mut stmt = self
             .conn
             .prepare("SELECT source, line, reason, detail, raw FROM quarantine ORDER BY id")
@@ -164,17 +191,20 @@ impl StateDir {
             .db("reading the quarantine")?;
         for row in rows {
             let (source, line, reason, detail, raw) = row.db("reading a quarantined record")?;
-            records.insert(
-                (source, line),
-                Record {
-                    outcome: RecordOutcome::Rejected { reason, detail },
-                    at: Err(raw),
-                },
-            );
+            let id = by_name.get(source.as_str()).copied().unwrap_or(u32::MAX);
+            records.push(((id, line), Kept::Rejected(rejects.len())));
+            rejects.push(Reject {
+                reason,
+                detail,
+                raw,
+            });
         }
+        records.sort_unstable_by_key(|(key, _)| *key);
         Ok(Outcomes {
             inputs,
             records,
+            rejects,
+            ids,
             trips,
         })
     }
@@ -186,6 +216,26 @@ impl StateDir {
             line: e.line,
             raw: e.raw,
         })
+    }
+
+    /// The stored events of the trips in `ids`, in log order.
+    fn events_of(
+        &self,
+        inputs: &HashMap<u32, String>,
+        ids: &BTreeSet<&str>,
+    ) -> Result<BTreeMap<String, Vec<RecordRef>>, Error> {
+        let mut out: BTreeMap<String, Vec<RecordRef>> = BTreeMap::new();
+        self.events.scan(0, |_, e| {
+            if ids.contains(e.trip_id.as_str()) {
+                out.entry(e.trip_id).or_default().push(RecordRef {
+                    source: inputs.get(&e.source).cloned().unwrap_or_default(),
+                    line: e.line,
+                    raw: e.raw,
+                });
+            }
+            Ok(())
+        })?;
+        Ok(out)
     }
 }
 
@@ -243,46 +293,79 @@ pub fn diff<A: CoreProvider, B: CoreProvider>(
     zone: &str,
 ) -> Result<Diff, Error> {
     let (a, b) = (old.1.outcomes()?, new.1.outcomes()?);
+    // Records: both lists are sorted by (input, line); the inputs are the same ones in the
+    // same order, so their ids agree (checked by name).
+    let same_inputs = a.inputs.iter().all(|(id, n)| b.inputs.get(id) == Some(n));
+    if !same_inputs {
+        return Err(Error::Input(
+            "the two stores did not replay the same inputs in the same order".into(),
+        ));
+    }
     let mut records = Vec::new();
-    let keys: BTreeSet<&(String, u64)> = a.records.keys().chain(b.records.keys()).collect();
-    for key in keys {
-        let (ra, rb) = (a.records.get(key), b.records.get(key));
-        let (oa, ob) = (ra.map(|r| &r.outcome), rb.map(|r| &r.outcome));
+    let (mut i, mut j) = (0, 0);
+    while i < a.records.len() || j < b.records.len() {
+        let ka = a.records.get(i).map(|r| r.0);
+        let kb = b.records.get(j).map(|r| r.0);
+        let (key, ra, rb) = match (ka, kb) {
+            (Some(x), Some(y)) if x == y => {
+                i += 1;
+                j += 1;
+                (x, Some(a.records[i - 1].1), Some(b.records[j - 1].1))
+            }
+            (Some(x), y) if y.is_none_or(|y| x < y) => {
+                i += 1;
+                (x, Some(a.records[i - 1].1), None)
+            }
+            (_, Some(y)) => {
+                j += 1;
+                (y, None, Some(b.records[j - 1].1))
+            }
+            _ => unreachable!("one side has a record"),
+        };
+        let (oa, ob) = (ra.map(|k| a.outcome(k)), rb.map(|k| b.outcome(k)));
         if oa == ob {
             continue;
         }
-        let raw = match ra.or(rb).map(|r| &r.at) {
-            Some(Ok(pos)) => {
-                let store = if ra.is_some() { old.1 } else { new.1 };
-                let inputs = if ra.is_some() { &a.inputs } else { &b.inputs };
-                store.record_at(inputs, *pos)?.raw
-            }
-            Some(Err(raw)) => raw.clone(),
-            None => Vec::new(),
+        let raw = match (ra, rb) {
+            (Some(Kept::Stored(pos)), _) => old.1.record_at(&a.inputs, pos)?.raw,
+            (_, Some(Kept::Stored(pos))) => new.1.record_at(&b.inputs, pos)?.raw,
+            (Some(Kept::Rejected(r)), _) => a.rejects[r].raw.clone(),
+            (_, Some(Kept::Rejected(r))) => b.rejects[r].raw.clone(),
+            (None, None) => Vec::new(),
         };
         records.push(RecordChange {
             record: RecordRef {
-                source: key.0.clone(),
+                source: a.inputs.get(&key.0).cloned().unwrap_or_default(),
                 line: key.1,
                 raw,
             },
-            old: oa.cloned(),
-            new: ob.cloned(),
+            old: oa,
+            new: ob,
         });
     }
 
-    let mut trips = Vec::new();
-    let (mut core_a, mut core_b) = (old.0.session()?, new.0.session()?);
-    let ids: BTreeSet<&String> = a.trips.keys().chain(b.trips.keys()).collect();
-    for id in ids {
-        let (ta, tb) = (a.trips.get(id), b.trips.get(id));
-        let (oa, ob) = (
-            ta.and_then(|t| t.outcome.clone()),
-            tb.and_then(|t| t.outcome.clone()),
-        );
-        if oa == ob {
-            continue;
+    // Trips, by id.
+    let mut changed: BTreeMap<&str, (Option<TripOutcome>, Option<TripOutcome>)> = BTreeMap::new();
+    for (id, &ia) in &a.ids {
+        let (oa, ob) = (Some(&a.trips[ia as usize]), b.trip(id));
+        if oa != ob {
+            changed.insert(id, (oa.cloned(), ob.cloned()));
         }
+    }
+    for id in b.ids.keys() {
+        if !a.ids.contains_key(id) {
+            changed.insert(id, (None, b.trip(id).cloned()));
+        }
+    }
+    let ids: BTreeSet<&str> = changed.keys().copied().collect();
+    let (mut behind_a, mut behind_b) = (BTreeMap::new(), BTreeMap::new());
+    if !ids.is_empty() {
+        behind_a = old.1.events_of(&a.inputs, &ids)?;
+        behind_b = new.1.events_of(&b.inputs, &ids)?;
+    }
+    let (mut core_a, mut core_b) = (old.0.session()?, new.0.session()?);
+    let mut trips = Vec::with_capacity(changed.len());
+    for (id, (oa, ob)) in changed {
         let mut days = BTreeSet::new();
         for (outcome, core) in [
             (&oa, &mut core_a as &mut dyn DayOf),
@@ -297,17 +380,14 @@ pub fn diff<A: CoreProvider, B: CoreProvider>(
                 days.insert(core.day_of(zone, *start_ns)?);
             }
         }
-        let mut events = Vec::new();
-        for (t, store, inputs) in [(ta, old.1, &a.inputs), (tb, new.1, &b.inputs)] {
-            for pos in t.map(|t| t.events.as_slice()).unwrap_or_default() {
-                let r = store.record_at(inputs, *pos)?;
-                if !events.contains(&r) {
-                    events.push(r);
-                }
+        let mut events = behind_a.remove(id).unwrap_or_default();
+        for r in behind_b.remove(id).unwrap_or_default() {
+            if !events.contains(&r) {
+                events.push(r);
             }
         }
         trips.push(TripChange {
-            trip_id: id.clone(),
+            trip_id: id.to_owned(),
             old: oa,
             new: ob,
             days,

@@ -382,16 +382,166 @@ pub struct DataTally {
     pub other: u64,
 }
 
-/// An item as DynamoDB JSON: `{"pk":{"S":"…"},…}`.
-struct JsonItem<'a>(&'a serde_json::Map<String, Value>);
+/// The attributes the trip layout reads; every other attribute of an item (the manifests'
+/// long entry lists, TTLs, …) is skipped unread.
+const READ: [&str; 10] = [
+    tripflow_runtime::item::PK,
+    tripflow_runtime::item::SK,
+    tripflow_runtime::item::START.ts,
+    tripflow_runtime::item::START.fare,
+    tripflow_runtime::item::START.extras,
+    tripflow_runtime::item::START.src,
+    tripflow_runtime::item::END.ts,
+    tripflow_runtime::item::END.fare,
+    tripflow_runtime::item::END.extras,
+    tripflow_runtime::item::END.src,
+];
 
-impl Attributes for JsonItem<'_> {
+/// A string borrowed from the line when it has no escapes.
+type Text<'a> = std::borrow::Cow<'a, str>;
+
+/// One value as DynamoDB JSON (`{"S":"…"}`): its type and, for `S` and `N`, its text.
+struct Typed<'a> {
+    ty: Text<'a>,
+    text: Option<Text<'a>>,
+}
+
+/// One line of a data file, `{"Item":{…}}`, with the attributes in [`READ`].
+#[derive(Default)]
+struct ItemLine<'a> {
+    item: bool,
+    attrs: Vec<(Text<'a>, Typed<'a>)>,
+    /// The first few attribute names, for an error about an item of another table.
+    names: Vec<Text<'a>>,
+}
+
+/// Deserialises a string, borrowing it when it can.
+struct TextSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for TextSeed {
+    type Value = Text<'de>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Text<'de>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text::Borrowed(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text::Owned(v.to_owned()))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Typed<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Typed<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a DynamoDB JSON value such as {\"S\": \"…\"}")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Typed<'de>, A::Error> {
+                let ty = map
+                    .next_key_seed(TextSeed)?
+                    .ok_or_else(|| serde::de::Error::custom("an empty value"))?;
+                let text = if ty == "S" || ty == "N" {
+                    Some(map.next_value_seed(TextSeed)?)
+                } else {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    None
+                };
+                while map.next_key::<serde::de::IgnoredAny>()?.is_some() {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+                Ok(Typed { ty, text })
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for ItemLine<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Line;
+        impl<'de> serde::de::Visitor<'de> for Line {
+            type Value = ItemLine<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("{\"Item\": {…}}")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ItemLine<'de>, A::Error> {
+                let mut line = ItemLine::default();
+                while let Some(key) = map.next_key_seed(TextSeed)? {
+                    if key == "Item" {
+                        line.item = true;
+                        let item = map.next_value::<ItemAttrs<'de>>()?;
+                        line.attrs = item.attrs;
+                        line.names = item.names;
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(line)
+            }
+        }
+        d.deserialize_map(Line)
+    }
+}
+
+/// The `Item` object: the attributes in [`READ`], and the first few names.
+struct ItemAttrs<'a> {
+    attrs: Vec<(Text<'a>, Typed<'a>)>,
+    names: Vec<Text<'a>>,
+}
+
+impl<'de> Deserialize<'de> for ItemAttrs<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ItemAttrs<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an item: attribute names and DynamoDB JSON values")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ItemAttrs<'de>, A::Error> {
+                let (mut attrs, mut names) = (Vec::new(), Vec::new());
+                while let Some(key) = map.next_key_seed(TextSeed)? {
+                    if names.len() < 6 {
+                        names.push(key.clone());
+                    }
+                    if READ.contains(&key.as_ref()) {
+                        let value = map.next_value::<Typed<'de>>()?;
+                        attrs.push((key, value));
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(ItemAttrs { attrs, names })
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl Attributes for ItemLine<'_> {
     fn attr(&self, name: &str) -> Option<Attr<'_>> {
-        let typed = self.0.get(name)?.as_object()?;
-        let (ty, v) = typed.iter().next()?;
-        Some(match (ty.as_str(), v) {
-            ("S", Value::String(s)) => Attr::S(s),
-            ("N", Value::String(n)) => Attr::N(n),
+        let (_, v) = self.attrs.iter().find(|(k, _)| k == name)?;
+        Some(match (v.ty.as_ref(), &v.text) {
+            ("S", Some(s)) => Attr::S(s),
+            ("N", Some(n)) => Attr::N(n),
             (other, _) => Attr::Other(other),
         })
     }
@@ -427,22 +577,18 @@ pub fn render_data_file<P: CoreProvider>(
         }
         items += 1;
         let at = || format!("{name} line {}", n + 1);
-        let value: Value = serde_json::from_slice(line)
+        let item: ItemLine<'_> = serde_json::from_slice(line)
             .map_err(|e| invalid(format!("{}: not a DynamoDB JSON item ({e})", at())))?;
-        let item = value
-            .get("Item")
-            .and_then(Value::as_object)
-            .ok_or_else(|| {
-                invalid(format!(
-                    "{}: no \"Item\" object: not an export in {FORMAT}",
-                    at()
-                ))
-            })?;
-        let item = JsonItem(item);
+        if !item.item {
+            return Err(invalid(format!(
+                "{}: no \"Item\" object: not an export in {FORMAT}",
+                at()
+            )));
+        }
         let keyed = matches!(item.attr(tripflow_runtime::item::PK), Some(Attr::S(_)))
             && matches!(item.attr(tripflow_runtime::item::SK), Some(Attr::S(_)));
         if !keyed {
-            let keys: Vec<&str> = item.0.keys().map(String::as_str).take(6).collect();
+            let keys: Vec<&str> = item.names.iter().map(|n| n.as_ref()).collect();
             return Err(invalid(format!(
                 "{}: an item without string pk and sk (its attributes: {}): this is not an \
                  export of a tripflow table; pass the export of the pipeline's table",
