@@ -45,7 +45,6 @@ pub fn audit<P: CoreProvider>(
         zone: days.timezone.clone(),
         from: days.from.clone(),
         to: days.to.clone(),
-        table: table.map(str::to_owned),
     };
     let report = tripflow_store::audit::audit(core, &export, &kept, &published_csv, &opts)
         .with_context(|| format!("auditing {}", published.display()))?;

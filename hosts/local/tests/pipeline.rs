@@ -544,7 +544,6 @@ async fn nyc_sample_through_the_pipeline_equals_the_cli_replay() {
         zone: ZONE.into(),
         from: None,
         to: None,
-        table: Some(r.table.clone()),
     };
     let published = combined().await;
     let audit = tripflow_store::audit::audit(&*core, &export, &kept, &published, &opts).unwrap();

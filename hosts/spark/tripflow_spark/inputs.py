@@ -147,8 +147,11 @@ def expand(args: list[str], export_files: ExportFiles | None = None) -> list[Inp
                 found.extend(export_inputs(root, sizes, listed))
                 continue
             found.extend((uri, uri, size, None) for uri, size in objects)
-        elif os.path.isdir(arg) and export_files is not None and local_export(arg):
-            root = local_export(arg) or arg
+        elif (
+            os.path.isdir(arg)
+            and export_files is not None
+            and (root := local_export(arg)) is not None
+        ):
             listed = export_files(root)
             sizes = {}
             for path, _ in listed:

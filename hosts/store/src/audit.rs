@@ -34,8 +34,6 @@ pub struct AuditOptions {
     pub from: Option<String>,
     /// Only days up to this one, on both sides.
     pub to: Option<String>,
-    /// The export must be of this table, when given.
-    pub table: Option<String>,
 }
 
 /// Kept records that are not replayed, and why.

@@ -366,19 +366,13 @@ pub fn diff<A: CoreProvider, B: CoreProvider>(
     let (mut core_a, mut core_b) = (old.0.session()?, new.0.session()?);
     let mut trips = Vec::with_capacity(changed.len());
     for (id, (oa, ob)) in changed {
+        // The KPI days it counts on, each side by its own core.
         let mut days = BTreeSet::new();
-        for (outcome, core) in [
-            (&oa, &mut core_a as &mut dyn DayOf),
-            (&ob, &mut core_b as &mut dyn DayOf),
-        ] {
-            if let Some(TripOutcome::Closed {
-                status: TripStatus::Completed,
-                start_ns,
-                ..
-            }) = outcome
-            {
-                days.insert(core.day_of(zone, *start_ns)?);
-            }
+        if let Some(ns) = completed_start(&oa) {
+            days.insert(core_a.day_of(zone, ns)?);
+        }
+        if let Some(ns) = completed_start(&ob) {
+            days.insert(core_b.day_of(zone, ns)?);
         }
         let mut events = behind_a.remove(id).unwrap_or_default();
         for r in behind_b.remove(id).unwrap_or_default() {
@@ -401,14 +395,15 @@ pub fn diff<A: CoreProvider, B: CoreProvider>(
     })
 }
 
-/// `kpi.day-of` of either side's core session.
-trait DayOf {
-    fn day_of(&mut self, zone: &str, ns: i64) -> Result<String, Error>;
-}
-
-impl<T: TripCore> DayOf for T {
-    fn day_of(&mut self, zone: &str, ns: i64) -> Result<String, Error> {
-        Ok(TripCore::day_of(self, zone, ns)?)
+/// The start of a trip that counts in the KPIs.
+fn completed_start(outcome: &Option<TripOutcome>) -> Option<i64> {
+    match outcome {
+        Some(TripOutcome::Closed {
+            status: TripStatus::Completed,
+            start_ns,
+            ..
+        }) => Some(*start_ns),
+        _ => None,
     }
 }
 
