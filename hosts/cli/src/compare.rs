@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use tripflow_core::money::format_cents;
 use tripflow_core::{DayKpi, TripStatus};
 use tripflow_runtime::{CoreProvider, TripCore};
-use tripflow_store::audit::{AuditOptions, AuditReport};
+use tripflow_store::audit::AuditReport;
 use tripflow_store::compare::{Diff, RecordOutcome, TripOutcome};
 use tripflow_store::export::{self, Export};
 use tripflow_store::{Input, KpiOptions, ReplayOptions, StateDir};
@@ -16,7 +16,7 @@ use tripflow_store::{Input, KpiOptions, ReplayOptions, StateDir};
 use crate::DaysArg;
 
 /// The exit status when the two sides differ.
-pub const DIFFERENT: i32 = 1;
+const DIFFERENT: i32 = 1;
 
 /// `tripflow audit`.
 pub fn audit<P: CoreProvider>(
@@ -41,13 +41,9 @@ pub fn audit<P: CoreProvider>(
         None => Vec::new(),
     };
     eprintln!("tripflow: auditing with {}", core.describe());
-    let opts = AuditOptions {
-        zone: days.timezone.clone(),
-        from: days.from.clone(),
-        to: days.to.clone(),
-    };
-    let report = tripflow_store::audit::audit(core, &export, &kept, &published_csv, &opts)
-        .with_context(|| format!("auditing {}", published.display()))?;
+    let report =
+        tripflow_store::audit::audit(core, &export, &kept, &published_csv, &days.options())
+            .with_context(|| format!("auditing {}", published.display()))?;
     if let Some(path) = kpi_out {
         crate::write_file(path, report.recomputed_csv.as_bytes())?;
     }
@@ -164,16 +160,14 @@ fn print_audit<P: CoreProvider>(
         )?;
         let mut session = core.session()?;
         for d in &r.days {
-            writeln!(out, "  {}", d.date)?;
-            writeln!(
+            print_day(
                 out,
-                "    published   {}",
-                row_text(&mut session, d.old.as_ref())?
-            )?;
-            writeln!(
-                out,
-                "    recomputed  {}",
-                row_text(&mut session, d.new.as_ref())?
+                &mut session,
+                &d.date,
+                [
+                    ("published", d.old.as_ref()),
+                    ("recomputed", d.new.as_ref()),
+                ],
             )?;
         }
     }
@@ -190,6 +184,21 @@ fn print_audit<P: CoreProvider>(
 }
 
 /// A KPI row as its CSV line (the core renders it), or why there is none.
+/// A KPI day, then its two rows under their labels, aligned.
+fn print_day(
+    out: &mut impl Write,
+    core: &mut impl TripCore,
+    date: &str,
+    rows: [(&str, Option<&DayKpi>); 2],
+) -> Result<()> {
+    writeln!(out, "  {date}")?;
+    let width = rows.iter().map(|(label, _)| label.len()).max().unwrap_or(0) + 2;
+    for (label, row) in rows {
+        writeln!(out, "    {label:<width$}{}", row_text(core, row)?)?;
+    }
+    Ok(())
+}
+
 fn row_text(core: &mut impl TripCore, row: Option<&DayKpi>) -> Result<String> {
     Ok(match row {
         None => "(no row)".to_owned(),
@@ -283,16 +292,11 @@ fn print_diff<P: CoreProvider>(
     let mut session = core.session()?;
     writeln!(out, "KPI days that change: {}", d.days.len())?;
     for day in d.days.iter().take(limit) {
-        writeln!(out, "  {}", day.date)?;
-        writeln!(
+        print_day(
             out,
-            "    old  {}",
-            row_text(&mut session, day.old.as_ref())?
-        )?;
-        writeln!(
-            out,
-            "    new  {}",
-            row_text(&mut session, day.new.as_ref())?
+            &mut session,
+            &day.date,
+            [("old", day.old.as_ref()), ("new", day.new.as_ref())],
         )?;
         let behind: Vec<&str> = d
             .trips

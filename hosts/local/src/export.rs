@@ -13,14 +13,20 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::AttributeValue;
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 use tripflow_lambda::ingest::DlqMessage;
+use tripflow_lambda::retry::Budget;
 use tripflow_store::export::{ExportWriter, ManifestSummary};
+
+/// Scan segments a paged export reads side by side, unless told otherwise.
+pub const SEGMENTS: u32 = 4;
 
 /// Items per data file of a paged export (AWS writes one or more files per partition).
 pub const ITEMS_PER_FILE: usize = 100_000;
@@ -62,12 +68,10 @@ pub async fn export_table(
     segments: u32,
     items_per_file: usize,
 ) -> anyhow::Result<ManifestSummary> {
-    let described = ddb
-        .describe_table()
-        .table_name(table)
-        .send()
-        .await
-        .with_context(|| format!("DescribeTable {table}"))?;
+    let described = retry(&format!("DescribeTable {table}"), || {
+        ddb.describe_table().table_name(table).send()
+    })
+    .await?;
     let arn = described
         .table()
         .and_then(|t| t.table_arn())
@@ -197,7 +201,7 @@ pub async fn kept_rejects(
         let mut out = Vec::with_capacity(by_record.len());
         for mut m in by_record.into_values() {
             if m.raw_s3.is_some() && m.raw_base64.is_empty() {
-                let raw = retry("GetObject of a spilled record", || crate::dlq_raw(s3, &m)).await?;
+                let raw = spilled_raw(s3, &m).await?;
                 m.raw_base64 = base64::engine::general_purpose::STANDARD.encode(raw);
             }
             out.push(m);
@@ -260,24 +264,37 @@ async fn read_queue(
     Ok((by_record, handles))
 }
 
-/// `call` until it succeeds, at most 6 times with growing pauses: throttling, a 5xx or a lost
-/// connection past the SDK's own retries costs time, not the read.
-async fn retry<T, E, F, Fut>(what: &str, mut call: F) -> anyhow::Result<T>
+/// How long one call may keep being retried.
+const RETRY_FOR: Duration = Duration::from_secs(120);
+
+/// `call` through the functions' retry ([`tripflow_lambda::retry`]): throttling, a 5xx, a
+/// timeout or a lost connection costs time, not the read; any other error fails at once.
+async fn retry<T, E, F, Fut>(what: &str, call: F) -> anyhow::Result<T>
 where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-    anyhow::Error: From<E>,
+    Fut: std::future::Future<Output = Result<T, SdkError<E, HttpResponse>>>,
 {
-    let mut attempt = 0u32;
+    let budget = Budget::until(Instant::now() + RETRY_FOR, Duration::ZERO);
+    tripflow_lambda::retry::retry(&budget, what, call)
+        .await
+        .with_context(|| what.to_owned())
+}
+
+/// A spilled record's bytes, read whole again after a failure (a connection lost in the middle
+/// of the body is not an SDK error the shared retry sees), with the functions' backoff.
+async fn spilled_raw(s3: &aws_sdk_s3::Client, m: &DlqMessage) -> anyhow::Result<Vec<u8>> {
+    let mut attempt = 0;
     loop {
-        match call().await {
-            Ok(v) => return Ok(v),
-            Err(e) if attempt < 5 => {
+        match crate::dlq_raw(s3, m).await {
+            Ok(raw) => return Ok(raw),
+            Err(error) if attempt + 1 < tripflow_lambda::retry::MAX_ATTEMPTS => {
+                let wait = tripflow_lambda::retry::backoff(attempt);
+                tracing::warn!(%error, attempt, "GetObject of a spilled record: retrying");
+                tokio::time::sleep(wait).await;
                 attempt += 1;
-                tracing::warn!(what, attempt, error = %anyhow::Error::from(e), "trying again");
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
             }
-            Err(e) => return Err(anyhow::Error::from(e).context(what.to_owned())),
+            Err(e) => return Err(e.context("GetObject of a spilled record")),
         }
     }
 }

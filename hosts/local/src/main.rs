@@ -88,7 +88,7 @@ enum Command {
         #[arg(long, default_value = "tripflow")]
         table: String,
         /// Scan segments read side by side.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = tripflow_local::export::SEGMENTS)]
         segments: u32,
         /// A new directory to write the export into.
         #[arg(long, value_name = "DIR")]
@@ -265,13 +265,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &queue_url,
             )
             .await?;
-            let mut text = String::new();
-            for m in &kept {
-                text.push_str(&serde_json::to_string(m)?);
-                text.push('\n');
-            }
-            std::fs::write(&out, text)
-                .with_context(|| format!("cannot write {}", out.display()))?;
+            tripflow_store::audit::write_kept(&out, &kept)?;
             println!("{} rejected records into {}", kept.len(), out.display());
             Ok(())
         }
@@ -507,16 +501,11 @@ async fn run_file(tools: &std::path::Path, args: RunArgs) -> anyhow::Result<()> 
             &stack.dynamodb_client(&sdk),
             &r.table,
             &dir.join("export"),
-            4,
+            tripflow_local::export::SEGMENTS,
             tripflow_local::export::ITEMS_PER_FILE,
         )
         .await?;
-        let mut text = String::new();
-        for m in &rejected {
-            text.push_str(&serde_json::to_string(m)?);
-            text.push('\n');
-        }
-        std::fs::write(dir.join("rejects.ndjson"), text)?;
+        tripflow_store::audit::write_kept(&dir.join("rejects.ndjson"), &rejected)?;
         std::fs::write(dir.join("daily_trip_kpis.csv"), &csv)?;
         eprintln!(
             "kept in {}: export/ ({} items, read in {:.1} s), rejects.ndjson, daily_trip_kpis.csv",

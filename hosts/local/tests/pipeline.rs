@@ -20,7 +20,6 @@ use tripflow_local::runtime_api::BootstrapInvoker;
 use tripflow_local::{InProcess, Kills, LocalStack, Pipeline, resources, stack};
 use tripflow_runtime::core::ParseOutcome;
 use tripflow_runtime::{ComponentSource, Limits, Runtime};
-use tripflow_store::audit::AuditOptions;
 use tripflow_store::export::Export;
 use tripflow_store::{Input, InputSource, KpiOptions, ReplayOptions, ReportOptions, StateDir};
 
@@ -540,10 +539,9 @@ async fn nyc_sample_through_the_pipeline_equals_the_cli_replay() {
         "{:?}",
         export.manifest.files
     );
-    let opts = AuditOptions {
+    let opts = KpiOptions {
         zone: ZONE.into(),
-        from: None,
-        to: None,
+        ..KpiOptions::default()
     };
     let published = combined().await;
     let audit = tripflow_store::audit::audit(&*core, &export, &kept, &published, &opts).unwrap();

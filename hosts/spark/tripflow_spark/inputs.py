@@ -77,21 +77,13 @@ class Split:
     end: int | None
 
 
-def local_export(arg: str) -> str | None:
-    """The directory holding the export's summary: ``arg`` itself, or the one export under
-    ``arg/AWSDynamoDB/``; ``None`` when ``arg`` holds no export."""
-    if os.path.isfile(os.path.join(arg, EXPORT_SUMMARY)):
-        return arg
-    under = os.path.join(arg, "AWSDynamoDB")
-    if os.path.isdir(under):
-        found = [
-            os.path.join(under, n)
-            for n in sorted(os.listdir(under))
-            if os.path.isfile(os.path.join(under, n, EXPORT_SUMMARY))
-        ]
-        if len(found) == 1:
-            return found[0]
-    return None
+def looks_like_export(arg: str) -> bool:
+    """Whether the directory ``arg`` is an export's (its summary here) or a copy of an export
+    prefix (``AWSDynamoDB/`` here). Which export, and whether it checks out, the binary decides
+    (``partition export-files``)."""
+    return os.path.isfile(os.path.join(arg, EXPORT_SUMMARY)) or os.path.isdir(
+        os.path.join(arg, "AWSDynamoDB")
+    )
 
 
 def export_inputs(
@@ -147,18 +139,16 @@ def expand(args: list[str], export_files: ExportFiles | None = None) -> list[Inp
                 found.extend(export_inputs(root, sizes, listed))
                 continue
             found.extend((uri, uri, size, None) for uri, size in objects)
-        elif (
-            os.path.isdir(arg)
-            and export_files is not None
-            and (root := local_export(arg)) is not None
-        ):
-            listed = export_files(root)
+        elif os.path.isdir(arg) and export_files is not None and looks_like_export(arg):
+            # Paths come back under ``arg`` (``AWSDynamoDB/<export id>/data/…`` for a copy of
+            # the prefix).
+            listed = export_files(arg)
             sizes = {}
             for path, _ in listed:
-                uri = os.path.join(root, path)
+                uri = os.path.join(arg, path)
                 if os.path.isfile(uri):
                     sizes[uri] = os.path.getsize(uri)
-            found.extend(export_inputs(root, sizes, listed))
+            found.extend(export_inputs(arg, sizes, listed))
         elif os.path.isdir(arg):
             names = sorted(
                 n

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
-use tripflow_runtime::core::{DayKpi, Reason};
+use tripflow_runtime::core::Reason;
 use tripflow_runtime::fate::DlqMessage;
 use tripflow_runtime::{CoreProvider, TripCore};
 
@@ -24,17 +24,6 @@ use crate::export::{Export, ManifestSummary};
 use crate::input::{Input, InputSource};
 use crate::kpi::{KpiOptions, kpi};
 use crate::replay::{ReplayOptions, Summary, replay};
-
-/// What to audit against what.
-#[derive(Clone, Debug)]
-pub struct AuditOptions {
-    /// The KPI days' time zone: the pipeline's `TIMEZONE`.
-    pub zone: String,
-    /// Only days from this one (`YYYY-MM-DD`), on both sides.
-    pub from: Option<String>,
-    /// Only days up to this one, on both sides.
-    pub to: Option<String>,
-}
 
 /// Kept records that are not replayed, and why.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -121,6 +110,16 @@ pub fn read_kept(path: &Path) -> Result<Vec<DlqMessage>, Error> {
     Ok(by_record.into_values().collect())
 }
 
+/// Writes `kept` as the file [`read_kept`] reads: one DLQ message (JSON) per line.
+pub fn write_kept(path: &Path, kept: &[DlqMessage]) -> Result<(), Error> {
+    let mut text = Vec::new();
+    for m in kept {
+        serde_json::to_writer(&mut text, m).expect("a DLQ message serialises");
+        text.push(b'\n');
+    }
+    std::fs::write(path, text).io(|| format!("cannot write {}", path.display()))
+}
+
 /// Audits `published_csv` (the combined KPI CSV) against the events of `export` and the
 /// records the pipeline kept, through `provider`, in a temporary store.
 pub fn audit<P: CoreProvider>(
@@ -128,12 +127,12 @@ pub fn audit<P: CoreProvider>(
     export: &Export,
     kept: &[DlqMessage],
     published_csv: &str,
-    opts: &AuditOptions,
+    opts: &KpiOptions,
 ) -> Result<AuditReport, Error> {
     let mut core = provider.session()?;
     core.check_time_zone(&opts.zone)?;
     // The published CSV is read by the core before any work, so a wrong file costs nothing.
-    let published = core.read_csv(published_csv)?;
+    let mut published = core.read_csv(published_csv)?;
 
     let mut state = StateDir::temporary()?;
     let mut inputs = export.inputs();
@@ -199,21 +198,13 @@ pub fn audit<P: CoreProvider>(
         })
         .collect();
 
-    let kpis = kpi(
-        provider,
-        &state,
-        &KpiOptions {
-            zone: opts.zone.clone(),
-            from: opts.from.clone(),
-            to: opts.to.clone(),
-        },
-    )?;
-    let in_range = |r: &&DayKpi| {
+    // The core keeps the recomputed rows to the range; the published ones are kept to it here.
+    let kpis = kpi(provider, &state, opts)?;
+    published.retain(|r| {
         opts.from.as_deref().is_none_or(|f| r.date.as_str() >= f)
             && opts.to.as_deref().is_none_or(|t| r.date.as_str() <= t)
-    };
-    let published: Vec<DayKpi> = published.iter().filter(in_range).cloned().collect();
-    let recomputed: Vec<DayKpi> = kpis.rows.iter().filter(in_range).cloned().collect();
+    });
+    let recomputed = &kpis.rows;
     Ok(AuditReport {
         export: export.manifest.summary.clone(),
         data_files: export.manifest.files.len(),
@@ -223,7 +214,7 @@ pub fn audit<P: CoreProvider>(
         reject_mismatches,
         published_days: published.len(),
         recomputed_days: recomputed.len(),
-        days: kpi_changes(&published, &recomputed),
+        days: kpi_changes(&published, recomputed),
         summary,
         recomputed_csv: kpis.csv,
     })

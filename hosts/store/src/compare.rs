@@ -209,15 +209,6 @@ impl StateDir {
         })
     }
 
-    fn record_at(&self, inputs: &HashMap<u32, String>, pos: u64) -> Result<RecordRef, Error> {
-        let e = self.events.read(pos)?;
-        Ok(RecordRef {
-            source: inputs.get(&e.source).cloned().unwrap_or_default(),
-            line: e.line,
-            raw: e.raw,
-        })
-    }
-
     /// The stored events of the trips in `ids`, in log order.
     fn events_of(
         &self,
@@ -295,8 +286,7 @@ pub fn diff<A: CoreProvider, B: CoreProvider>(
     let (a, b) = (old.1.outcomes()?, new.1.outcomes()?);
     // Records: both lists are sorted by (input, line); the inputs are the same ones in the
     // same order, so their ids agree (checked by name).
-    let same_inputs = a.inputs.iter().all(|(id, n)| b.inputs.get(id) == Some(n));
-    if !same_inputs {
+    if a.inputs != b.inputs {
         return Err(Error::Input(
             "the two stores did not replay the same inputs in the same order".into(),
         ));
@@ -327,8 +317,8 @@ pub fn diff<A: CoreProvider, B: CoreProvider>(
             continue;
         }
         let raw = match (ra, rb) {
-            (Some(Kept::Stored(pos)), _) => old.1.record_at(&a.inputs, pos)?.raw,
-            (_, Some(Kept::Stored(pos))) => new.1.record_at(&b.inputs, pos)?.raw,
+            (Some(Kept::Stored(pos)), _) => old.1.events.read(pos)?.raw,
+            (_, Some(Kept::Stored(pos))) => new.1.events.read(pos)?.raw,
             (Some(Kept::Rejected(r)), _) => a.rejects[r].raw.clone(),
             (_, Some(Kept::Rejected(r))) => b.rejects[r].raw.clone(),
             (None, None) => Vec::new(),

@@ -149,7 +149,7 @@ impl Manifest {
     /// Reads the two manifests' bytes (`summary_name`, `files_name` name them in errors) and
     /// checks that this is a full `DYNAMODB_JSON` export this reader knows, of `table` when
     /// given, whose data files add up to its item count.
-    pub fn parse(
+    fn parse(
         summary: &[u8],
         summary_name: &str,
         files: &[u8],
@@ -287,7 +287,7 @@ fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, Error> {
 impl Export {
     /// Opens the export in `dir` (or the one in `dir/AWSDynamoDB/`): reads and checks both
     /// manifests against their `.checksum` files when present, checks the export is of `table`
-    /// when given, and that every data file listed is there with the size of a gzip file.
+    /// when given, and that every data file listed is there.
     pub fn open(dir: &Path, table: Option<&str>) -> Result<Export, Error> {
         let export = Export::open_manifests(dir, table)?;
         for f in &export.manifest.files {
